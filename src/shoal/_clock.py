@@ -1,0 +1,28 @@
+"""The one place shoal reads the time.
+
+Timeouts, deadlines and retry back-offs ask a :class:`Clock`; tests swap in a
+fake one instead of sleeping. The default is ``time.monotonic``: wall-clock
+jumps never fire a timeout early or late.
+"""
+
+from __future__ import annotations
+
+import time
+
+__all__ = ("deadline_from", "monotonic", "remaining")
+
+monotonic = time.monotonic
+
+
+def deadline_from(timeout: float | None) -> float | None:
+    """Return the monotonic time at which ``timeout`` seconds from now run out."""
+    if timeout is None:
+        return None
+    return monotonic() + timeout
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (never negative), or None for no deadline."""
+    if deadline is None:
+        return None
+    return max(0.0, deadline - monotonic())

@@ -1,0 +1,261 @@
+"""The Executor base: ``submit``, streaming ``map``, ``shutdown``, ``with``.
+
+Every shoal executor builds on :class:`Executor` and implements ``submit``
+and ``shutdown``; ``map`` is written once here, on top of ``submit``:
+
+* Eager by default, as in the standard library: every call is submitted when
+  ``map()`` is called, and the results come in input order.
+* ``buffersize=n`` (Python 3.14's semantics) reads the input lazily and keeps
+  at most ``n`` submissions whose results have not been yielded yet, so an
+  endless generator streams in bounded memory. The first ``n`` are submitted
+  by ``map()`` itself; each further one after a result has been taken.
+* ``ordered=False`` yields results in the order the calls finish.
+* ``chunksize=k`` sends ``k`` calls as one task. A failing call raises at its
+  own position: the results before it in the chunk are yielded first. With
+  ``buffersize`` the bound counts chunks, so at most ``buffersize *
+  chunksize`` calls are in flight.
+
+When the iterator is closed, garbage-collected, or stops on an exception or
+its timeout, the calls not started yet are cancelled.
+
+Concurrency:
+  ``map``'s iterator runs in the consuming thread and shares nothing but the
+  futures (and, for ``ordered=False``, a ``SimpleQueue`` the futures' done
+  callbacks feed from the threads that complete them).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import queue
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import _base
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from . import _clock
+from ._future import Future
+
+__all__ = ("Executor",)
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _run_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> tuple[list[T], BaseException | None]:
+    """Run ``fn`` over a chunk; stop at the first failure and return it with the results before it."""
+    results: list[T] = []
+    for args in chunk:
+        try:
+            results.append(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer at its position
+            return results, exc
+    return results, None
+
+
+def _result_or_cancel(future: Future[T], timeout: float | None) -> T:
+    try:
+        try:
+            return future.result(timeout)
+        finally:
+            future.cancel()
+    finally:
+        # Break the cycle future -> exception -> traceback -> this frame.
+        del future
+
+
+def _check_map_arguments(chunksize: int, buffersize: int | None) -> None:
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+        raise TypeError(f"chunksize must be a whole number, not {chunksize!r}")
+    if chunksize < 1:
+        raise ValueError("chunksize must be >= 1.")
+    if buffersize is not None:
+        if isinstance(buffersize, bool) or not isinstance(buffersize, int):
+            raise TypeError(f"buffersize must be an integer or None, not {buffersize!r}")
+        if buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+
+
+class Executor(_base.Executor):
+    """Base class of shoal's executors. Subclasses implement ``submit`` and ``shutdown``.
+
+    Use an executor as a context manager: leaving the ``with`` block shuts it
+    down and waits for the submitted calls.
+    """
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` and return a :class:`Future` for it."""
+        raise NotImplementedError
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Free the executor's resources once the submitted calls are done.
+
+        Args:
+            wait: block until every submitted call has finished and the
+                workers are gone.
+            cancel_futures: cancel the calls that have not started.
+        """
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        self.shutdown(wait=True)
+        return False
+
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        ordered: bool = True,
+    ) -> Iterator[T]:
+        """Return an iterator of ``fn`` over the argument tuples of ``iterables``.
+
+        Like the builtin ``map``, but the calls run in the executor.
+
+        Args:
+            fn: the callable; it gets one argument from each iterable.
+            timeout: seconds, from this call, after which ``next()`` raises
+                ``TimeoutError`` if the result is not there. The calls left
+                are then cancelled.
+            chunksize: calls sent to a worker as one task (see the module
+                docstring).
+            buffersize: bound on submitted calls (chunks) whose results have
+                not been yielded; the input is then read lazily.
+            ordered: False yields results as the calls finish.
+
+        Raises:
+            Exception: the first failing call's exception, at its position.
+        """
+        _check_map_arguments(chunksize, buffersize)
+        deadline = _clock.deadline_from(timeout)
+        arguments: Iterator[tuple[Any, ...]] = zip(*iterables)
+        if chunksize > 1:
+            chunks = iter(lambda: list(itertools.islice(arguments, chunksize)), [])
+            results = self._map_calls(_run_chunk, ((fn, c) for c in chunks), deadline, buffersize, ordered)
+            return _unchunk(results)
+        return self._map_calls(fn, arguments, deadline, buffersize, ordered)
+
+    def _map_calls(
+        self,
+        fn: Callable[..., T],
+        arguments: Iterator[tuple[Any, ...]],
+        deadline: float | None,
+        buffersize: int | None,
+        ordered: bool,
+    ) -> Iterator[T]:
+        submit = self.submit
+        if buffersize is None:
+            futures = collections.deque(submit(fn, *args) for args in arguments)
+        else:
+            futures = collections.deque(
+                submit(fn, *args) for args in itertools.islice(arguments, buffersize)
+            )
+        # The iterator holds the executor weakly so that an abandoned map does
+        # not keep a pool alive; it stops refilling once the executor is gone.
+        executor_ref = weakref.ref(self) if buffersize is not None else None
+        del self, submit
+        if ordered:
+            return _ordered(fn, futures, arguments, executor_ref, deadline)
+        return _unordered(fn, futures, arguments, executor_ref, deadline)
+
+
+def _refill(
+    fn: Callable[..., T],
+    arguments: Iterator[tuple[Any, ...]],
+    executor_ref: weakref.ref[Executor] | None,
+) -> Future[T] | None:
+    if executor_ref is None:
+        return None
+    executor = executor_ref()
+    if executor is None:
+        return None
+    args = next(arguments, None)
+    if args is None:
+        return None
+    return executor.submit(fn, *args)
+
+
+def _ordered(
+    fn: Callable[..., T],
+    futures: collections.deque[Future[T]],
+    arguments: Iterator[tuple[Any, ...]],
+    executor_ref: weakref.ref[Executor] | None,
+    deadline: float | None,
+) -> Iterator[T]:
+    try:
+        while futures:
+            result = _result_or_cancel(futures.popleft(), _clock.remaining(deadline))
+            new = _refill(fn, arguments, executor_ref)
+            if new is not None:
+                futures.append(new)
+                del new
+            yield result
+            del result
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _unordered(
+    fn: Callable[..., T],
+    futures: collections.deque[Future[T]],
+    arguments: Iterator[tuple[Any, ...]],
+    executor_ref: weakref.ref[Executor] | None,
+    deadline: float | None,
+) -> Iterator[T]:
+    finished: queue.SimpleQueue[Future[T]] = queue.SimpleQueue()
+    outstanding = set(futures)
+    futures.clear()
+    _notify_when_done(outstanding, finished)
+    try:
+        while outstanding:
+            try:
+                done = finished.get(timeout=_clock.remaining(deadline))
+            except queue.Empty:
+                raise TimeoutError(
+                    f"{len(outstanding)} calls of map() unfinished when its timeout ran out"
+                ) from None
+            outstanding.discard(done)
+            new = _refill(fn, arguments, executor_ref)
+            if new is not None:
+                outstanding.add(new)
+                new.add_done_callback(finished.put)
+                del new
+            result = _result_or_cancel(done, 0)
+            del done
+            yield result
+            del result
+    finally:
+        for pending in outstanding:
+            pending.cancel()
+
+
+def _notify_when_done(futures: Iterable[Future[T]], finished: queue.SimpleQueue[Future[T]]) -> None:
+    # A function of its own so that no loop variable outlives the loop in the
+    # generator's frame and keeps a yielded result alive.
+    for future in futures:
+        future.add_done_callback(finished.put)
+
+
+def _unchunk(chunks: Iterator[tuple[list[T], BaseException | None]]) -> Iterator[T]:
+    try:
+        for results, error in chunks:
+            yield from results
+            if error is not None:
+                try:
+                    raise error
+                finally:
+                    del error
+    finally:
+        chunks.close()  # type: ignore[attr-defined]

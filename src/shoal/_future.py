@@ -1,0 +1,332 @@
+"""The shoal Future: a lean, drop-in ``concurrent.futures.Future``.
+
+A :class:`Future` is the handle of one call. It subclasses
+``concurrent.futures.Future`` so that every ``isinstance`` check in the
+ecosystem (``asyncio.wrap_future``, ``loop.run_in_executor``, the standard
+``wait`` and ``as_completed``) accepts it, but it does not run the base class's
+``__init__``: a standard future allocates a ``threading.Condition`` (with its
+deque and bound methods, close to a kilobyte) for every task. A shoal future
+holds one plain lock and nothing else until somebody waits on it or adds a
+callback. ``bench/`` measures the difference.
+
+States and transitions (the standard library's constants, so that its
+``wait``/``as_completed`` can read ``_state`` directly)::
+
+    PENDING --set_running_or_notify_cancel()--> RUNNING --set_result/exception--> FINISHED
+    PENDING --set_result/set_exception-------------------------------------------> FINISHED
+    PENDING --cancel()--> CANCELLED --set_running_or_notify_cancel()--> CANCELLED_AND_NOTIFIED
+
+``cancel()`` on a RUNNING or FINISHED future returns False and changes nothing.
+A future in CANCELLED counts as done for ``done()`` but not for ``wait()``
+until the executor has seen the cancellation (CANCELLED_AND_NOTIFIED), as in
+the standard library.
+
+Concurrency:
+  Any thread may call any method. ``_condition`` (a plain ``threading.Lock``,
+  named for the standard library's ``wait``, which acquires it) guards
+  ``_state``, ``_result``, ``_exception``, ``_waiters_``, ``_callbacks`` and
+  ``_blocked``. Reads that need one field only (``done()``, ``cancelled()``,
+  ``running()``, and ``result()`` of a finished future) take no lock: the
+  state is written last, after the result, and a finished future never
+  changes again. That matters beyond speed: the standard ``wait`` calls
+  ``cancelled()`` and ``exception()`` while holding ``_condition``, and the
+  lock is not reentrant.
+  Lock order: a future's ``_condition``, then a waiter's own lock
+  (``_Waiter.add_*``). The standard ``wait`` takes several futures' locks
+  in ``id`` order.
+  Callbacks: user callbacks run after ``_condition`` is released, in the
+  thread that completed the future (or the one that added the callback to a
+  finished future).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import _base
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._errors import CancelledError, InvalidStateError
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+__all__ = ("Future",)
+
+T = TypeVar("T")
+
+PENDING = _base.PENDING
+RUNNING = _base.RUNNING
+CANCELLED = _base.CANCELLED
+CANCELLED_AND_NOTIFIED = _base.CANCELLED_AND_NOTIFIED
+FINISHED = _base.FINISHED
+
+_DESCRIPTION = {
+    PENDING: "pending",
+    RUNNING: "running",
+    CANCELLED: "cancelled",
+    CANCELLED_AND_NOTIFIED: "cancelled",
+    FINISHED: "finished",
+}
+_CANCELLED_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED)
+_DONE_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+
+# The standard library's logger: code that configured logging for
+# concurrent.futures keeps seeing failed callbacks after switching to shoal.
+LOGGER = logging.getLogger("concurrent.futures")
+
+
+class Future(_base.Future[T]):
+    """The result of a call that may not have finished yet.
+
+    Created by an executor's ``submit()``; users read it, executors (and unit
+    tests) complete it with ``set_running_or_notify_cancel()``,
+    ``set_result()`` and ``set_exception()``.
+    """
+
+    __slots__ = (
+        "_blocked",
+        "_callbacks",
+        "_condition",
+        "_exception",
+        "_result",
+        "_state",
+        "_waiters_",
+    )
+
+    # Invariant: _result and _exception are set only together with the move to
+    # FINISHED; _waiters_, _callbacks and _blocked are None until first used.
+    def __init__(self) -> None:
+        # The base __init__ is not called on purpose: see the module docstring.
+        self._condition = threading.Lock()
+        self._state = PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters_: list[Any] | None = None
+        self._callbacks: list[Callable[[Future[T]], object]] | None = None
+        self._blocked: list[threading.Lock] | None = None
+
+    # The standard wait() and as_completed() append to and remove from
+    # ``_waiters`` under ``_condition``; a property lets shoal allocate the list
+    # only for futures somebody waits on.
+    @property
+    def _waiters(self) -> list[Any]:
+        waiters = self._waiters_
+        if waiters is None:
+            waiters = self._waiters_ = []
+        return waiters
+
+    def __repr__(self) -> str:
+        state = self._state
+        name = type(self).__name__
+        if state == FINISHED:
+            if self._exception is not None:
+                outcome = f"raised {type(self._exception).__name__}"
+            else:
+                outcome = f"returned {type(self._result).__name__}"
+            return f"<{name} at {id(self):#x} state=finished {outcome}>"
+        return f"<{name} at {id(self):#x} state={_DESCRIPTION[state]}>"
+
+    # -- queries -----------------------------------------------------------
+
+    def cancelled(self) -> bool:
+        """Return True if the future was cancelled."""
+        return self._state in _CANCELLED_STATES
+
+    def running(self) -> bool:
+        """Return True if the call is running now."""
+        return self._state == RUNNING
+
+    def done(self) -> bool:
+        """Return True if the future was cancelled or finished running."""
+        return self._state in _DONE_STATES
+
+    def result(self, timeout: float | None = None) -> T:
+        """Return the call's result, waiting up to ``timeout`` seconds for it.
+
+        Raises:
+            CancelledError: the future was cancelled.
+            TimeoutError: the future did not finish within ``timeout``; the
+                call itself goes on.
+            Exception: whatever the call raised, re-raised here.
+        """
+        if self._state != FINISHED:
+            self._wait(timeout)
+        if self._exception is not None:
+            try:
+                raise self._exception
+            finally:
+                # Break the cycle frame -> exception -> traceback -> frame.
+                self = None  # type: ignore[assignment]  # noqa: PLW0642
+        return self._result  # type: ignore[no-any-return]
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Return the exception the call raised (None if it returned).
+
+        Waits up to ``timeout`` seconds; raises ``CancelledError`` if the future
+        was cancelled and ``TimeoutError`` if it did not finish in time.
+        """
+        if self._state != FINISHED:
+            self._wait(timeout)
+        return self._exception
+
+    def _wait(self, timeout: float | None) -> None:
+        """Block until the future is done; raise unless it finished."""
+        if timeout is not None and timeout < 0:
+            timeout = 0
+        state = self._state
+        if state not in _DONE_STATES:
+            gate = threading.Lock()
+            gate.acquire()
+            with self._condition:
+                state = self._state
+                if state not in _DONE_STATES:
+                    blocked = self._blocked
+                    if blocked is None:
+                        self._blocked = [gate]
+                    else:
+                        blocked.append(gate)
+            if state not in _DONE_STATES:
+                woken = gate.acquire(timeout=-1 if timeout is None else timeout)
+                if not woken:
+                    with self._condition:
+                        if self._blocked is not None and gate in self._blocked:
+                            self._blocked.remove(gate)
+                state = self._state
+        if state == FINISHED:
+            return
+        if state in _CANCELLED_STATES:
+            raise CancelledError()
+        raise TimeoutError()
+
+    # -- callbacks ---------------------------------------------------------
+
+    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:  # type: ignore[override]
+        """Call ``fn(future)`` once the future is cancelled or finished.
+
+        Callbacks run in the order added, in the thread that completes the
+        future, with no shoal lock held; if the future is already done, ``fn``
+        runs at once in this thread. An exception from ``fn`` is logged to the
+        ``concurrent.futures`` logger and does not stop the other callbacks.
+        """
+        if self._state not in _DONE_STATES:
+            with self._condition:
+                if self._state not in _DONE_STATES:
+                    callbacks = self._callbacks
+                    if callbacks is None:
+                        self._callbacks = [fn]
+                    else:
+                        callbacks.append(fn)
+                    return
+        try:
+            fn(self)
+        except Exception:
+            LOGGER.exception("exception calling callback for %r", self)
+
+    def _invoke_callbacks(self) -> None:
+        callbacks = self._callbacks
+        if callbacks is None:
+            return
+        self._callbacks = None
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                LOGGER.exception("exception calling callback for %r", self)
+
+    # -- transitions -------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Cancel the call if it has not started; return True if it is cancelled.
+
+        A running or finished call is left alone and False is returned. A
+        cancelled future raises ``CancelledError`` from ``result()``.
+        """
+        with self._condition:
+            state = self._state
+            if state != PENDING:
+                return state in _CANCELLED_STATES
+            self._state = CANCELLED
+            blocked, self._blocked = self._blocked, None
+        if blocked is not None:
+            for gate in blocked:
+                gate.release()
+        self._invoke_callbacks()
+        return True
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """Mark the future running, or see that it was cancelled.
+
+        For executors only: call it just before running the call. Returns
+        False if the future was cancelled (do not run the call), True if it is
+        now running (``cancel()`` will fail from here on).
+
+        Raises:
+            RuntimeError: the future is already running or finished.
+        """
+        with self._condition:
+            state = self._state
+            if state == PENDING:
+                self._state = RUNNING
+                return True
+            if state == CANCELLED:
+                self._state = CANCELLED_AND_NOTIFIED
+                if self._waiters_:
+                    for waiter in self._waiters_:
+                        waiter.add_cancelled(self)
+                return False
+        LOGGER.critical("Future %s in unexpected state: %s", id(self), state)
+        raise RuntimeError(f"Future in unexpected state: {state} ({self!r})")
+
+    def set_result(self, result: T) -> None:
+        """Finish the future with ``result``. For executors and tests only.
+
+        Raises:
+            InvalidStateError: the future is already cancelled or finished; its
+                first outcome stays.
+        """
+        with self._condition:
+            if self._state in _DONE_STATES:
+                raise InvalidStateError(f"{self._state}: {self!r}")
+            self._result = result
+            self._state = FINISHED
+            if self._waiters_:
+                for waiter in self._waiters_:
+                    waiter.add_result(self)
+            blocked, self._blocked = self._blocked, None
+        if blocked is not None:
+            for gate in blocked:
+                gate.release()
+        if self._callbacks is not None:
+            self._invoke_callbacks()
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """Finish the future with ``exception``. For executors and tests only.
+
+        Raises:
+            InvalidStateError: the future is already cancelled or finished; its
+                first outcome stays.
+        """
+        with self._condition:
+            if self._state in _DONE_STATES:
+                raise InvalidStateError(f"{self._state}: {self!r}")
+            self._exception = exception
+            self._state = FINISHED
+            if self._waiters_:
+                for waiter in self._waiters_:
+                    waiter.add_exception(self)
+            blocked, self._blocked = self._blocked, None
+        if blocked is not None:
+            for gate in blocked:
+                gate.release()
+        if self._callbacks is not None:
+            self._invoke_callbacks()
+
+    # -- asyncio -----------------------------------------------------------
+
+    def __await__(self) -> Generator[Any, None, T]:
+        """``await future`` inside a running asyncio event loop."""
+        import asyncio
+
+        return (yield from asyncio.wrap_future(self).__await__())
