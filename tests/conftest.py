@@ -1,0 +1,177 @@
+"""Fixtures shared by shoal's test suite.
+
+Executor kinds
+--------------
+``EXECUTOR_KINDS`` maps a kind name to an :class:`ExecutorKind`; the
+``executor_factory`` fixture is parametrized over every kind, so a test that
+takes it (the contract suite in ``test_contract.py``) runs once per kind.
+Adding the process pool is one entry per start method, for example::
+
+    "process-spawn": ExecutorKind(
+        functools.partial(shoal.ProcessPoolExecutor,
+                          mp_context=multiprocessing.get_context("spawn")),
+        in_process=False,
+    ),
+
+A test whose task shares objects with the test itself (a closure, a
+``threading.Event``, a lock, a list it appends to) only works where tasks run
+in this process: mark it ``@pytest.mark.in_process`` and it is skipped for the
+other kinds. ``@pytest.mark.kinds("thread", ...)`` restricts a test to named
+kinds.
+
+Leaks
+-----
+An autouse fixture fails any test that leaves a thread running which it
+started (after a bounded join, so that threads of a pool shut down with
+``wait=False`` get the time to leave).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import shoal
+from shoal._future import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutorKind:
+    factory: Callable[..., shoal.Executor]
+    # Tasks run in this process, so they can share Events, locks and closures with the test.
+    in_process: bool
+
+
+EXECUTOR_KINDS: dict[str, ExecutorKind] = {
+    "thread": ExecutorKind(shoal.ThreadPoolExecutor, in_process=True),
+}
+
+# Seconds a test may take, after it ends, to let its threads go.
+THREAD_JOIN_GRACE = 5.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "in_process: the task shares objects with the test; skipped for executor kinds "
+        "whose tasks run in another process",
+    )
+    config.addinivalue_line("markers", "kinds(*names): run only for these executor kinds")
+
+
+class ExecutorFactory:
+    """Creates executors of one kind and shuts every one of them down after the test."""
+
+    def __init__(self, name: str, kind: ExecutorKind) -> None:
+        self.name = name
+        self.kind = kind
+        self.created: list[shoal.Executor] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> shoal.Executor:
+        executor = self.kind.factory(*args, **kwargs)
+        self.created.append(executor)
+        return executor
+
+    def close(self) -> None:
+        for executor in self.created:
+            executor.shutdown(wait=True, cancel_futures=True)
+        self.created.clear()
+
+
+@pytest.fixture(params=sorted(EXECUTOR_KINDS))
+def executor_factory(request: pytest.FixtureRequest) -> Any:
+    name = request.param
+    kind = EXECUTOR_KINDS[name]
+    only = request.node.get_closest_marker("kinds")
+    if only is not None and name not in only.args:
+        pytest.skip(f"not for executor kind {name!r}")
+    if request.node.get_closest_marker("in_process") and not kind.in_process:
+        pytest.skip(f"the task shares objects with the test; {name!r} runs it elsewhere")
+    factory = ExecutorFactory(name, kind)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def executor(executor_factory: ExecutorFactory) -> shoal.Executor:
+    """One executor of the kind under test, with two workers."""
+    return executor_factory(max_workers=2)
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_behind() -> Any:
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + THREAD_JOIN_GRACE
+    left = [t for t in threading.enumerate() if t not in before]
+    if left:
+        # A pool dropped without shutdown() lets its threads go once collected.
+        gc.collect()
+    for thread in left:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    alive = [t.name for t in left if t.is_alive()]
+    if alive:
+        pytest.fail(f"the test left threads running: {alive}", pytrace=False)
+
+
+# -- futures in every state ----------------------------------------------------
+
+FUTURE_STATES = (
+    "pending",
+    "running",
+    "cancelled",
+    "cancelled_and_notified",
+    "returned",
+    "raised",
+)
+
+
+class FutureError(Exception):
+    """The exception stored in a future built in the "raised" state."""
+
+
+def make_future(state: str, cls: type[Any] = shoal.Future) -> Any:
+    """Build a future of ``cls`` in ``state`` through its public transitions."""
+    future = cls()
+    if state == "pending":
+        pass
+    elif state == "running":
+        assert future.set_running_or_notify_cancel()
+    elif state == "cancelled":
+        assert future.cancel()
+    elif state == "cancelled_and_notified":
+        assert future.cancel()
+        assert not future.set_running_or_notify_cancel()
+    elif state == "returned":
+        future.set_result(42)
+    elif state == "raised":
+        future.set_exception(FutureError("boom"))
+    else:
+        raise ValueError(state)
+    expected = {
+        "pending": PENDING,
+        "running": RUNNING,
+        "cancelled": CANCELLED,
+        "cancelled_and_notified": CANCELLED_AND_NOTIFIED,
+        "returned": FINISHED,
+        "raised": FINISHED,
+    }[state]
+    assert future._state == expected
+    return future
+
+
+@pytest.fixture
+def future_in():
+    """``future_in(state)`` builds a shoal future in that state (see FUTURE_STATES)."""
+    return make_future
+
+
+@pytest.fixture
+def future_error():
+    return FutureError
