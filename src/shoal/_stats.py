@@ -1,0 +1,30 @@
+"""The record ``executor.statistics()`` returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ("ExecutorStatistics",)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorStatistics:
+    """A snapshot of an executor's counters; immutable, so safe to keep and compare.
+
+    Attributes:
+        workers: worker processes (or threads) alive now, starting ones included.
+        idle: workers with nothing to run.
+        queued: calls submitted and not yet sent to a worker.
+        running: calls sent to a worker whose result has not come back.
+        completed: calls that returned a result.
+        failed: calls that raised, or were lost with their worker.
+        respawned: workers started to replace one that died or retired.
+    """
+
+    workers: int
+    idle: int
+    queued: int
+    running: int
+    completed: int
+    failed: int
+    respawned: int

@@ -1,0 +1,692 @@
+"""The dispatcher: one thread that owns every worker process of a pool.
+
+::
+
+    user threads                 dispatcher thread                          worker processes
+    ------------                 -----------------                          ----------------
+    submit() --> _Task --+
+                         |  Shared.queue (deque, Shared.lock)
+    wake pipe  ----------+--> select() over the wake pipe,
+                              every worker's socket and sentinel
+                              pops tasks, pickles the calls (_wire),
+                              writes RUN batches (non-blocking) ---------> worker_main(): runs the
+                                                                           batch in order, answers
+                              reads RESULTS, completes futures <---------- RESULTS (a few per message)
+                              a sentinel fires: fail or retry that
+                              worker's tasks only, start a new worker
+
+Each worker has its own socket pair, so the dispatcher always knows which
+task is on which worker: a crash touches exactly that worker's tasks.
+The dispatcher never blocks on a worker: it writes through non-blocking
+sockets with an outbox per worker and reads whatever has arrived, so a
+worker that is slow to read its input cannot stall the others (a blocking
+send could deadlock against a worker that is itself blocked sending results).
+
+How many tasks a worker holds ("in flight") follows the measured task
+duration: enough to cover ``BATCH_SECONDS`` of work, at least one, at most
+``MAX_IN_FLIGHT``. Tiny tasks therefore travel hundreds to a message, while
+long ones go one at a time and are not hoarded by one worker while another
+idles. A worker is topped up when it falls below half of its share, so its
+next batch is already in its socket when it finishes the current one.
+
+Concurrency:
+  Threads: user threads touch only ``Shared`` (under ``Shared.lock``) and
+  the wake pipe. The dispatcher thread owns everything else here: the
+  workers, their sockets, the in-flight tables, the selector, the counters.
+  No lock guards those: no other thread reads them, except ``statistics()``,
+  which reads plain ints and lengths (a snapshot, possibly a moment old).
+  Lock order: ``Shared.lock``, then a future's ``_condition``; the
+  dispatcher completes futures (which runs done-callbacks, user code) with
+  no lock held.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import os
+import pickle
+import selectors
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .. import _clock
+from .._errors import BrokenProcessPool, WorkerLostError
+from .._future import LOGGER, Future
+from . import _wire, _worker
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+    from multiprocessing.process import BaseProcess
+
+__all__ = ("Dispatcher", "Shared", "Task")
+
+# Tunables.
+# More seconds of work per worker means fewer, larger messages (higher
+# throughput for tiny tasks) but coarser balance: tasks already sent to a
+# worker cannot move to one that became free.
+BATCH_SECONDS = 0.002
+# The cap on tasks held by one worker; also bounds the size of one message.
+MAX_IN_FLIGHT = 512
+# Until a duration has been measured, send this many tasks to a worker.
+INITIAL_IN_FLIGHT = 1
+# Consecutive deaths of starting workers (before they said READY) that break
+# the pool instead of starting yet another worker that will die the same way.
+MAX_STARTUP_DEATHS = 3
+# How long shutdown waits for a worker to leave after EXIT before killing it.
+EXIT_GRACE_SECONDS = 5.0
+READ_CHUNK = 1 << 20
+
+_HEADER = 4
+
+
+class Task:
+    """One submitted call, from ``submit`` until its future is done."""
+
+    __slots__ = ("args", "fn", "future", "id", "kwargs", "segments")
+
+    def __init__(
+        self,
+        task_id: int,
+        future: Future[Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.id = task_id
+        self.future = future
+        self.fn = fn
+        self.args: tuple[Any, ...] | None = args
+        self.kwargs: dict[str, Any] | None = kwargs
+        # Shared-memory segments holding this call's big buffers, until read.
+        self.segments: tuple[tuple[str, int], ...] = ()
+
+    def describe(self) -> str:
+        name = getattr(self.fn, "__qualname__", None) or repr(self.fn)
+        return f"task {self.id} ({name})"
+
+
+@dataclass
+class Shared:
+    """What the pool object and its dispatcher share. Guarded by ``lock``."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    queue: collections.deque[Task] = field(default_factory=collections.deque)
+    shutdown: bool = False
+    # Why the pool refuses work; set once, by the dispatcher.
+    broken: str | None = None
+    broken_cause: BaseException | None = None
+    # "terminate" or "kill": stop the workers now (terminate_workers(), Ctrl-C).
+    stop: str | None = None
+    # The wake pipe: a byte written tells the dispatcher to look at the queue
+    # and the flags. ``woken`` avoids a write per submit while it is pending.
+    wake_r: int = -1
+    wake_w: int = -1
+    woken: bool = False
+    # Counters, written by the dispatcher only.
+    completed: int = 0
+    failed: int = 0
+    respawned: int = 0
+
+    def wake(self) -> None:
+        """Make the dispatcher look at the queue and the flags. Hold ``lock``.
+
+        Under the lock because the dispatcher closes the pipe under it when
+        it leaves: a write after that could hit a reused file descriptor.
+        """
+        if not self.woken and self.wake_w >= 0:
+            self.woken = True
+            try:
+                os.write(self.wake_w, b"!")
+            except BlockingIOError:
+                pass  # the pipe is full: a wake-up is pending anyway
+
+
+class _Worker:
+    """The dispatcher's record of one worker process."""
+
+    __slots__ = (
+        "fd",
+        "inbox",
+        "in_flight",
+        "name",
+        "outbox",
+        "process",
+        "ready",
+        "retiring",
+        "sent",
+        "since_idle",
+        "sock",
+    )
+
+    def __init__(self, process: BaseProcess, sock: Any, name: str) -> None:
+        self.process = process
+        self.sock = sock
+        self.fd: int = sock.fileno()
+        self.name = name
+        self.inbox = bytearray()
+        self.outbox = bytearray()
+        self.in_flight: collections.deque[Task] = collections.deque()
+        self.ready = False
+        self.retiring = False
+        self.sent = 0  # tasks sent over this worker's life
+        self.since_idle = _clock.monotonic()
+
+
+def _frame(message: tuple[Any, ...]) -> bytes:
+    """Frame ``message`` as ``multiprocessing.Connection.send_bytes`` would."""
+    payload = pickle.dumps(message, protocol=5)
+    size = len(payload)
+    if size > 0x7FFFFFFF:
+        return (-1).to_bytes(4, "big", signed=True) + size.to_bytes(8, "big") + payload
+    return size.to_bytes(4, "big", signed=True) + payload
+
+
+def _signal_name(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "for an unknown reason"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = {
+            "SIGSEGV": " (a segmentation fault: a crash in C code)",
+            "SIGKILL": " (killed from outside, often by the out-of-memory killer)",
+            "SIGBUS": " (a bus error: a crash in C code)",
+            "SIGABRT": " (aborted, e.g. a failed assertion in C code)",
+        }.get(name, "")
+        return f"killed by {name}{hint}"
+    return f"with exit code {exitcode}"
+
+
+class Dispatcher(threading.Thread):
+    """Owns the workers of one pool; see the module docstring."""
+
+    def __init__(
+        self,
+        shared: Shared,
+        ctx: BaseContext,
+        *,
+        max_workers: int,
+        initializer: _wire.Blob | None,
+        max_tasks_per_child: int | None,
+        idle_timeout: float | None,
+        serial: int,
+    ) -> None:
+        super().__init__(name=f"shoal-dispatcher-{serial}", daemon=True)
+        self._shared = shared
+        self._ctx = ctx
+        self._max_workers = max_workers
+        self._initializer = initializer
+        self._max_tasks = max_tasks_per_child
+        self._idle_timeout = idle_timeout
+        self._shm_prefix = f"shoal-{os.getpid()}-{serial}"
+        self._serial = serial
+        self._names = itertools.count()
+        self._selector = selectors.DefaultSelector()
+        self._workers: dict[int, _Worker] = {}  # by socket fd
+        self._started = 0
+        self._startup_deaths = 0
+        # Exponentially weighted mean of task durations, seconds; None until measured.
+        self._mean_duration: float | None = None
+        self._selector.register(shared.wake_r, selectors.EVENT_READ, None)
+
+    # -- statistics (read from other threads) ------------------------------
+
+    def counts(self) -> tuple[int, int, int]:
+        """(workers, idle workers, tasks in flight)."""
+        workers = list(self._workers.values())
+        idle = sum(1 for w in workers if not w.in_flight)
+        return len(workers), idle, sum(len(w.in_flight) for w in workers)
+
+    # -- the loop ----------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            LOGGER.critical("shoal's process pool dispatcher failed", exc_info=True)
+            self._break(
+                f"shoal's process-pool dispatcher thread failed ({exc!r}); this is a bug in "
+                "shoal: please report it with the traceback logged above",
+                exc,
+            )
+            self._kill_all()
+            raise
+        finally:
+            self._close()
+
+    def _loop(self) -> None:
+        shared = self._shared
+        while True:
+            for key, mask in self._selector.select(self._select_timeout()):
+                data = key.data
+                if data is None:
+                    self._drain_wake_pipe()
+                elif data[0] == "sock":
+                    worker = data[1]
+                    if mask & selectors.EVENT_WRITE:
+                        self._flush(worker)
+                    if mask & selectors.EVENT_READ:
+                        self._read(worker)
+                else:
+                    self._reap(data[1])
+            if shared.stop is not None:
+                self._stop_workers(shared.stop)
+                return
+            if shared.broken is not None:
+                return
+            self._retire_idle()
+            self._dispatch()
+            if shared.shutdown and not shared.queue and not self._busy():
+                self._exit_workers()
+                return
+
+    def _select_timeout(self) -> float | None:
+        if self._idle_timeout is None:
+            return None
+        idle = [w.since_idle for w in self._workers.values() if not w.in_flight and not w.retiring]
+        if not idle:
+            return None
+        return max(0.0, min(idle) + self._idle_timeout - _clock.monotonic())
+
+    def _busy(self) -> bool:
+        return any(w.in_flight for w in self._workers.values())
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._shared.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        self._shared.woken = False
+
+    # -- sending -----------------------------------------------------------
+
+    def _share(self) -> int:
+        """How many tasks one worker should hold, from the measured durations."""
+        mean = self._mean_duration
+        if mean is None:
+            return INITIAL_IN_FLIGHT
+        if mean <= 0:
+            return MAX_IN_FLIGHT
+        return max(1, min(MAX_IN_FLIGHT, math.ceil(BATCH_SECONDS / mean)))
+
+    def _dispatch(self) -> None:
+        shared = self._shared
+        if not shared.queue or shared.broken is not None:
+            return
+        share = self._share()
+        low = max(1, share // 2)
+        workers = sorted(
+            (w for w in self._workers.values() if not w.retiring and len(w.in_flight) < low),
+            key=lambda w: len(w.in_flight),
+        )
+        for worker in workers:
+            room = share - len(worker.in_flight)
+            if self._max_tasks is not None:
+                room = min(room, self._max_tasks - worker.sent)
+            if room <= 0:
+                continue
+            with shared.lock:
+                queue = shared.queue
+                tasks = [queue.popleft() for _ in range(min(room, len(queue)))]
+            if not tasks:
+                return
+            self._send(worker, tasks)
+        # Start workers while calls wait and the pool is below its size.
+        starting = sum(1 for w in self._workers.values() if not w.ready)
+        waiting = len(shared.queue)
+        while waiting > starting * share and len(self._workers) < self._max_workers:
+            if not self._spawn():
+                return
+            starting += 1
+
+    def _send(self, worker: _Worker, tasks: list[Task]) -> None:
+        batch: list[tuple[int, _wire.Blob]] = []
+        prefix = self._shm_prefix
+        for task in tasks:
+            future = task.future
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            try:
+                blob = _wire.dumps_call(task.fn, task.args or (), task.kwargs or {}, prefix)
+            except BaseException as exc:  # noqa: BLE001 - it belongs to this call only
+                future.set_exception(exc)
+                self._shared.failed += 1
+                continue
+            finally:
+                task.args = task.kwargs = None
+            task.segments = blob[1]
+            batch.append((task.id, blob))
+            worker.in_flight.append(task)
+        if not batch:
+            return
+        worker.sent += len(batch)
+        self._write(worker, _frame((_wire.RUN, batch)))
+
+    def _write(self, worker: _Worker, frame: bytes) -> None:
+        worker.outbox += frame
+        self._flush(worker)
+
+    def _flush(self, worker: _Worker) -> None:
+        outbox = worker.outbox
+        if outbox:
+            try:
+                written = os.write(worker.fd, outbox)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                return  # the worker is gone; its sentinel will tell how
+            del outbox[:written]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if outbox else 0)
+        key = self._selector.get_key(worker.fd)
+        if key.events != events:
+            self._selector.modify(worker.fd, events, key.data)
+
+    # -- receiving ---------------------------------------------------------
+
+    def _read(self, worker: _Worker) -> None:
+        inbox = worker.inbox
+        while True:
+            try:
+                data = os.read(worker.fd, READ_CHUNK)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                # End of stream: the worker is gone; its sentinel says how.
+                self._selector.unregister(worker.fd)
+                break
+            inbox += data
+            if len(data) < READ_CHUNK:
+                break
+        offset = 0
+        end = len(inbox)
+        while end - offset >= _HEADER:
+            size = int.from_bytes(inbox[offset : offset + 4], "big", signed=True)
+            header = _HEADER
+            if size == -1:
+                if end - offset < 12:
+                    break
+                size = int.from_bytes(inbox[offset + 4 : offset + 12], "big")
+                header = 12
+            if end - offset - header < size:
+                break
+            start = offset + header
+            with memoryview(inbox) as view:
+                message = pickle.loads(view[start : start + size])
+            offset = start + size
+            self._handle(worker, message)
+        if offset:
+            del inbox[:offset]
+
+    def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        tag = message[0]
+        if tag == _wire.RESULTS:
+            self._complete(worker, message[1])
+        elif tag == _wire.READY:
+            worker.ready = True
+            self._startup_deaths = 0
+        elif tag == _wire.INIT_FAILED:
+            try:
+                error = _wire.load_error(message[1])
+            except BaseException as exc:  # noqa: BLE001
+                error = exc
+            self._break(
+                f"the initializer of the process pool raised {error!r} in {worker.name}; "
+                "the pool is not usable any more: fix the initializer and create a new pool",
+                error,
+            )
+
+    def _complete(self, worker: _Worker, results: list[tuple[int, bool, _wire.Blob, float]]) -> None:
+        shared = self._shared
+        in_flight = worker.in_flight
+        total = 0.0
+        for task_id, ok, blob, duration in results:
+            task = in_flight.popleft()
+            if task.id != task_id:  # pragma: no cover - the worker answers in order
+                raise RuntimeError(f"{worker.name} answered task {task_id}, expected {task.id}")
+            total += duration
+            future = task.future
+            if ok:
+                try:
+                    value = _wire.loads(blob)
+                except BaseException as exc:  # noqa: BLE001 - belongs to this call
+                    error = pickle.UnpicklingError(
+                        f"the result of {task.describe()} could not be unpickled in the "
+                        f"parent process: {exc!r}. Return values must unpickle in the "
+                        "process that submitted the call."
+                    )
+                    error.__cause__ = exc
+                    self._set_exception(future, error)
+                    shared.failed += 1
+                else:
+                    self._set_result(future, value)
+                    shared.completed += 1
+                    del value
+            else:
+                try:
+                    error = _wire.load_error(blob)
+                except BaseException as exc:  # noqa: BLE001
+                    error = exc
+                self._set_exception(future, error)
+                shared.failed += 1
+            del future, task
+        mean = total / len(results)
+        previous = self._mean_duration
+        self._mean_duration = mean if previous is None else 0.7 * previous + 0.3 * mean
+        if not in_flight:
+            worker.since_idle = _clock.monotonic()
+            if self._max_tasks is not None and worker.sent >= self._max_tasks:
+                self._retire(worker)
+
+    @staticmethod
+    def _set_result(future: Future[Any], value: object) -> None:
+        try:
+            future.set_result(value)
+        except Exception:  # noqa: BLE001 - already done: a forced cancel got there first
+            pass
+
+    @staticmethod
+    def _set_exception(future: Future[Any], error: BaseException) -> None:
+        try:
+            future.set_exception(error)
+        except Exception:  # noqa: BLE001 - already done: a forced cancel got there first
+            pass
+
+    # -- workers coming and going ------------------------------------------
+
+    def _spawn(self) -> bool:
+        """Start one worker; on failure break the pool and return False."""
+        name = f"shoal-worker-{self._serial}-{next(self._names)}"
+        config = {
+            "initializer": self._initializer,
+            "parent_pid": os.getpid(),
+            "shm_prefix": self._shm_prefix,
+            "name": name,
+        }
+        parent_sock, child_sock = self._ctx.Pipe(duplex=True)
+        try:
+            process = self._ctx.Process(
+                target=_worker.worker_main, args=(child_sock, config), name=name
+            )
+            process.start()
+        except BaseException as exc:  # noqa: BLE001
+            parent_sock.close()
+            child_sock.close()
+            self._break(f"shoal could not start a worker process: {exc!r}", exc)
+            return False
+        child_sock.close()
+        os.set_blocking(parent_sock.fileno(), False)
+        worker = _Worker(process, parent_sock, name)
+        self._workers[worker.fd] = worker
+        self._selector.register(worker.fd, selectors.EVENT_READ, ("sock", worker))
+        self._selector.register(process.sentinel, selectors.EVENT_READ, ("sentinel", worker))
+        if self._started:
+            self._shared.respawned += 1
+        self._started += 1
+        return True
+
+    def _retire(self, worker: _Worker) -> None:
+        """Ask an idle worker to leave (max_tasks_per_child, idle_timeout)."""
+        if not worker.retiring:
+            worker.retiring = True
+            self._write(worker, _frame((_wire.EXIT,)))
+
+    def _retire_idle(self) -> None:
+        if self._idle_timeout is None or self._shared.queue:
+            return
+        now = _clock.monotonic()
+        for worker in list(self._workers.values()):
+            if (
+                not worker.in_flight
+                and not worker.retiring
+                and now - worker.since_idle >= self._idle_timeout
+            ):
+                self._retire(worker)
+
+    def _reap(self, worker: _Worker) -> None:
+        """A worker's sentinel fired: read what it said last, then settle its tasks."""
+        if self._selector.get_map().get(worker.fd) is not None:
+            self._read(worker)
+        self._forget(worker)
+        process = worker.process
+        process.join(1.0)
+        exitcode = process.exitcode
+        _wire.unlink_prefix(f"{self._shm_prefix}-w{process.pid}")
+        lost = list(worker.in_flight)
+        worker.in_flight.clear()
+        if not worker.ready and not worker.retiring:
+            self._startup_deaths += 1
+        if not lost and worker.retiring:
+            return
+        how = _signal_name(exitcode)
+        for task in lost:
+            _wire.discard((b"", task.segments))
+            error = WorkerLostError(
+                f"the worker process {worker.name} (pid {process.pid}) running "
+                f"{task.describe()} died {how}. Only the calls that worker held failed; "
+                "the pool replaced it and goes on. Look for a crash or an os._exit() in "
+                "that call, or a memory limit.",
+                exitcode=exitcode,
+                task=task.describe(),
+            )
+            self._set_exception(task.future, error)
+            self._shared.failed += 1
+        if self._startup_deaths >= MAX_STARTUP_DEATHS and self._shared.broken is None:
+            self._break(
+                f"{MAX_STARTUP_DEATHS} worker processes in a row died while starting (the last "
+                f"{how}); the pool gave up. Check the initializer and that the main module "
+                "can be imported by a child process (an `if __name__ == '__main__':` guard).",
+                None,
+            )
+
+    def _forget(self, worker: _Worker) -> None:
+        self._workers.pop(worker.fd, None)
+        for fileobj in (worker.fd, worker.process.sentinel):
+            try:
+                self._selector.unregister(fileobj)
+            except (KeyError, ValueError):
+                pass
+        worker.sock.close()
+
+    # -- breaking and stopping ---------------------------------------------
+
+    def _break(self, reason: str, cause: BaseException | None) -> None:
+        """Refuse all work from now on; fail every queued and in-flight call."""
+        shared = self._shared
+        with shared.lock:
+            if shared.broken is None:
+                shared.broken = reason
+                shared.broken_cause = cause
+            queued = list(shared.queue)
+            shared.queue.clear()
+        running = [t for w in self._workers.values() for t in w.in_flight]
+        for worker in self._workers.values():
+            worker.in_flight.clear()
+        self._kill_all()
+        for task in queued + running:
+            # A queued future may have been cancelled: then it only needs notifying.
+            if task in running or task.future.set_running_or_notify_cancel():
+                error = BrokenProcessPool(reason)
+                error.__cause__ = cause
+                self._set_exception(task.future, error)
+                shared.failed += 1
+
+    def _stop_workers(self, how: str) -> None:
+        """terminate_workers() / kill_workers() / Ctrl-C: stop now, fail what ran."""
+        for worker in list(self._workers.values()):
+            try:
+                if how == "kill":
+                    worker.process.kill()
+                else:
+                    worker.process.terminate()
+            except (OSError, AttributeError):
+                pass
+        reason = (
+            "the worker processes were stopped (terminate_workers(), kill_workers() or "
+            "Ctrl-C) while this call ran"
+        )
+        for worker in list(self._workers.values()):
+            worker.process.join(EXIT_GRACE_SECONDS)
+            for task in worker.in_flight:
+                self._set_exception(task.future, BrokenProcessPool(reason))
+                self._shared.failed += 1
+            worker.in_flight.clear()
+            self._forget(worker)
+        with self._shared.lock:
+            queued = list(self._shared.queue)
+            self._shared.queue.clear()
+        for task in queued:
+            if task.future.cancel():
+                task.future.set_running_or_notify_cancel()
+
+    def _kill_all(self) -> None:
+        for worker in list(self._workers.values()):
+            try:
+                worker.process.kill()
+            except (OSError, AttributeError):
+                pass
+            worker.process.join(EXIT_GRACE_SECONDS)
+            self._forget(worker)
+
+    def _exit_workers(self) -> None:
+        """Shutdown with nothing left to run: ask every worker to leave, then wait."""
+        for worker in list(self._workers.values()):
+            self._retire(worker)
+        deadline = _clock.monotonic() + EXIT_GRACE_SECONDS
+        while self._workers:
+            remaining = deadline - _clock.monotonic()
+            if remaining <= 0:
+                break
+            for key, mask in self._selector.select(remaining):
+                data = key.data
+                if data is None:
+                    self._drain_wake_pipe()
+                elif data[0] == "sock":
+                    if mask & selectors.EVENT_WRITE:
+                        self._flush(data[1])
+                    if mask & selectors.EVENT_READ:
+                        self._read(data[1])
+                else:
+                    self._reap(data[1])
+        self._kill_all()
+
+    def _close(self) -> None:
+        for worker in list(self._workers.values()):
+            self._forget(worker)
+        _wire.unlink_prefix(self._shm_prefix)
+        self._selector.close()
+        shared = self._shared
+        with shared.lock:
+            for fd in (shared.wake_r, shared.wake_w):
+                if fd >= 0:
+                    os.close(fd)
+            shared.wake_r = shared.wake_w = -1

@@ -1,0 +1,335 @@
+"""ProcessPoolExecutor, the user-facing side of shoal's process pool.
+
+``submit`` turns a call into a :class:`~._dispatcher.Task`, appends it to the
+queue it shares with the pool's dispatcher thread and wakes that thread;
+everything that touches worker processes happens in the dispatcher (see
+``_dispatcher.py`` for the data flow). What survives what:
+
+* A worker that dies (a segfault, ``os._exit``, SIGKILL, the OOM killer)
+  fails only the calls it held, each with :class:`shoal.WorkerLostError`
+  naming the exit code or signal; a new worker takes its place and every
+  other call completes. The pool breaks (``BrokenProcessPool``) only when its
+  initializer fails or workers keep dying while starting.
+* An exception in a call, an argument that cannot be pickled, a result that
+  cannot be pickled or unpickled: that one future fails, with that error.
+* Ctrl-C in the main thread: leaving a ``with`` block on KeyboardInterrupt,
+  or the interpreter exiting on one, stops the workers at once instead of
+  waiting for the running calls.
+* The parent dying, even by SIGKILL: every worker notices within about a
+  second and exits.
+
+The default start method is ``forkserver`` on Linux (as in Python 3.14):
+``fork`` from a process that runs threads, as any process with a shoal pool
+does, can deadlock the child. ``fork``, ``forkserver`` and ``spawn`` all work.
+
+Concurrency:
+  Threads: user threads call ``submit``/``shutdown``/``statistics``; the
+  dispatcher thread (one per pool, started on the first submit) owns the
+  workers. They share one :class:`~._dispatcher.Shared` record.
+  Lock order: ``_global_lock``, then ``Shared.lock``, then a future's
+  ``_condition``. User code never runs under a shoal lock: cancelled
+  futures are notified after the lock is released.
+  The dispatcher holds the ``Shared`` record, not the pool, so an abandoned
+  pool can be collected; a weak-reference callback then shuts it down.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from concurrent.futures import process as _std_process
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from .._errors import BrokenProcessPool
+from .._executor import Executor
+from .._future import Future
+from .._stats import ExecutorStatistics
+from . import _wire
+from ._dispatcher import Dispatcher, Shared, Task
+
+__all__ = ("ProcessPoolExecutor", "default_context")
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+_global_lock = threading.Lock()
+_exiting = False  # guarded by: _global_lock
+_live: weakref.WeakValueDictionary[int, ProcessPoolExecutor] = (
+    weakref.WeakValueDictionary()
+)  # guarded by: _global_lock
+_dispatchers: dict[int, tuple[Shared, Dispatcher]] = {}  # guarded by: _global_lock
+_serials = itertools.count(1)
+_owner_pid = os.getpid()
+
+
+def _interrupted() -> bool:
+    """True if the interpreter is exiting on an uncaught KeyboardInterrupt."""
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    return isinstance(last, KeyboardInterrupt)
+
+
+def _python_exit() -> None:
+    """At interpreter exit: finish (or, after Ctrl-C, stop) every pool's work."""
+    global _exiting
+    if os.getpid() != _owner_pid:
+        return  # a forked child inherited this hook; its parent's pools are not its own
+    with _global_lock:
+        _exiting = True
+        pools = list(_dispatchers.values())
+    stop = "kill" if _interrupted() else None
+    for shared, _ in pools:
+        with shared.lock:
+            shared.shutdown = True
+            if stop is not None:
+                shared.stop = stop
+            shared.wake()
+    for _, dispatcher in pools:
+        dispatcher.join()
+
+
+def _after_fork_in_child() -> None:
+    global _global_lock, _dispatchers, _live
+    _global_lock = threading.Lock()
+    _dispatchers = {}
+    _live = weakref.WeakValueDictionary()
+
+
+threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def default_context() -> multiprocessing.context.BaseContext:
+    """The start method shoal uses when none is given: forkserver where there is one."""
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform == "linux" and "forkserver" in methods:
+        return multiprocessing.get_context("forkserver")
+    return multiprocessing.get_context("spawn")
+
+
+def _default_workers() -> int:
+    count = getattr(os, "process_cpu_count", None)
+    if count is not None:
+        return count() or 1
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _shut_down_abandoned(shared: Shared) -> Callable[[object], None]:
+    def callback(_: object) -> None:
+        with shared.lock:
+            shared.shutdown = True
+            shared.wake()
+
+    return callback
+
+
+class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
+    """Run calls in a pool of worker processes that survives its workers.
+
+    A subclass of the standard ``ProcessPoolExecutor`` only so that
+    ``isinstance`` checks accept it; none of the standard pool's code runs.
+
+    Args:
+        max_workers: the most worker processes; default: the CPUs this
+            process may use.
+        mp_context: a ``multiprocessing`` context, or a start method name
+            ("fork", "forkserver", "spawn"); default forkserver on Linux,
+            spawn elsewhere.
+        initializer: called with ``initargs`` in each new worker. If it
+            raises, the pool breaks: pending and later calls fail with
+            ``BrokenProcessPool`` naming the error.
+        max_tasks_per_child: a worker leaves after this many calls and a new
+            one takes its place (frees memory leaked by the calls).
+        idle_timeout: seconds after which an idle worker leaves; workers come
+            back when work does.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: multiprocessing.context.BaseContext | str | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        idle_timeout: float | None = None,
+    ) -> None:
+        if max_workers is None:
+            max_workers = _default_workers()
+        elif isinstance(max_workers, bool) or not isinstance(max_workers, int):
+            raise TypeError(f"max_workers must be an int or None, not {max_workers!r}")
+        if max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if mp_context is None:
+            mp_context = default_context()
+        elif isinstance(mp_context, str):
+            mp_context = multiprocessing.get_context(mp_context)
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be None or > 0 seconds, not {idle_timeout!r}")
+
+        self._max_workers = max_workers
+        self._mp_context = mp_context
+        self._max_tasks_per_child = max_tasks_per_child
+        self._idle_timeout = idle_timeout
+        self._serial = next(_serials)
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._initializer_blob: _wire.Blob | None = None
+        if initializer is not None:
+            try:
+                self._initializer_blob = _wire.dumps_call(
+                    initializer, self._initargs, {}, f"shoal-{os.getpid()}-{self._serial}i"
+                )
+            except Exception as exc:
+                raise TypeError(
+                    f"the initializer {initializer!r} and its initargs must be picklable "
+                    f"to reach the worker processes: {exc!r}"
+                ) from exc
+        self._shared = Shared()
+        self._ids = itertools.count()
+        self._dispatcher: Dispatcher | None = None
+        with _global_lock:
+            _live[self._serial] = self
+
+    # -- submitting ----------------------------------------------------------
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` in a worker process; return its Future.
+
+        The call, its arguments and its result travel by pickle (cloudpickle
+        for lambdas and closures). An argument that cannot be pickled fails
+        this future, not the pool.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            RuntimeError: the pool was shut down, or the interpreter is exiting.
+            BrokenProcessPool: the pool is broken (see the message).
+        """
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
+        future: Future[T] = Future()
+        shared = self._shared
+        with shared.lock:
+            if shared.broken is not None:
+                raise BrokenProcessPool(shared.broken) from shared.broken_cause
+            if shared.shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            shared.queue.append(Task(next(self._ids), future, fn, args, kwargs))
+            if self._dispatcher is None:
+                self._start_dispatcher()
+            shared.wake()
+        return future
+
+    def _start_dispatcher(self) -> None:
+        """Start the dispatcher thread. Hold ``Shared.lock``."""
+        shared = self._shared
+        shared.wake_r, shared.wake_w = os.pipe()
+        os.set_blocking(shared.wake_r, False)
+        os.set_blocking(shared.wake_w, False)
+        dispatcher = Dispatcher(
+            shared,
+            self._mp_context,
+            max_workers=self._max_workers,
+            initializer=self._initializer_blob,
+            max_tasks_per_child=self._max_tasks_per_child,
+            idle_timeout=self._idle_timeout,
+            serial=self._serial,
+        )
+        dispatcher.start()
+        self._dispatcher = dispatcher
+        with _global_lock:
+            _dispatchers[self._serial] = (shared, dispatcher)
+        weakref.finalize(self, _shut_down_abandoned(shared), None)
+
+    # -- stopping --------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse new calls; the workers leave once the queued calls are done.
+
+        Args:
+            wait: block until every call has finished and the workers are gone.
+            cancel_futures: cancel the calls not yet sent to a worker.
+        """
+        self._stop(None, wait=wait, cancel_futures=cancel_futures)
+
+    def terminate_workers(self) -> None:
+        """Stop every worker now with SIGTERM and shut the pool down.
+
+        Queued calls are cancelled; running ones fail with ``BrokenProcessPool``.
+        """
+        self._stop("terminate", wait=True, cancel_futures=True)
+
+    def kill_workers(self) -> None:
+        """Stop every worker now with SIGKILL and shut the pool down.
+
+        Queued calls are cancelled; running ones fail with ``BrokenProcessPool``.
+        """
+        self._stop("kill", wait=True, cancel_futures=True)
+
+    def _stop(self, how: str | None, *, wait: bool, cancel_futures: bool) -> None:
+        shared = self._shared
+        with shared.lock:
+            shared.shutdown = True
+            if how is not None and shared.stop is None:
+                shared.stop = how
+            cancelled = list(shared.queue) if cancel_futures else []
+            if cancel_futures:
+                shared.queue.clear()
+            shared.wake()
+            dispatcher = self._dispatcher
+        for task in cancelled:
+            if task.future.cancel():
+                task.future.set_running_or_notify_cancel()
+        if wait and dispatcher is not None and dispatcher is not threading.current_thread():
+            dispatcher.join()
+        if wait or dispatcher is None:
+            with _global_lock:
+                _dispatchers.pop(self._serial, None)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C: do not wait for the running calls, the user wants out.
+            self._stop("kill", wait=True, cancel_futures=True)
+        else:
+            self.shutdown(wait=True)
+        return False
+
+    # -- looking inside --------------------------------------------------------
+
+    def statistics(self) -> ExecutorStatistics:
+        """A snapshot of the pool's counters (see :class:`ExecutorStatistics`)."""
+        shared = self._shared
+        dispatcher = self._dispatcher
+        workers, idle, running = (0, 0, 0) if dispatcher is None else dispatcher.counts()
+        return ExecutorStatistics(
+            workers=workers,
+            idle=idle,
+            queued=len(shared.queue),
+            running=running,
+            completed=shared.completed,
+            failed=shared.failed,
+            respawned=shared.respawned,
+        )
