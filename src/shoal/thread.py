@@ -80,8 +80,19 @@ def _python_exit() -> None:
 
 # Runs before the interpreter joins non-daemon threads, like the standard pool.
 threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (a process-pool worker, say) has none of its parent's
+    # threads: forget them, so that its exit does not try to join them.
+    global _live_pools, _live_threads
+    _global_lock._at_fork_reinit()  # type: ignore[attr-defined]
+    _live_pools = weakref.WeakSet()
+    _live_threads = weakref.WeakKeyDictionary()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_global_lock._at_fork_reinit)  # type: ignore[attr-defined]
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _worker(
