@@ -282,6 +282,8 @@ class as_completed(Generic[T]):  # noqa: N801 - a function in the standard libra
                     raise TimeoutError(f"{len(pending)} (of {total}) futures unfinished")
                 complete = waiter.take()
                 pending.difference_update(complete)
+                # A finished future outlives the iteration; leave nothing on it.
+                _uninstall(waiter, complete)
                 complete.reverse()
         finally:
             _uninstall(waiter, pending)
@@ -305,6 +307,9 @@ class as_completed(Generic[T]):  # noqa: N801 - a function in the standard libra
                         f"{len(pending)} (of {total}) futures unfinished"
                     ) from None
                 pending.discard(complete[0])
+                # A finished future outlives the iteration; do not leave it
+                # holding the waiter, and through it the event loop.
+                _uninstall(waiter, complete)
                 # Pop as we yield: no reference stays behind in this frame.
                 yield complete.pop()
         finally:
