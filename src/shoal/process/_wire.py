@@ -1,0 +1,557 @@
+"""The wire of the process pool: framing, pickling, shared memory, remote tracebacks.
+
+This module is mechanism only: it turns objects into bytes and back and moves
+big buffers through shared memory. What to send, when, and what a failure
+means for a task is decided by the dispatcher (parent) and the worker loop
+(child), which both import this module. It imports only the standard
+library, and ``cloudpickle`` when plain pickle cannot do the job.
+
+Wire format::
+
+    message   = pickle.dumps((TAG, ...), protocol=5), one per Connection.send_bytes
+                  tuples of ints, floats, strings, bools, lists and Blobs only
+    Blob      = (data: bytes, segments: ((name, size), ...))
+                  data: a protocol-5 pickle of one object; its out-of-band
+                  buffers live, in order, in the shared-memory segments
+    call blob = Blob of (fn, args, kwargs)
+    error blob= Blob whose data is a plain pickle of
+                  (type_name, message, traceback_text, exception_data)
+                  and whose segments are those of exception_data; read it
+                  with load_error() only.
+
+Shared memory: a buffer of at least ``SHM_THRESHOLD`` bytes (a numpy array,
+a big ``bytes``/``bytearray``/``memoryview``) is written to a POSIX
+shared-memory segment named ``{prefix}-{n}`` (``/dev/shm/{prefix}-{n}`` on
+Linux) instead of the pickle. The writer creates the segment and forgets it;
+the reader copies it out and unlinks it at once. A segment whose blob is never
+read is removed by ``discard`` or ``unlink_prefix``. Segments are opened with
+``_posixshmem`` rather than ``multiprocessing.shared_memory``, whose resource
+tracker would warn about segments that another process unlinked. Where
+``_posixshmem`` is missing (Windows, whose named memory dies with its last
+handle, before the reader could attach) every buffer travels in band.
+
+Big ``bytes`` and ``bytearray`` objects arrive as ``bytes`` and
+``bytearray``. A ``memoryview`` of any size (plain pickle refuses them)
+arrives as a ``memoryview`` over a private copy with the same contents,
+``format``, ``shape`` and ``readonly`` flag; when its format is not one
+``memoryview.cast`` accepts (e.g. ``'<i'`` or a numpy struct format) it
+arrives as a 1-D memoryview of unsigned bytes with the same contents.
+
+Concurrency: every function may be called from any thread. The only shared
+state is the segment counter, an ``itertools.count`` (atomic under the GIL;
+a name collision would be refused by ``O_EXCL`` and retried anyway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import os
+import pickle
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+try:
+    import _posixshmem  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - Windows
+    _posixshmem = None
+
+__all__ = (
+    "EXIT",
+    "INIT_FAILED",
+    "READY",
+    "RESULTS",
+    "RUN",
+    "SHM_THRESHOLD",
+    "Blob",
+    "RemoteTraceback",
+    "UnpicklableError",
+    "discard",
+    "dumps",
+    "dumps_call",
+    "dumps_error",
+    "load_error",
+    "loads",
+    "recv",
+    "send",
+    "unlink_prefix",
+)
+
+# Message tags (the first element of every message).
+RUN = 1  # parent -> worker: (RUN, [(task_id, call_blob), ...])
+EXIT = 2  # parent -> worker: (EXIT,)
+READY = 3  # worker -> parent: (READY, pid)
+INIT_FAILED = 4  # worker -> parent: (INIT_FAILED, error_blob)
+RESULTS = 5  # worker -> parent: (RESULTS, [(task_id, ok, blob, duration_s), ...])
+
+# Buffers of at least this many bytes go through shared memory. A segment
+# costs a fixed few tens of microseconds (shm_open, write, close and unlink on
+# both sides) and is copied once in and once out; a buffer in band is copied
+# into the pickle, through the socket in 64 KiB slices and out again, and
+# keeps the dispatcher thread busy reading it. Below ~1 MiB the fixed cost
+# wins; above it shared memory is several times faster and keeps big messages
+# from clogging a worker's socket.
+SHM_THRESHOLD = 1 << 20
+
+Segments: TypeAlias = tuple[tuple[str, int], ...]
+Blob: TypeAlias = tuple[bytes, Segments]
+
+_SHM_DIR = "/dev/shm"
+# Linux read()/write() move at most this much per call.
+_IO_CHUNK = 0x7FFFF000
+_counter = itertools.count()
+
+
+# -- shared-memory segments ------------------------------------------------
+
+
+def _create_segment(prefix: str, data: memoryview) -> str:
+    """Write ``data`` (1-D bytes) to a new segment and return its name."""
+    assert _posixshmem is not None
+    while True:
+        name = f"{prefix}-{next(_counter)}"
+        try:
+            fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        except FileExistsError:  # pragma: no cover - a stale segment of a reused pid
+            continue
+        break
+    try:
+        try:
+            os.ftruncate(fd, data.nbytes)
+            offset = 0
+            while offset < data.nbytes:
+                offset += os.write(fd, data[offset : offset + _IO_CHUNK])
+        finally:
+            os.close(fd)
+    except BaseException:
+        _unlink(name)
+        raise
+    return name
+
+
+def _read_segment(name: str, size: int) -> bytearray:
+    """Copy a segment out into a new bytearray and unlink it."""
+    assert _posixshmem is not None
+    fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, 0)
+    try:
+        # Unlinked at once: the open descriptor keeps the memory readable,
+        # and a failure below leaves nothing behind.
+        _unlink(name)
+        buffer = bytearray(size)
+        with memoryview(buffer) as view:
+            offset = 0
+            while offset < size:
+                n = os.readv(fd, [view[offset : offset + _IO_CHUNK]])
+                if n == 0:
+                    raise EOFError(f"shared-memory segment {name!r} holds {offset} of {size} bytes")
+                offset += n
+    finally:
+        os.close(fd)
+    return buffer
+
+
+def _unlink(name: str) -> None:
+    if _posixshmem is None:  # pragma: no cover - Windows
+        return
+    with contextlib.suppress(FileNotFoundError):
+        _posixshmem.shm_unlink("/" + name)
+
+
+def discard(blob: Blob) -> None:
+    """Unlink the segments of a blob that will never be read (missing ones are ignored)."""
+    for name, _size in blob[1]:
+        _unlink(name)
+
+
+def unlink_prefix(prefix: str) -> None:
+    """Unlink every segment named ``prefix`` or ``prefix-...``.
+
+    The ``-`` boundary keeps ``shoal-1-1`` from matching ``shoal-1-10``'s
+    segments, while a pool's prefix still covers its workers'
+    (``shoal-1-1-w42-7``). It lists ``/dev/shm``, so on systems without it
+    (macOS) only discard() can remove segments.
+    """
+    try:
+        names = os.listdir(_SHM_DIR)
+    except OSError:  # pragma: no cover - no /dev/shm
+        return
+    start = prefix + "-"
+    for name in names:
+        if name == prefix or name.startswith(start):
+            _unlink(name)
+
+
+# -- pickling ----------------------------------------------------------------
+
+
+def _rebuild_bytearray(data: bytearray | bytes) -> bytearray:
+    # Out of band, ``data`` is the fresh bytearray loads() read the segment into.
+    return data if type(data) is bytearray else bytearray(data)
+
+
+def _rebuild_memoryview(
+    data: bytes | bytearray | memoryview, fmt: str, shape: tuple[int, ...], readonly: bool
+) -> memoryview:
+    if not readonly and not isinstance(data, bytearray):
+        data = bytearray(data)
+    view = memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    if fmt != "B" or len(shape) != 1:
+        # A format cast() refuses stays bytes, as the module docstring says.
+        with contextlib.suppress(TypeError, ValueError):
+            view = view.cast(fmt, shape)  # type: ignore[call-overload]
+    if readonly and not view.readonly:
+        view = view.toreadonly()
+    return view
+
+
+class _OutOfBand:
+    """Wraps a big bytes or bytearray so that it pickles as an out-of-band buffer.
+
+    The C pickler writes ``bytes`` and ``bytearray`` in band without asking
+    reducer_override, so _wrap_big_bytes() puts this wrapper in their place
+    before pickling.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        rebuild = bytes if type(self.data) is bytes else _rebuild_bytearray
+        return rebuild, (pickle.PickleBuffer(self.data),)
+
+
+# How many container items _wrap_big_bytes() looks at, and how deep. It runs
+# only when a plain pickle came out bigger than SHM_THRESHOLD (or failed), so
+# its cost (~0.1 us an item) is small next to that pickle's; big bytes nested
+# deeper or behind the budget simply stay in band.
+_WRAP_BUDGET = 4096
+_WRAP_DEPTH = 4
+_WRAPPED_TYPES = frozenset({bytes, bytearray, tuple, list, dict})
+
+
+def _wrap_big_bytes(obj: object) -> object:
+    """Return ``obj`` with big bytes/bytearrays in tuples, lists and dicts wrapped.
+
+    Containers holding one are copied (never changed in place); a container
+    seen twice is copied once, so shared references stay shared. Returns
+    ``obj`` itself when there is nothing to wrap.
+    """
+    budget = _WRAP_BUDGET
+    seen: dict[int, object] = {}
+
+    def wrap(item: object, depth: int) -> object:
+        nonlocal budget
+        kind = type(item)
+        if kind not in _WRAPPED_TYPES:
+            return item
+        key = id(item)
+        if key in seen:
+            return seen[key]
+        seen[key] = item  # until finished: a cycle keeps the original
+        new: object = item
+        if isinstance(item, bytes | bytearray):
+            if len(item) >= SHM_THRESHOLD:
+                new = _OutOfBand(item)
+        elif isinstance(item, dict):
+            if depth and budget >= len(item):
+                budget -= len(item)
+                values = {k: wrap(v, depth - 1) for k, v in item.items()}
+                if any(values[k] is not v for k, v in item.items()):
+                    new = values
+        elif isinstance(item, tuple | list) and depth and budget >= len(item):
+            budget -= len(item)
+            items = [wrap(x, depth - 1) for x in item]
+            if any(a is not b for a, b in zip(items, item, strict=True)):
+                new = tuple(items) if kind is tuple else items
+        seen[key] = new
+        return new
+
+    return wrap(obj, _WRAP_DEPTH)
+
+
+def _reduce_memoryview(view: memoryview) -> tuple[Any, ...]:
+    data: object
+    if view.nbytes >= SHM_THRESHOLD and view.c_contiguous:
+        data = pickle.PickleBuffer(view)
+    else:
+        data = view.tobytes()
+    return _rebuild_memoryview, (data, view.format, view.shape, view.readonly)
+
+
+class _Pickler(pickle.Pickler):
+    """Plain pickle that also handles memoryviews (which pickle refuses)."""
+
+    def reducer_override(self, obj: object) -> Any:
+        if type(obj) is memoryview:
+            return _reduce_memoryview(obj)
+        return NotImplemented
+
+
+_cloud_pickler: type[pickle.Pickler] | None = None
+
+
+def _cloud_pickler_class() -> type[pickle.Pickler]:
+    """cloudpickle's Pickler with the bytes-like reductions; imported on first need."""
+    global _cloud_pickler
+    if _cloud_pickler is None:
+        import cloudpickle  # type: ignore[import-untyped]
+
+        class _CloudPickler(cloudpickle.Pickler):  # type: ignore[misc]
+            def reducer_override(self, obj: object) -> Any:
+                if type(obj) is memoryview:
+                    return _reduce_memoryview(obj)
+                return super().reducer_override(obj)
+
+        _cloud_pickler = _CloudPickler
+    return _cloud_pickler
+
+
+def _collector(
+    buffers: list[pickle.PickleBuffer], out_of_band: bool
+) -> Callable[[pickle.PickleBuffer], bool] | None:
+    """A buffer_callback keeping big contiguous buffers out of band (in ``buffers``)."""
+    if not out_of_band or _posixshmem is None:
+        return None  # every buffer in band
+    threshold = SHM_THRESHOLD
+
+    def callback(buffer: pickle.PickleBuffer) -> bool:
+        with memoryview(buffer) as view:
+            if view.nbytes >= threshold and view.contiguous:
+                buffers.append(buffer)
+                return False
+        return True
+
+    return callback
+
+
+def _pickle(obj: object, out_of_band: bool = True) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle ``obj``; return the data and its out-of-band buffers (nothing stored yet).
+
+    Three attempts, cheapest first. (1) ``pickle.dumps``: the fast path, and
+    all that an importable function with plain arguments needs. Its result
+    is final when smaller than SHM_THRESHOLD (it cannot hold a big bytes in
+    band then) or when _wrap_big_bytes() finds nothing to wrap. (2) A Pickler
+    that also handles memoryviews, on the wrapped object. (3) cloudpickle, for
+    lambdas, closures and functions of ``__main__``. When every attempt fails,
+    cloudpickle's error is raised: where the two differ, plain pickle failed
+    on something cloudpickle handles (a lambda) and cloudpickle names the
+    real culprit (a lock among the arguments, say).
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        data = pickle.dumps(obj, protocol=5, buffer_callback=_collector(buffers, out_of_band))
+    except Exception:  # any error of any reducer: try harder below
+        if out_of_band:
+            obj = _wrap_big_bytes(obj)
+    else:
+        if len(data) < SHM_THRESHOLD or not out_of_band:
+            return data, buffers
+        wrapped = _wrap_big_bytes(obj)
+        if wrapped is obj:
+            return data, buffers
+        obj = wrapped
+    error: Exception | None = None
+    for cloud in (False, True):
+        buffers = []
+        file = io.BytesIO()
+        try:
+            pickler_class = _cloud_pickler_class() if cloud else _Pickler
+        except ImportError:
+            break  # no cloudpickle: plain pickle's error stands
+        try:
+            callback = _collector(buffers, out_of_band)
+            pickler_class(file, protocol=5, buffer_callback=callback).dump(obj)
+        except Exception as exc:
+            error = exc
+            continue
+        return file.getvalue(), buffers
+    assert error is not None
+    raise error
+
+
+def _store(data: bytes, buffers: list[pickle.PickleBuffer], shm_prefix: str) -> Blob:
+    """Write the out-of-band buffers to segments; unlink them all on failure."""
+    if not buffers:
+        return data, ()
+    segments: list[tuple[str, int]] = []
+    try:
+        for buffer in buffers:
+            with buffer.raw() as view:
+                segments.append((_create_segment(shm_prefix, view), view.nbytes))
+    except BaseException:
+        discard((data, tuple(segments)))
+        raise
+    finally:
+        for buffer in buffers:
+            buffer.release()
+    return data, tuple(segments)
+
+
+def dumps(obj: object, shm_prefix: str) -> Blob:
+    """Pickle ``obj`` into a Blob, its big buffers into segments named ``{shm_prefix}-{n}``.
+
+    When shared memory cannot take the buffers (``/dev/shm`` full, too many
+    open files) they travel in band instead. Raises what pickling raised
+    (cloudpickle's error when both failed), with no segment left behind.
+    """
+    data, buffers = _pickle(obj)
+    try:
+        return _store(data, buffers, shm_prefix)
+    except OSError:
+        pass  # not inside the except block: no chained OSError in user tracebacks
+    return _pickle(obj, out_of_band=False)[0], ()
+
+
+def dumps_call(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], shm_prefix: str
+) -> Blob:
+    """Pickle the call ``fn(*args, **kwargs)``; importable functions go by reference."""
+    return dumps((fn, args, kwargs), shm_prefix)
+
+
+def loads(blob: Blob) -> Any:
+    """Rebuild the object of a blob; its segments are unlinked, also when this fails."""
+    data, segments = blob
+    if not segments:
+        return pickle.loads(data)
+    buffers: list[bytearray] = []
+    try:
+        for name, size in segments:
+            buffers.append(_read_segment(name, size))
+    except BaseException:
+        discard(blob)  # the segments not reached
+        raise
+    return pickle.loads(data, buffers=buffers)
+
+
+# -- exceptions ---------------------------------------------------------------
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, as text.
+
+    load_error() sets it as the ``__cause__`` of the rebuilt exception, so the
+    caller's traceback shows the worker's frames first, then "The above
+    exception was the direct cause of the following exception".
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+class UnpicklableError(Exception):
+    """Stands in for a worker's exception that could not travel to the parent.
+
+    Attributes:
+        type_name: the qualified name of the original exception's type.
+        message: ``str()`` of the original exception.
+        reason: why it could not travel (the pickling or unpickling error).
+    """
+
+    def __init__(self, type_name: str, message: str, reason: str) -> None:
+        super().__init__(type_name, message, reason)
+        self.type_name = type_name
+        self.message = message
+        self.reason = reason
+
+    def __str__(self) -> str:
+        head = f"{self.type_name}: {self.message}" if self.message else self.type_name
+        return f"{head} (the exception could not be sent by the worker: {self.reason})"
+
+
+def _safe_str(obj: object) -> str:
+    try:
+        return str(obj)
+    except Exception as exc:  # a broken __str__ must not hide the error
+        return f"<str() failed: {type(exc).__name__}>"
+
+
+def _type_name(exc: BaseException) -> str:
+    kind = type(exc)
+    module = kind.__module__
+    if module in ("builtins", "__main__", None):
+        return kind.__qualname__
+    return f"{module}.{kind.__qualname__}"
+
+
+def dumps_error(exc: BaseException, shm_prefix: str) -> Blob:
+    """Pickle ``exc`` with its formatted traceback; read the blob with load_error().
+
+    An exception that cannot be pickled, or whose pickle does not load back
+    here (an ``__init__`` with required arguments that ``args`` lacks, say),
+    is replaced by an UnpicklableError with its type name and message. The
+    traceback text always travels. Never raises for a bad exception.
+    """
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception as error:
+        text = f"<the traceback could not be formatted: {error!r}>\n"
+    type_name = _type_name(exc)
+    message = _safe_str(exc)
+    payload: BaseException = exc
+    try:
+        data, buffers = _pickle(payload)
+        try:
+            pickle.loads(data, buffers=buffers)  # the copy is dropped at once
+        except BaseException:
+            for buffer in buffers:
+                buffer.release()
+            raise
+    except BaseException as error:  # anything, even a SystemExit in __setstate__
+        reason = f"{type(error).__name__}: {_safe_str(error)}"
+        payload = UnpicklableError(type_name, message, reason)
+        data, buffers = _pickle(payload)
+    try:
+        inner_data, segments = _store(data, buffers, shm_prefix)
+    except OSError:  # shared memory is full: in band then
+        inner_data, segments = _pickle(payload, out_of_band=False)[0], ()
+    outer = pickle.dumps((type_name, message, text, inner_data), protocol=5)
+    return outer, segments
+
+
+def load_error(blob: Blob) -> BaseException:
+    """Rebuild an exception sent by dumps_error(), its worker traceback as ``__cause__``.
+
+    If the exception does not unpickle here (its class exists only in the
+    worker, say), an UnpicklableError with its type name and message is
+    returned instead. Unlinks the blob's segments.
+    """
+    try:
+        type_name, message, text, inner_data = pickle.loads(blob[0])
+    except BaseException:
+        discard(blob)
+        raise
+    exc: BaseException
+    try:
+        obj = loads((inner_data, blob[1]))
+        if not isinstance(obj, BaseException):
+            raise TypeError(f"expected an exception, got {type(obj).__name__}")
+        exc = obj
+    except Exception as error:
+        reason = f"it could not be unpickled in the parent: {type(error).__name__}: {error}"
+        exc = UnpicklableError(type_name, message, reason)
+    exc.__cause__ = RemoteTraceback(text)
+    return exc
+
+
+# -- framing -------------------------------------------------------------------
+
+
+def send(conn: Any, message: tuple[Any, ...]) -> None:
+    """Send one message (a tuple of plain data and Blobs) over a Connection."""
+    conn.send_bytes(pickle.dumps(message, protocol=5))
+
+
+def recv(conn: Any) -> Any:
+    """Receive one message; raises EOFError/OSError when the other side is gone."""
+    return pickle.loads(conn.recv_bytes())
