@@ -143,7 +143,7 @@ class Executor(_base.Executor):
         if chunksize > 1:
             chunks = iter(lambda: list(itertools.islice(arguments, chunksize)), [])
             results = self._map_calls(_run_chunk, ((fn, c) for c in chunks), deadline, buffersize, ordered)
-            return _unchunk(results)
+            return _started(_unchunk(results))
         return self._map_calls(fn, arguments, deadline, buffersize, ordered)
 
     def _map_calls(
@@ -166,8 +166,18 @@ class Executor(_base.Executor):
         executor_ref = weakref.ref(self) if buffersize is not None else None
         del self, submit
         if ordered:
-            return _ordered(fn, futures, arguments, executor_ref, deadline)
-        return _unordered(fn, futures, arguments, executor_ref, deadline)
+            return _started(_ordered(fn, futures, arguments, executor_ref, deadline))
+        return _started(_unordered(fn, futures, arguments, executor_ref, deadline))
+
+
+def _started(iterator: Iterator[T]) -> Iterator[T]:
+    """Run a map generator to its first (empty) ``yield``, inside its ``try``.
+
+    A generator closed or collected before it started never runs its
+    ``finally`` clause; a started one does, and cancels the calls left.
+    """
+    next(iterator)
+    return iterator
 
 
 def _refill(
@@ -194,17 +204,28 @@ def _ordered(
     deadline: float | None,
 ) -> Iterator[T]:
     try:
+        yield None  # type: ignore[misc]  # taken by _started()
         while futures:
-            result = _result_or_cancel(futures.popleft(), _clock.remaining(deadline))
-            new = _refill(fn, arguments, executor_ref)
-            if new is not None:
-                futures.append(new)
-                del new
-            yield result
-            del result
+            # Yielded straight from the call: a local name would keep the
+            # result alive for as long as the consumer holds the iterator.
+            yield _next_in_order(fn, futures, arguments, executor_ref, deadline)
     finally:
         for future in futures:
             future.cancel()
+
+
+def _next_in_order(
+    fn: Callable[..., T],
+    futures: collections.deque[Future[T]],
+    arguments: Iterator[tuple[Any, ...]],
+    executor_ref: weakref.ref[Executor] | None,
+    deadline: float | None,
+) -> T:
+    result = _result_or_cancel(futures.popleft(), _clock.remaining(deadline))
+    new = _refill(fn, arguments, executor_ref)
+    if new is not None:
+        futures.append(new)
+    return result
 
 
 def _unordered(
@@ -219,26 +240,38 @@ def _unordered(
     futures.clear()
     _notify_when_done(outstanding, finished)
     try:
+        yield None  # type: ignore[misc]  # taken by _started()
         while outstanding:
-            try:
-                done = finished.get(timeout=_clock.remaining(deadline))
-            except queue.Empty:
-                raise TimeoutError(
-                    f"{len(outstanding)} calls of map() unfinished when its timeout ran out"
-                ) from None
-            outstanding.discard(done)
-            new = _refill(fn, arguments, executor_ref)
-            if new is not None:
-                outstanding.add(new)
-                new.add_done_callback(finished.put)
-                del new
-            result = _result_or_cancel(done, 0)
-            del done
-            yield result
-            del result
+            # Yielded straight from the call, as in _ordered().
+            yield _next_finished(
+                fn, outstanding, finished, arguments, executor_ref, deadline=deadline
+            )
     finally:
         for pending in outstanding:
             pending.cancel()
+
+
+def _next_finished(
+    fn: Callable[..., T],
+    outstanding: set[Future[T]],
+    finished: queue.SimpleQueue[Future[T]],
+    arguments: Iterator[tuple[Any, ...]],
+    executor_ref: weakref.ref[Executor] | None,
+    *,
+    deadline: float | None,
+) -> T:
+    try:
+        done = finished.get(timeout=_clock.remaining(deadline))
+    except queue.Empty:
+        raise TimeoutError(
+            f"{len(outstanding)} calls of map() unfinished when its timeout ran out"
+        ) from None
+    outstanding.discard(done)
+    new = _refill(fn, arguments, executor_ref)
+    if new is not None:
+        outstanding.add(new)
+        new.add_done_callback(finished.put)
+    return _result_or_cancel(done, 0)
 
 
 def _notify_when_done(futures: Iterable[Future[T]], finished: queue.SimpleQueue[Future[T]]) -> None:
@@ -250,8 +283,12 @@ def _notify_when_done(futures: Iterable[Future[T]], finished: queue.SimpleQueue[
 
 def _unchunk(chunks: Iterator[tuple[list[T], BaseException | None]]) -> Iterator[T]:
     try:
+        yield None  # type: ignore[misc]  # taken by _started()
         for results, error in chunks:
-            yield from results
+            # Pop as we go: a yielded result is not kept alive by its chunk.
+            results.reverse()
+            while results:
+                yield results.pop()
             if error is not None:
                 try:
                     raise error

@@ -1,0 +1,301 @@
+"""Executor.map: equal to the builtin map, errors at their position, timeouts, streaming."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+
+class MapError(Exception):
+    pass
+
+
+def square(x):
+    return x * x
+
+
+def negate(x):
+    return -x
+
+
+def fail_on_multiples_of_7(x):
+    if x % 7 == 6:
+        raise MapError(x)
+    return x + 1
+
+
+def add(x, y):
+    return x + y
+
+
+FUNCTIONS = [square, negate, str, fail_on_multiples_of_7]
+NEVER_FAILING = [square, negate, str]
+
+
+def outcomes(iterator):
+    """Drain ``iterator``: its values, then ("raised", type, args) if it raised."""
+    seen = []
+    try:
+        for value in iterator:
+            seen.append(value)  # noqa: PERF402 - keep what came before the exception
+    except Exception as exc:
+        seen.append(("raised", type(exc), exc.args))
+    return seen
+
+
+map_settings = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@map_settings
+@given(
+    fn=st.sampled_from(FUNCTIONS),
+    length=st.integers(0, 40),
+    chunksize=st.integers(1, 6),
+    buffersize=st.none() | st.integers(1, 6),
+)
+def test_ordered_map_equals_builtin_map(executor, fn, length, chunksize, buffersize):
+    expected = outcomes(map(fn, range(length)))
+    got = outcomes(executor.map(fn, range(length), chunksize=chunksize, buffersize=buffersize))
+    assert got == expected
+    got = outcomes(
+        executor.map(
+            fn, iter(range(length)), chunksize=chunksize, buffersize=buffersize, ordered=True
+        )
+    )
+    assert got == expected
+
+
+@map_settings
+@given(
+    fn=st.sampled_from(NEVER_FAILING),
+    length=st.integers(0, 40),
+    chunksize=st.integers(1, 6),
+    buffersize=st.none() | st.integers(1, 6),
+)
+def test_unordered_map_yields_the_same_multiset(executor, fn, length, chunksize, buffersize):
+    inputs = [i % 5 for i in range(length)]
+    got = list(executor.map(fn, inputs, chunksize=chunksize, buffersize=buffersize, ordered=False))
+    assert sorted(got, key=repr) == sorted(map(fn, inputs), key=repr)
+
+
+@map_settings
+@given(a=st.lists(st.integers(), max_size=20), b=st.lists(st.integers(), max_size=20))
+def test_map_over_several_iterables_stops_at_the_shortest(executor, a, b):
+    assert list(executor.map(add, a, b)) == list(map(add, a, b))
+
+
+@pytest.mark.parametrize("chunksize", [1, 2, 3, 10])
+@pytest.mark.parametrize("buffersize", [None, 1, 4])
+def test_exception_at_its_position(executor, chunksize, buffersize):
+    results = executor.map(
+        fail_on_multiples_of_7, range(20), chunksize=chunksize, buffersize=buffersize
+    )
+    assert [next(results) for _ in range(6)] == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(MapError) as info:
+        next(results)
+    assert info.value.args == (6,)
+    with pytest.raises(StopIteration):
+        next(results)
+
+
+@pytest.mark.parametrize("chunksize", [0, -1])
+def test_chunksize_below_one(executor, chunksize):
+    with pytest.raises(ValueError):
+        executor.map(square, range(3), chunksize=chunksize)
+
+
+@pytest.mark.parametrize("buffersize", [0, -1])
+def test_buffersize_below_one(executor, buffersize):
+    with pytest.raises(ValueError):
+        executor.map(square, range(3), buffersize=buffersize)
+
+
+def test_map_is_eager_without_buffersize(executor):
+    read = []
+
+    def inputs():
+        for i in range(10):
+            read.append(i)
+            yield i
+
+    results = executor.map(square, inputs())
+    assert read == list(range(10))
+    assert list(results) == [i * i for i in range(10)]
+
+
+# -- tests whose calls share state with the test (threads only) -----------------------
+
+
+class InFlight:
+    """Counts calls of ``fn`` submitted and not yet yielded, and the most at once."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most_running = 0
+        self.read = 0
+
+    def inputs(self, source):
+        for item in source:
+            with self.lock:
+                self.read += 1
+            yield item
+
+    def call(self, x):
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            return x * 2
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@pytest.mark.in_process
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize(("buffersize", "chunksize"), [(1, 1), (3, 1), (2, 4), (5, 3)])
+def test_buffersize_bounds_calls_in_flight_on_an_endless_input(
+    executor_factory, buffersize, chunksize, ordered
+):
+    executor = executor_factory(max_workers=4)
+    counter = InFlight()
+    results = executor.map(
+        counter.call,
+        counter.inputs(itertools.count()),
+        buffersize=buffersize,
+        chunksize=chunksize,
+        ordered=ordered,
+    )
+    bound = buffersize * chunksize
+    assert counter.read <= bound
+    taken = []
+    for _ in range(60):
+        taken.append(next(results))
+        # Read from the input but not yet yielded: the buffer's chunks, plus
+        # what is left of the finished chunk being yielded.
+        assert counter.read - len(taken) <= bound + chunksize - 1
+    results.close()
+    assert counter.most_running <= bound
+    if ordered:
+        assert taken == [2 * i for i in range(60)]
+    else:
+        assert len(set(taken)) == 60
+
+
+def blocked_until(gate, x):
+    assert gate.wait(10)
+    return x
+
+
+@pytest.mark.in_process
+@pytest.mark.parametrize("ordered", [True, False])
+def test_timeout_cancels_the_calls_left(executor_factory, ordered):
+    executor = executor_factory(max_workers=1)
+    gate = threading.Event()
+    ran = []
+
+    def call(x):
+        ran.append(x)
+        assert gate.wait(10)
+        return x
+
+    results = executor.map(call, range(10), timeout=0.05, ordered=ordered)
+    with pytest.raises(TimeoutError):
+        next(results)
+    gate.set()
+    executor.shutdown(wait=True)
+    assert ran == [0]
+
+
+class SecondChunkHeld:
+    """A call for map(): the first chunk runs freely, the second waits for ``gate``."""
+
+    def __init__(self, chunksize):
+        self.chunksize = chunksize
+        self.ran = []
+        self.second_started = threading.Event()
+        self.gate = threading.Event()
+
+    def __call__(self, x):
+        self.ran.append(x)
+        if x == self.chunksize:
+            self.second_started.set()
+        if x >= self.chunksize:
+            assert self.gate.wait(10)
+        return x
+
+
+@pytest.mark.in_process
+@pytest.mark.parametrize("chunksize", [1, 3])
+@pytest.mark.parametrize("ordered", [True, False])
+@pytest.mark.parametrize("how", ["close", "drop"])
+def test_closing_the_iterator_cancels_queued_calls(executor_factory, chunksize, ordered, how):
+    executor = executor_factory(max_workers=1)
+    call = SecondChunkHeld(chunksize)
+    results = executor.map(call, range(6 * chunksize), chunksize=chunksize, ordered=ordered)
+    assert next(results) == 0
+    assert call.second_started.wait(10)
+    if how == "close":
+        results.close()
+    else:
+        del results
+        gc.collect()
+    call.gate.set()
+    executor.shutdown(wait=True)
+    # The first chunk and the one running when the iterator closed ran; no other.
+    assert call.ran == list(range(2 * chunksize))
+
+
+@pytest.mark.in_process
+@pytest.mark.parametrize("chunksize", [1, 3])
+@pytest.mark.parametrize("ordered", [True, False])
+def test_closing_an_unstarted_iterator_cancels_queued_calls(executor_factory, ordered, chunksize):
+    executor = executor_factory(max_workers=1)
+    gate = threading.Event()
+    ran = []
+
+    def call(x):
+        ran.append(x)
+        assert gate.wait(10)
+        return x
+
+    results = executor.map(call, range(10), ordered=ordered, chunksize=chunksize)
+    # Wait for the first call to start, so that the rest are surely queued.
+    deadline = time.monotonic() + 10
+    while not ran and time.monotonic() < deadline:
+        time.sleep(0.001)
+    results.close()
+    gate.set()
+    executor.shutdown(wait=True)
+    assert ran == list(range(chunksize))
+
+
+@pytest.mark.in_process
+@pytest.mark.parametrize("chunksize", [1, 2])
+@pytest.mark.parametrize("buffersize", [None, 2])
+@pytest.mark.parametrize("ordered", [True, False])
+def test_no_reference_to_yielded_results(executor_factory, chunksize, buffersize, ordered):
+    import weakref
+
+    class Result:
+        pass
+
+    executor = executor_factory(max_workers=2)
+    results = executor.map(
+        lambda _: Result(), range(5), buffersize=buffersize, chunksize=chunksize, ordered=ordered
+    )
+    refs = [weakref.ref(next(results)) for _ in range(4)]
+    gc.collect()
+    assert [r() for r in refs] == [None] * 4
+    assert isinstance(next(results), Result)
