@@ -1,0 +1,140 @@
+"""One small adapter per pool library, so a workload is written once for all of them.
+
+An adapter offers ``submit(fn, *args) -> handle``, ``wait(handle) -> result``,
+``map(fn, iterable, chunksize) -> iterable`` (``chunksize=None`` means the
+library's default) and ``close(cancel=False)``. Libraries are imported when
+an adapter is built, inside the measuring subprocess, so a missing peer only
+costs its own column.
+
+:data:`THREAD_POOLS` maps implementation names to adapter factories taking
+``max_workers`` (None for the library's own default). Process pools will get
+a ``PROCESS_POOLS`` mapping of the same shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+from bench.registry import Context, Measurement
+
+__all__ = ("THREAD_POOLS", "THREAD_POOL_DEFAULTS", "Pool", "for_pools")
+
+
+class Pool(Protocol):
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+    def wait(self, handle: Any) -> Any: ...
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int | None) -> Any: ...
+    def close(self, cancel: bool = False) -> None: ...
+
+
+class _Executor:
+    """A ``concurrent.futures``-style executor (the standard one, shoal's)."""
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+        self.submit = executor.submit
+
+    def wait(self, handle: Any) -> Any:
+        return handle.result()
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int | None) -> Any:
+        if chunksize is None:
+            return self.executor.map(fn, items)
+        return self.executor.map(fn, items, chunksize=chunksize)
+
+    def close(self, cancel: bool = False) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=cancel)
+
+
+class _Pebble:
+    def __init__(self, max_workers: int | None) -> None:
+        import pebble
+
+        self.pool = pebble.ThreadPool() if max_workers is None else pebble.ThreadPool(max_workers)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.pool.schedule(fn, args)
+
+    def wait(self, handle: Any) -> Any:
+        return handle.result()
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int | None) -> Any:
+        return self.pool.map(fn, items, chunksize=chunksize or 1).result()
+
+    def close(self, cancel: bool = False) -> None:
+        if cancel:
+            self.pool.stop()
+        else:
+            self.pool.close()
+        self.pool.join()
+
+
+class _Mpire:
+    # mpire's map on a pool that already ran apply_async tasks fails
+    # (TypeError in its result sorting, mpire 2.10.2), so workloads use a pool
+    # for one kind of call only.
+    def __init__(self, max_workers: int | None) -> None:
+        import mpire
+
+        self.pool = mpire.WorkerPool(n_jobs=max_workers, start_method="threading")
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.pool.apply_async(fn, args)
+
+    def wait(self, handle: Any) -> Any:
+        return handle.get()
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int | None) -> Any:
+        return self.pool.map(fn, items, chunk_size=chunksize)
+
+    def close(self, cancel: bool = False) -> None:
+        if cancel:
+            self.pool.terminate()
+        else:
+            self.pool.stop_and_join()
+
+
+def _standard_threads(max_workers: int | None) -> Pool:
+    import concurrent.futures
+
+    return _Executor(concurrent.futures.ThreadPoolExecutor(max_workers))
+
+
+def _shoal_threads(max_workers: int | None) -> Pool:
+    import shoal
+
+    return _Executor(shoal.ThreadPoolExecutor(max_workers))
+
+
+THREAD_POOLS: Mapping[str, Callable[[int | None], Pool]] = {
+    "concurrent.futures": _standard_threads,
+    "shoal": _shoal_threads,
+    "pebble": _Pebble,
+    "mpire": _Mpire,
+}
+
+# What "the library's default" means, for descriptions and the README.
+THREAD_POOL_DEFAULTS = (
+    "concurrent.futures and shoal: min(32, cpus + 4) threads; pebble: 2; mpire: one per cpu"
+)
+
+
+def for_pools(
+    pools: Mapping[str, Callable[..., Pool]],
+    measure: Callable[..., float | Measurement],
+    *,
+    only: Iterable[str] | None = None,
+    **kwargs: Any,
+) -> dict[str, Callable[[Context], float | Measurement]]:
+    """Build a workload's ``impls``: ``measure(factory, ctx, **kwargs)`` for each pool.
+
+    ``only`` restricts the implementations (those left out should then be
+    given a reason in ``not_applicable``).
+    """
+    names = list(pools) if only is None else [name for name in pools if name in set(only)]
+
+    def bind(factory: Callable[..., Pool]) -> Callable[[Context], float | Measurement]:
+        return lambda ctx: measure(factory, ctx, **kwargs)
+
+    return {name: bind(pools[name]) for name in names}

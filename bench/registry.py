@@ -1,0 +1,160 @@
+"""The workload registry: what is measured, for which implementations, in which unit.
+
+A workload is a name, a one-line description, a unit, a direction ("higher
+is better" or "lower is better") and one measuring function per
+implementation. A measuring function takes a :class:`Context` (the input size
+and a time bound) and returns a number in the workload's unit, or a
+:class:`Measurement` when it has a note to add (say, which chunksize won).
+
+Adding a workload is one ``register`` call; :func:`bench.pools.for_pools`
+builds the ``impls`` mapping when the same code runs on several pool
+libraries::
+
+    register(
+        "proc-submit",
+        "submit 10k no-op calls to a process pool, then collect the results",
+        unit="tasks/s",
+        better=HIGHER,
+        n=10_000,
+        quick_n=1_000,
+        impls=for_pools(PROCESS_POOLS, submit_collect),
+    )
+
+Every measurement runs in a fresh interpreter (see :mod:`bench.child`), so the
+function may allocate freely, start threads or processes, and need not clean
+up after a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+__all__ = (
+    "BASELINE",
+    "HIGHER",
+    "IMPLEMENTATIONS",
+    "LOWER",
+    "REGISTRY",
+    "Context",
+    "Measurement",
+    "Workload",
+    "register",
+)
+
+HIGHER = "higher"
+LOWER = "lower"
+
+# Implementation names, in table column order. Ratios are taken against BASELINE.
+BASELINE = "concurrent.futures"
+IMPLEMENTATIONS = (BASELINE, "shoal", "loky", "pebble", "mpire", "multiprocessing")
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What a measuring function is given.
+
+    Attributes:
+        n: the input size (the workload's ``n``, or ``quick_n`` under ``--quick``).
+        budget: seconds this measurement may take before the runner kills it.
+            Functions that can stop early (a long stream) should stop well
+            before it and say so in their note.
+        quick: ``--quick`` was given.
+    """
+
+    n: int
+    budget: float
+    quick: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """A value in the workload's unit and an optional note for the table's footnotes."""
+
+    value: float
+    note: str = ""
+
+
+Measure = Callable[[Context], "float | Measurement"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One row of the table.
+
+    Attributes:
+        name: unique; ``--only`` matches it by substring.
+        description: what is measured, one line.
+        unit: of the measured value (``tasks/s``, ``µs``, ``bytes``...).
+        better: ``HIGHER`` or ``LOWER``.
+        n: input size of a full run.
+        quick_n: input size under ``--quick``.
+        impls: implementation name -> measuring function.
+        not_applicable: implementation name -> why it has no measuring function
+            (shown as ``n/a`` with the reason in the footnotes).
+        budget: seconds per measurement (one round of one implementation);
+            a measurement that runs longer is killed and the implementation
+            is dropped from the workload's later rounds.
+        max_rounds: cap on rounds (slow or very stable workloads), None for
+            the number asked on the command line.
+    """
+
+    name: str
+    description: str
+    unit: str
+    better: str
+    n: int
+    quick_n: int
+    impls: Mapping[str, Measure]
+    not_applicable: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    budget: float = 60.0
+    max_rounds: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.better not in (HIGHER, LOWER):
+            raise ValueError(f"workload {self.name}: better must be HIGHER or LOWER")
+        unknown = (set(self.impls) | set(self.not_applicable)) - set(IMPLEMENTATIONS)
+        if unknown:
+            raise ValueError(f"workload {self.name}: unknown implementations {sorted(unknown)}")
+
+
+REGISTRY: dict[str, Workload] = {}
+
+
+def register(
+    name: str,
+    description: str,
+    *,
+    unit: str,
+    better: str,
+    n: int,
+    quick_n: int,
+    impls: Mapping[str, Measure],
+    not_applicable: Mapping[str, str] | None = None,
+    budget: float = 60.0,
+    max_rounds: int | None = None,
+) -> Workload:
+    """Add a workload to :data:`REGISTRY` (in table order) and return it."""
+    if name in REGISTRY:
+        raise ValueError(f"workload {name!r} is registered twice")
+    workload = Workload(
+        name=name,
+        description=description,
+        unit=unit,
+        better=better,
+        n=n,
+        quick_n=quick_n,
+        impls=dict(impls),
+        not_applicable=dict(not_applicable or {}),
+        budget=budget,
+        max_rounds=max_rounds,
+    )
+    REGISTRY[name] = workload
+    return workload
+
+
+def load_all() -> dict[str, Workload]:
+    """Import every workload module (they register on import) and return the registry."""
+    from bench import thread_workloads  # noqa: F401
+
+    return REGISTRY
