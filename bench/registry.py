@@ -97,6 +97,8 @@ class Workload:
             is dropped from the workload's later rounds.
         max_rounds: cap on rounds (slow or very stable workloads), None for
             the number asked on the command line.
+        min_rounds: floor on rounds for cheap, noisy workloads (not under
+            ``--quick``).
     """
 
     name: str
@@ -109,6 +111,7 @@ class Workload:
     not_applicable: Mapping[str, str] = dataclasses.field(default_factory=dict)
     budget: float = 60.0
     max_rounds: int | None = None
+    min_rounds: int = 1
 
     def __post_init__(self) -> None:
         if self.better not in (HIGHER, LOWER):
@@ -133,6 +136,7 @@ def register(
     not_applicable: Mapping[str, str] | None = None,
     budget: float = 60.0,
     max_rounds: int | None = None,
+    min_rounds: int = 1,
 ) -> Workload:
     """Add a workload to :data:`REGISTRY` (in table order) and return it."""
     if name in REGISTRY:
@@ -148,6 +152,7 @@ def register(
         not_applicable=dict(not_applicable or {}),
         budget=budget,
         max_rounds=max_rounds,
+        min_rounds=min_rounds,
     )
     REGISTRY[name] = workload
     return workload

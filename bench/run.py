@@ -113,6 +113,8 @@ def _child(
 def run_workload(workload: Workload, rounds: int, quick: bool, log: bool = True) -> dict[str, Cell]:
     n = workload.quick_n if quick else workload.n
     budget = min(workload.budget, QUICK_BUDGET) if quick else workload.budget
+    if not quick:
+        rounds = max(rounds, workload.min_rounds)
     rounds = min(rounds, workload.max_rounds or rounds)
     cells = {implementation: Cell() for implementation in IMPLEMENTATIONS}
     active = []
