@@ -1,0 +1,297 @@
+"""The worker process of shoal's process pool: ``worker_main`` and its loop.
+
+The parent (the dispatcher thread of a pool) starts one process per worker
+with ``target=worker_main, args=(conn, config)``, where ``conn`` is the
+child's end of a duplex ``multiprocessing`` pipe, and speaks the protocol of
+``_wire`` over it::
+
+    parent                                   worker
+    ------                                   ------
+                                             initializer (if any)
+             <-- (READY, pid) or (INIT_FAILED, error_blob), then exit 0
+    (RUN, [(task_id, call_blob), ...]) -->   runs the calls in order
+             <-- (RESULTS, [(task_id, ok, blob, duration_s), ...])
+                 one message per batch, or more when a batch runs long
+    (EXIT,) -->                              sends what is left, exits 0
+    parent gone (EOF on the pipe,            exits 0 (EXIT_ORPHANED when the
+    or the watchdog sees it die)             watchdog had to do it)
+
+Every task gets exactly one answer, in the order of the batch, whatever
+happens to it: the call raised (anything, SystemExit included), its call
+blob did not unpickle, or its result did not pickle. Only the death of the
+process (a crash in C code, ``os._exit``, a signal) leaves tasks unanswered;
+the parent sees the death on the process sentinel.
+
+Exit codes: EXIT_OK (0) after EXIT, INIT_FAILED or EOF; EXIT_ORPHANED when the
+watchdog found the parent dead; EXIT_INTERNAL_ERROR when the loop itself
+(not user code) failed, after printing the traceback to stderr.
+
+Concurrency:
+  Threads: the main thread reads the pipe (it alone), runs the tasks and
+  hands their results to the outbox. The flusher thread ("shoal-flusher")
+  sends results that have waited FLUSH_INTERVAL while a later task of the
+  same batch still runs. The watchdog thread ("shoal-watchdog") polls for
+  the parent's death and exits the process with ``os._exit``; it touches no
+  lock and no pipe, so nothing can hold it up.
+  The main and flusher threads both send, only under ``_Outbox.lock``, so
+  RESULTS messages never interleave and keep the batch order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from . import _wire
+
+__all__ = (
+    "EXIT_INTERNAL_ERROR",
+    "EXIT_OK",
+    "EXIT_ORPHANED",
+    "FLUSH_INTERVAL",
+    "WATCHDOG_INTERVAL",
+    "worker_main",
+)
+
+EXIT_OK = 0
+EXIT_ORPHANED = 3
+EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE in sysexits.h
+
+# Results wait at most this long (seconds) for the rest of their batch. Shorter
+# gets the results of short tasks to the parent sooner when a long task
+# follows them in the same batch; longer sends fewer, bigger RESULTS messages
+# for batches of tiny tasks. The dispatcher sizes a batch to a couple of
+# milliseconds of work, so 1 ms splits one into a few messages at most.
+FLUSH_INTERVAL = 0.001
+# How often (seconds) the watchdog looks for the parent: the worst-case delay
+# before an orphaned worker exits, against a wake-up of an idle process.
+WATCHDOG_INTERVAL = 0.25
+
+
+class _Outbox:
+    """Results not yet sent, and the only way to send on the pipe after READY."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn  # immutable after __init__
+        self.lock = threading.Lock()
+        self.ready = threading.Condition(self.lock)  # notified when results start waiting
+        self.results: list[tuple[int, bool, _wire.Blob, float]] = []  # guarded by: lock
+        self.since: float | None = None  # guarded by: lock; when results[0] was added
+
+    def add(self, result: tuple[int, bool, _wire.Blob, float]) -> None:
+        with self.lock:
+            self.results.append(result)
+            if self.since is None:
+                self.since = time.monotonic()
+                self.ready.notify()
+
+    def flush(self) -> None:
+        with self.lock:
+            self._send_locked()
+
+    def _send_locked(self) -> None:
+        if self.results:
+            results, self.results, self.since = self.results, [], None
+            _wire.send(self.conn, (_wire.RESULTS, results))
+
+    def run_flusher(self) -> None:
+        """The flusher thread: send results that waited FLUSH_INTERVAL."""
+        try:
+            with self.lock:
+                while True:
+                    if self.since is None:
+                        self.ready.wait()
+                        continue
+                    delay = self.since + FLUSH_INTERVAL - time.monotonic()
+                    if delay > 0:
+                        self.ready.wait(delay)
+                        continue
+                    self._send_locked()
+        except OSError:
+            return  # the parent is gone; the main thread finds out on its own
+        except BaseException:  # a bug of ours: do not run on without answers
+            _die()
+
+
+def _die() -> None:
+    """Print the current exception and exit the process at once."""
+    with contextlib.suppress(BaseException):
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(EXIT_INTERNAL_ERROR)
+
+
+def _parent_gone(parent_pid: int, ppid: int) -> bool:
+    if os.getppid() != ppid:  # reparented: whoever started us has died
+        return True
+    try:
+        os.kill(parent_pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # pragma: no cover - alive, but not ours to signal
+        return False
+    # A dead parent whose own parent has not reaped it yet is a zombie.
+    try:
+        with open(f"/proc/{parent_pid}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 :][:1] == b"Z"
+
+
+def _watch_parent(parent_pid: int, ppid: int) -> None:
+    """The watchdog thread: exit the process soon after the parent dies, even mid-task."""
+    while True:
+        time.sleep(WATCHDOG_INTERVAL)
+        if _parent_gone(parent_pid, ppid):
+            os._exit(EXIT_ORPHANED)
+
+
+def _describe(fn: object) -> str:
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(qualname, str):
+        return repr(fn)
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{qualname}" if isinstance(module, str) else qualname
+
+
+def _from_user_frame(exc: BaseException) -> BaseException:
+    """Drop the worker's own frame from a user exception's traceback, if a user frame follows."""
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_next is not None:
+        exc.__traceback__ = tb.tb_next
+    return exc
+
+
+def _run_one(task_id: int, blob: _wire.Blob, prefix: str) -> tuple[int, bool, _wire.Blob, float]:
+    """Run one call and return its answer; never raises for the user's sake.
+
+    Everything the call touched (function, arguments, result, exception) is
+    local here and released when this returns.
+    """
+    try:
+        fn, args, kwargs = _wire.loads(blob)
+    except BaseException as exc:
+        exc.add_note(f"(shoal: raised while unpickling the call in worker pid {os.getpid()})")
+        return task_id, False, _wire.dumps_error(exc, prefix), 0.0
+    start = time.perf_counter()
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        duration = time.perf_counter() - start
+        return task_id, False, _wire.dumps_error(_from_user_frame(exc), prefix), duration
+    duration = time.perf_counter() - start
+    del args, kwargs
+    try:
+        return task_id, True, _wire.dumps(result, prefix), duration
+    except BaseException as exc:
+        error = pickle.PicklingError(
+            f"the result of {_describe(fn)} could not be pickled: {type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        return task_id, False, _wire.dumps_error(error, prefix), duration
+
+
+def _initialize(conn: Any, blob: _wire.Blob | None, prefix: str) -> bool:
+    """Run the initializer; send READY or INIT_FAILED. True when ready."""
+    if blob is not None:
+        try:
+            fn, args, kwargs = _wire.loads(blob)
+            fn(*args, **kwargs)
+        except BaseException as exc:
+            _wire.send(conn, (_wire.INIT_FAILED, _wire.dumps_error(_from_user_frame(exc), prefix)))
+            return False
+        del fn, args, kwargs
+    _wire.send(conn, (_wire.READY, os.getpid()))
+    return True
+
+
+def _serve(conn: Any, config: dict[str, Any]) -> None:
+    for fd in config.get("inherited_fds", ()):
+        # Under fork we hold copies of the parent's socket ends: ours would keep
+        # the parent's close() from reaching us as EOF, another worker's would
+        # keep its EOF from reaching it.
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    name = config.get("name") or "shoal-worker"
+    try:
+        import setproctitle  # type: ignore[import-not-found]
+    except ImportError:
+        pass
+    else:  # pragma: no cover - optional
+        setproctitle.setproctitle(name)
+    ppid = os.getppid()
+    parent_pid = config.get("parent_pid") or ppid
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid, ppid), name="shoal-watchdog", daemon=True
+    ).start()
+    prefix = f"{config['shm_prefix']}-w{os.getpid()}"
+
+    try:
+        if not _initialize(conn, config.get("initializer"), prefix):
+            return
+    except OSError:
+        return  # the parent is gone
+
+    outbox = _Outbox(conn)
+    threading.Thread(target=outbox.run_flusher, name="shoal-flusher", daemon=True).start()
+    run_one = _run_one
+    add = outbox.add
+    while True:
+        try:
+            message = _wire.recv(conn)
+        except (EOFError, OSError):
+            return  # the parent is gone
+        tag = message[0]
+        if tag == _wire.RUN:
+            batch = message[1]
+            del message
+            batch.reverse()  # pop() from the end: each call blob is freed once run
+            while batch:
+                task_id, blob = batch.pop()
+                add(run_one(task_id, blob, prefix))
+                del blob
+        elif tag == _wire.EXIT:
+            with contextlib.suppress(OSError):
+                outbox.flush()
+            return
+        else:
+            raise RuntimeError(f"shoal worker: unknown message tag {tag!r} in {message!r:.200}")
+        try:
+            outbox.flush()
+        except OSError:
+            return  # the parent is gone
+
+
+def worker_main(conn: Any, config: dict[str, Any]) -> None:
+    """Serve one pool until EXIT or the parent's death; the target of a worker process.
+
+    Args:
+        conn: the worker's end of a duplex ``multiprocessing`` pipe.
+        config: ``initializer`` (a call Blob or None), ``parent_pid``,
+            ``shm_prefix`` (the pool's; this worker's segments are named
+            ``{shm_prefix}-w{pid}-{n}``), ``name`` (the process title) and,
+            optionally, ``inherited_fds``: descriptors the worker closes at
+            once (under the fork start method, the parent's ends of the
+            worker pipes; never pass it for spawn or forkserver, where those
+            numbers mean other files).
+
+    Returns normally (exit code 0) after EXIT, after INIT_FAILED and when the
+    parent has gone; exits with EXIT_INTERNAL_ERROR if the loop itself fails.
+    """
+    try:
+        _serve(conn, config)
+    except BaseException:
+        _die()
+    finally:
+        with contextlib.suppress(OSError):
+            conn.close()
