@@ -38,7 +38,6 @@ from typing import Any
 import pytest
 
 import shoal
-from shoal._future import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,60 +117,3 @@ def no_thread_left_behind() -> Any:
     alive = [t.name for t in left if t.is_alive()]
     if alive:
         pytest.fail(f"the test left threads running: {alive}", pytrace=False)
-
-
-# -- futures in every state ----------------------------------------------------
-
-FUTURE_STATES = (
-    "pending",
-    "running",
-    "cancelled",
-    "cancelled_and_notified",
-    "returned",
-    "raised",
-)
-
-
-class FutureError(Exception):
-    """The exception stored in a future built in the "raised" state."""
-
-
-def make_future(state: str, cls: type[Any] = shoal.Future) -> Any:
-    """Build a future of ``cls`` in ``state`` through its public transitions."""
-    future = cls()
-    if state == "pending":
-        pass
-    elif state == "running":
-        assert future.set_running_or_notify_cancel()
-    elif state == "cancelled":
-        assert future.cancel()
-    elif state == "cancelled_and_notified":
-        assert future.cancel()
-        assert not future.set_running_or_notify_cancel()
-    elif state == "returned":
-        future.set_result(42)
-    elif state == "raised":
-        future.set_exception(FutureError("boom"))
-    else:
-        raise ValueError(state)
-    expected = {
-        "pending": PENDING,
-        "running": RUNNING,
-        "cancelled": CANCELLED,
-        "cancelled_and_notified": CANCELLED_AND_NOTIFIED,
-        "returned": FINISHED,
-        "raised": FINISHED,
-    }[state]
-    assert future._state == expected
-    return future
-
-
-@pytest.fixture
-def future_in():
-    """``future_in(state)`` builds a shoal future in that state (see FUTURE_STATES)."""
-    return make_future
-
-
-@pytest.fixture
-def future_error():
-    return FutureError

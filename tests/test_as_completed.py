@@ -11,15 +11,7 @@ import weakref
 import pytest
 
 import shoal
-from conftest import make_future
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
+from _future_states import make_future
 
 
 def has_waiter(future):

@@ -6,25 +6,15 @@ import concurrent.futures
 import logging
 import re
 import threading
-import time
 
 import pytest
 
 import shoal
-from conftest import FUTURE_STATES, FutureError, make_future
+from _future_states import FUTURE_STATES, FutureError, make_future, wait_until
 
 DONE_STATES = ("cancelled", "cancelled_and_notified", "returned", "raised")
 CANCELLED_STATES = ("cancelled", "cancelled_and_notified")
 FINISHED_STATES = ("returned", "raised")
-
-
-def wait_until(predicate, timeout=10.0):
-    """Poll ``predicate`` (for a state no Event can report, e.g. 'a thread is blocked')."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
 
 
 def test_is_a_standard_future():

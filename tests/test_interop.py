@@ -9,7 +9,7 @@ import threading
 import pytest
 
 import shoal
-from conftest import make_future
+from _future_states import make_future
 
 
 def square(x):

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-import time
 
 import pytest
 
 import shoal
-from conftest import FutureError, make_future
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
+from _future_states import FutureError, make_future, wait_until
 
 
 def has_waiter(future):

@@ -44,6 +44,9 @@ from ._future import LOGGER, Future
 
 __all__ = ("BrokenThreadPool", "ThreadPoolExecutor")
 
+# Tracebacks and reprs show the public path, where the standard library keeps it too.
+BrokenThreadPool.__module__ = __name__
+
 T = TypeVar("T")
 P = ParamSpec("P")
 
