@@ -276,3 +276,49 @@ def test_for_after_async_for_is_refused():
     assert asyncio.run(main()) is futures[0]
     with pytest.raises(RuntimeError):
         next(iterator)
+
+
+def _complete_from_threads(futures, groups=10):
+    barrier = threading.Barrier(groups)
+
+    def complete(chunk):
+        barrier.wait(10)
+        for index, future in enumerate(chunk):
+            if index % 3 == 0:
+                future.set_exception(ValueError())
+            elif index % 3 == 1 and future.cancel():
+                future.set_running_or_notify_cancel()
+            else:
+                future.set_result(index)
+
+    threads = [threading.Thread(target=complete, args=(futures[i::groups],)) for i in range(groups)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def test_hundred_futures_completed_at_once_from_threads():
+    futures = [make_future("pending") for _ in range(100)]
+    threads = _complete_from_threads(futures)
+    seen = list(shoal.as_completed(futures, timeout=10))
+    for thread in threads:
+        thread.join(10)
+    assert len(seen) == 100
+    assert set(seen) == set(futures)
+    assert not any(has_waiter(f) for f in futures)
+
+
+def test_hundred_futures_completed_at_once_from_threads_async():
+    futures = [make_future("pending") for _ in range(100)]
+
+    async def main():
+        threads = _complete_from_threads(futures)
+        seen = [f async for f in shoal.as_completed(futures, timeout=10)]
+        for thread in threads:
+            thread.join(10)
+        return seen
+
+    seen = asyncio.run(main())
+    assert len(seen) == 100
+    assert set(seen) == set(futures)
+    assert not any(has_waiter(f) for f in futures)
