@@ -363,15 +363,17 @@ def test_exit_after_shutdown_without_wait():
             time.sleep(0.1)
             print("work done", flush=True)
 
-        pool = shoal.ThreadPoolExecutor(max_workers=2)
+        pool = shoal.ThreadPoolExecutor(max_workers=1)
         pool.submit(work)
+        pool.submit(print, "queued done", flush=True)
         started.wait(10)
         pool.shutdown(wait=False)
         print("shut down", flush=True)
         """
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "shut down\nwork done\n"
+    # Calls queued before shutdown(wait=False) still run.
+    assert result.stdout == "shut down\nwork done\nqueued done\n"
     assert result.stderr == ""
 
 
