@@ -11,7 +11,9 @@ import itertools
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -407,3 +409,50 @@ def test_the_worker_exits_when_its_parent_is_killed_mid_task(ctx, prefix, tmp_pa
         if c.pid not in helpers | _helper_pids()
     ]
     assert children == []
+
+
+def test_a_whole_conversation_prints_nothing_on_stderr(ctx, tmp_path):
+    # In a fresh interpreter with warnings as errors: a resource_tracker
+    # warning about segments, or any traceback, would show up on stderr.
+    script = tmp_path / "conversation.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import multiprocessing, os, sys
+            import numpy as np
+            from shoal.process import _wire, _worker
+
+            def double(array):
+                return array * 2
+
+            if __name__ == "__main__":
+                ctx = multiprocessing.get_context(sys.argv[1])
+                prefix = f"shoal-{os.getpid()}-1"
+                here, there = ctx.Pipe(duplex=True)
+                config = {"initializer": None, "parent_pid": os.getpid(),
+                          "shm_prefix": prefix, "name": "shoal-worker-0"}
+                process = ctx.Process(target=_worker.worker_main, args=(there, config))
+                process.start()
+                there.close()
+                assert _wire.recv(here)[0] == _wire.READY
+                array = np.arange(1_000_000, dtype=np.float64)
+                call = _wire.dumps_call(double, (array,), {}, prefix)
+                _wire.send(here, (_wire.RUN, [(1, call)]))
+                tag, [(task_id, ok, blob, duration)] = _wire.recv(here)
+                assert ok and (_wire.loads(blob) == array * 2).all()
+                _wire.send(here, (_wire.EXIT,))
+                process.join(20)
+                assert process.exitcode == 0
+                assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
+                print("ok")
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error", str(script), ctx.get_start_method()],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * 2,
+        check=False,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "ok\n", "")
