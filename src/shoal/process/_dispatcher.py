@@ -87,7 +87,7 @@ _HEADER = 4
 class Task:
     """One submitted call, from ``submit`` until its future is done."""
 
-    __slots__ = ("args", "fn", "future", "id", "kwargs", "segments")
+    __slots__ = ("args", "blob", "fn", "future", "id", "kwargs")
 
     def __init__(
         self,
@@ -100,10 +100,12 @@ class Task:
         self.id = task_id
         self.future = future
         self.fn = fn
+        # The arguments until the call is pickled; then only the pickle, kept
+        # while the call is in flight so that it can go to another worker if
+        # its worker dies before starting it.
         self.args: tuple[Any, ...] | None = args
         self.kwargs: dict[str, Any] | None = kwargs
-        # Shared-memory segments holding this call's big buffers, until read.
-        self.segments: tuple[tuple[str, int], ...] = ()
+        self.blob: _wire.Blob | None = None
 
     def describe(self) -> str:
         name = getattr(self.fn, "__qualname__", None) or repr(self.fn)
@@ -230,7 +232,8 @@ class Dispatcher(threading.Thread):
         self._names = itertools.count()
         self._selector = selectors.DefaultSelector()
         self._workers: dict[int, _Worker] = {}  # by socket fd
-        self._started = 0
+        # Workers gone (died or retired) and not replaced yet.
+        self._departed = 0
         self._startup_deaths = 0
         # Exponentially weighted mean of task durations, seconds; None until measured.
         self._mean_duration: float | None = None
@@ -351,18 +354,20 @@ class Dispatcher(threading.Thread):
         batch: list[tuple[int, _wire.Blob]] = []
         prefix = self._shm_prefix
         for task in tasks:
-            future = task.future
-            if not future.set_running_or_notify_cancel():
-                continue  # cancelled while queued
-            try:
-                blob = _wire.dumps_call(task.fn, task.args or (), task.kwargs or {}, prefix)
-            except BaseException as exc:  # noqa: BLE001 - it belongs to this call only
-                future.set_exception(exc)
-                self._shared.failed += 1
-                continue
-            finally:
-                task.args = task.kwargs = None
-            task.segments = blob[1]
+            blob = task.blob
+            if blob is None:
+                future = task.future
+                if not future.set_running_or_notify_cancel():
+                    continue  # cancelled while queued
+                try:
+                    blob = _wire.dumps_call(task.fn, task.args or (), task.kwargs or {}, prefix)
+                except BaseException as exc:  # noqa: BLE001 - it belongs to this call only
+                    self._set_exception(future, exc)
+                    self._shared.failed += 1
+                    continue
+                finally:
+                    task.args = task.kwargs = None
+                task.blob = blob
             batch.append((task.id, blob))
             worker.in_flight.append(task)
         if not batch:
@@ -529,9 +534,10 @@ class Dispatcher(threading.Thread):
         self._workers[worker.fd] = worker
         self._selector.register(worker.fd, selectors.EVENT_READ, ("sock", worker))
         self._selector.register(process.sentinel, selectors.EVENT_READ, ("sentinel", worker))
-        if self._started:
+        if self._departed > 0:
+            # This worker takes the place of one that died or retired.
+            self._departed -= 1
             self._shared.respawned += 1
-        self._started += 1
         return True
 
     def _retire(self, worker: _Worker) -> None:
@@ -557,36 +563,47 @@ class Dispatcher(threading.Thread):
         if self._selector.get_map().get(worker.fd) is not None:
             self._read(worker)
         self._forget(worker)
+        self._departed += 1
         process = worker.process
         process.join(1.0)
         exitcode = process.exitcode
         _wire.unlink_prefix(f"{self._shm_prefix}-w{process.pid}")
-        lost = list(worker.in_flight)
+        held = list(worker.in_flight)
         worker.in_flight.clear()
+        how = _signal_name(exitcode)
         if not worker.ready and not worker.retiring:
             self._startup_deaths += 1
-        if not lost and worker.retiring:
+            if self._startup_deaths >= MAX_STARTUP_DEATHS and self._shared.broken is None:
+                self._break(
+                    f"{MAX_STARTUP_DEATHS} worker processes in a row died while starting (the "
+                    f"last {how}); the pool gave up. Check the initializer, and that the main "
+                    "module can be imported by a child process (an `if __name__ == "
+                    "'__main__':` guard).",
+                    None,
+                    held,
+                )
+                return
+        if not held:
             return
-        how = _signal_name(exitcode)
-        for task in lost:
-            _wire.discard((b"", task.segments))
-            error = WorkerLostError(
-                f"the worker process {worker.name} (pid {process.pid}) running "
-                f"{task.describe()} died {how}. Only the calls that worker held failed; "
-                "the pool replaced it and goes on. Look for a crash or an os._exit() in "
-                "that call, or a memory limit.",
-                exitcode=exitcode,
-                task=task.describe(),
-            )
-            self._set_exception(task.future, error)
-            self._shared.failed += 1
-        if self._startup_deaths >= MAX_STARTUP_DEATHS and self._shared.broken is None:
-            self._break(
-                f"{MAX_STARTUP_DEATHS} worker processes in a row died while starting (the last "
-                f"{how}); the pool gave up. Check the initializer and that the main module "
-                "can be imported by a child process (an `if __name__ == '__main__':` guard).",
-                None,
-            )
+        # The worker answers each call before it starts the next, so the first
+        # call without an answer is the one it was running when it died; the
+        # calls behind it never started, and go back to the front of the queue.
+        lost, unstarted = held[0], held[1:]
+        if unstarted:
+            with self._shared.lock:
+                self._shared.queue.extendleft(reversed(unstarted))
+        if lost.blob is not None:
+            _wire.discard(lost.blob)
+        error = WorkerLostError(
+            f"the worker process {worker.name} (pid {process.pid}) running "
+            f"{lost.describe()} died {how}. Only this call failed; the pool started a new "
+            "worker and goes on. Look for a crash or an os._exit() in that call, or a "
+            "memory limit.",
+            exitcode=exitcode,
+            task=lost.describe(),
+        )
+        self._set_exception(lost.future, error)
+        self._shared.failed += 1
 
     def _forget(self, worker: _Worker) -> None:
         self._workers.pop(worker.fd, None)
@@ -599,8 +616,13 @@ class Dispatcher(threading.Thread):
 
     # -- breaking and stopping ---------------------------------------------
 
-    def _break(self, reason: str, cause: BaseException | None) -> None:
-        """Refuse all work from now on; fail every queued and in-flight call."""
+    def _break(
+        self, reason: str, cause: BaseException | None, orphans: list[Task] | None = None
+    ) -> None:
+        """Refuse all work from now on; fail every queued and in-flight call.
+
+        ``orphans`` are in-flight calls of a worker already forgotten.
+        """
         shared = self._shared
         with shared.lock:
             if shared.broken is None:
@@ -608,13 +630,15 @@ class Dispatcher(threading.Thread):
                 shared.broken_cause = cause
             queued = list(shared.queue)
             shared.queue.clear()
-        running = [t for w in self._workers.values() for t in w.in_flight]
+        running = [t for w in self._workers.values() for t in w.in_flight] + (orphans or [])
         for worker in self._workers.values():
             worker.in_flight.clear()
         self._kill_all()
         for task in queued + running:
             # A queued future may have been cancelled: then it only needs notifying.
-            if task in running or task.future.set_running_or_notify_cancel():
+            # A dispatched call (it has a blob) is running already; a queued
+            # one may have been cancelled, and then only needs notifying.
+            if task.blob is not None or task.future.set_running_or_notify_cancel():
                 error = BrokenProcessPool(reason)
                 error.__cause__ = cause
                 self._set_exception(task.future, error)
@@ -647,6 +671,8 @@ class Dispatcher(threading.Thread):
         for task in queued:
             if task.future.cancel():
                 task.future.set_running_or_notify_cancel()
+            elif task.blob is not None:  # sent once, back in the queue after a crash
+                self._set_exception(task.future, BrokenProcessPool(reason))
 
     def _kill_all(self) -> None:
         for worker in list(self._workers.values()):

@@ -290,9 +290,14 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             shared.shutdown = True
             if how is not None and shared.stop is None:
                 shared.stop = how
-            cancelled = list(shared.queue) if cancel_futures else []
+            cancelled = []
             if cancel_futures:
+                # Calls sent once already (back in the queue after their worker
+                # died before starting them) are running: they stay.
+                cancelled = [t for t in shared.queue if t.blob is None]
+                kept = [t for t in shared.queue if t.blob is not None]
                 shared.queue.clear()
+                shared.queue.extend(kept)
             shared.wake()
             dispatcher = self._dispatcher
         for task in cancelled:
