@@ -36,6 +36,7 @@ class WaitInThread:
         return self.thread.is_alive()
 
     def join(self):
+        # Shorter than the timeouts given to wait(): a waiter that was not woken fails here.
         self.thread.join(10)
         assert not self.thread.is_alive()
         return self.outcome
@@ -81,7 +82,7 @@ def test_first_completed_with_one_done_returns_at_once():
 def test_first_completed_woken_from_another_thread(how):
     first = make_future("pending")
     second = make_future("running")
-    waiting = WaitInThread([first, second], timeout=10, return_when=shoal.FIRST_COMPLETED)
+    waiting = WaitInThread([first, second], timeout=30, return_when=shoal.FIRST_COMPLETED)
     waiting.wait_blocked()
     assert waiting.thread.is_alive()
     if how == "result":
@@ -112,7 +113,7 @@ def test_first_exception_returns_at_once_on_a_stored_exception():
 
 def test_first_exception_ignores_results_until_an_exception():
     a, b, c = (make_future("running") for _ in range(3))
-    waiting = WaitInThread([a, b, c], timeout=10, return_when=shoal.FIRST_EXCEPTION)
+    waiting = WaitInThread([a, b, c], timeout=30, return_when=shoal.FIRST_EXCEPTION)
     waiting.wait_blocked()
     a.set_result(1)
     # A result is not enough: the waiter must still be blocked.
@@ -125,7 +126,7 @@ def test_first_exception_ignores_results_until_an_exception():
 
 def test_first_exception_without_exception_waits_for_all():
     a, b = make_future("running"), make_future("running")
-    waiting = WaitInThread([a, b], timeout=10, return_when=shoal.FIRST_EXCEPTION)
+    waiting = WaitInThread([a, b], timeout=30, return_when=shoal.FIRST_EXCEPTION)
     waiting.wait_blocked()
     a.set_result(1)
     assert waiting.still_blocked()
@@ -137,7 +138,7 @@ def test_first_exception_without_exception_waits_for_all():
 
 def test_first_exception_cancel_does_not_count_as_exception():
     a, b = make_future("pending"), make_future("running")
-    waiting = WaitInThread([a, b], timeout=10, return_when=shoal.FIRST_EXCEPTION)
+    waiting = WaitInThread([a, b], timeout=30, return_when=shoal.FIRST_EXCEPTION)
     waiting.wait_blocked()
     a.cancel()
     a.set_running_or_notify_cancel()
@@ -148,7 +149,7 @@ def test_first_exception_cancel_does_not_count_as_exception():
 
 def test_all_completed_waits_for_every_future():
     futures = [make_future("running") for _ in range(3)]
-    waiting = WaitInThread(futures, timeout=10)
+    waiting = WaitInThread(futures, timeout=30)
     waiting.wait_blocked()
     futures[0].set_result(0)
     futures[1].set_exception(FutureError())
@@ -202,7 +203,7 @@ def test_cancelled_but_not_notified_is_not_done():
 
 def test_notified_cancel_wakes_all_completed():
     cancelled = make_future("cancelled")
-    waiting = WaitInThread([cancelled], timeout=10)
+    waiting = WaitInThread([cancelled], timeout=30)
     waiting.wait_blocked()
     assert not cancelled.set_running_or_notify_cancel()
     assert waiting.join() == ({cancelled}, set())
@@ -214,7 +215,7 @@ def test_notified_cancel_wakes_all_completed():
 def test_duplicates_count_once(return_when):
     a = make_future("running")
     b = make_future("running")
-    waiting = WaitInThread([a, a, b, a, b], timeout=10, return_when=return_when)
+    waiting = WaitInThread([a, a, b, a, b], timeout=30, return_when=return_when)
     waiting.wait_blocked()
     a.set_result(1)
     if return_when != shoal.FIRST_COMPLETED:
@@ -261,7 +262,7 @@ def test_hundred_futures_released_at_once(return_when):
         else:
             future.set_result(None)
 
-    waiting = WaitInThread(futures, timeout=10, return_when=return_when)
+    waiting = WaitInThread(futures, timeout=30, return_when=return_when)
     waiting.wait_blocked()
     threads = _release_at_once(futures, how)
     done, not_done = waiting.join()
@@ -290,7 +291,7 @@ def test_hundred_futures_cancelled_and_finished_at_once():
             future.set_running_or_notify_cancel()
             future.set_result(index)
 
-    waiting = WaitInThread(futures, timeout=10)
+    waiting = WaitInThread(futures, timeout=30)
     waiting.wait_blocked()
     threads = _release_at_once(futures, how)
     assert waiting.join() == (set(futures), set())
