@@ -414,3 +414,45 @@ def test_callback_added_during_callbacks_runs():
     future.add_done_callback(lambda f: f.add_done_callback(lambda g: calls.append("inner")))
     future.set_result(None)
     assert calls == ["inner"]
+
+
+# -- the same behaviour as the standard Future, state by state ------------------------------
+
+OPERATIONS = {
+    "done": lambda f: f.done(),
+    "cancelled": lambda f: f.cancelled(),
+    "running": lambda f: f.running(),
+    "cancel": lambda f: f.cancel(),
+    "result": lambda f: f.result(timeout=0),
+    "exception": lambda f: type(f.exception(timeout=0)),
+    "set_result": lambda f: f.set_result(1),
+    "set_exception": lambda f: f.set_exception(FutureError("again")),
+    "set_running_or_notify_cancel": lambda f: f.set_running_or_notify_cancel(),
+    "add_done_callback": lambda f: f.add_done_callback(lambda _: None),
+}
+
+STANDARD_EXCEPTIONS = (
+    concurrent.futures.CancelledError,
+    concurrent.futures.InvalidStateError,
+    TimeoutError,
+    RuntimeError,
+    FutureError,
+)
+
+
+def _outcome(future, operation):
+    """What ``operation`` does to ``future``: its value or standard exception, and the new state."""
+    try:
+        value = ("returned", OPERATIONS[operation](future))
+    except STANDARD_EXCEPTIONS as exc:
+        value = ("raised", next(c for c in STANDARD_EXCEPTIONS if isinstance(exc, c)))
+    return value, future._state
+
+
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+@pytest.mark.parametrize("state", FUTURE_STATES)
+def test_same_as_the_standard_future(state, operation, caplog):
+    with caplog.at_level(logging.CRITICAL + 1, logger="concurrent.futures"):
+        ours = _outcome(make_future(state), operation)
+        standard = _outcome(make_future(state, concurrent.futures.Future), operation)
+    assert ours == standard
