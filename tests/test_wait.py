@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import threading
 
 import pytest
 
 import shoal
-from _future_states import FutureError, make_future, wait_until
+from _future_states import FUTURE_STATES, FutureError, make_future, wait_until
 
 
 def has_waiter(future):
@@ -307,3 +308,18 @@ def test_futures_finishing_while_wait_starts():
         assert shoal.wait(futures, timeout=10) == (set(futures), set())
         for thread in threads:
             thread.join(10)
+
+
+@pytest.mark.parametrize(
+    "return_when", [shoal.FIRST_COMPLETED, shoal.FIRST_EXCEPTION, shoal.ALL_COMPLETED]
+)
+@pytest.mark.parametrize("states", list(itertools.combinations_with_replacement(FUTURE_STATES, 3)))
+def test_same_as_the_standard_wait(states, return_when):
+    ours = [make_future(s) for s in states]
+    theirs = [make_future(s, concurrent.futures.Future) for s in states]
+    done, not_done = shoal.wait(ours + ours[:1], timeout=0, return_when=return_when)
+    std_done, std_not_done = concurrent.futures.wait(
+        theirs + theirs[:1], timeout=0, return_when=return_when
+    )
+    assert sorted(ours.index(f) for f in done) == sorted(theirs.index(f) for f in std_done)
+    assert sorted(ours.index(f) for f in not_done) == sorted(theirs.index(f) for f in std_not_done)
