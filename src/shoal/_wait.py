@@ -175,6 +175,13 @@ def wait(
         stop_on_exception=return_when == FIRST_EXCEPTION,
     )
     complete, pending = _install(waiter, futures - done)
+    if complete:
+        # These finished between the first look and _install: the waiter
+        # counted them as pending but will never hear from them.
+        with waiter._lock:
+            waiter.remaining -= len(complete)
+            if waiter.remaining <= 0:
+                waiter.event.set()
     done.update(complete)
     try:
         if not _satisfied(done, len(futures), return_when):
