@@ -305,7 +305,8 @@ def test_futures_finishing_while_wait_starts():
     for _ in range(20):
         futures = [make_future("running") for _ in range(50)]
         threads = _release_at_once(futures, lambda _, f: f.set_result(None), groups=5)
-        assert shoal.wait(futures, timeout=10) == (set(futures), set())
+        # In a thread with a long timeout: a waiter never woken fails the join.
+        assert WaitInThread(futures, timeout=30).join() == (set(futures), set())
         for thread in threads:
             thread.join(10)
 
@@ -323,3 +324,48 @@ def test_same_as_the_standard_wait(states, return_when):
     )
     assert sorted(ours.index(f) for f in done) == sorted(theirs.index(f) for f in std_done)
     assert sorted(ours.index(f) for f in not_done) == sorted(theirs.index(f) for f in std_not_done)
+
+
+class HookLock:
+    """A future's lock that runs ``hook`` once, the first time anyone enters it."""
+
+    def __init__(self, armed):
+        self._lock = threading.Lock()
+        self._armed = armed
+
+    def __enter__(self):
+        if self._armed:
+            hook = self._armed.pop()
+            hook()
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc_info):
+        return self._lock.__exit__(*exc_info)
+
+    def acquire(self, *args, **kwargs):
+        return self._lock.acquire(*args, **kwargs)
+
+    def release(self):
+        self._lock.release()
+
+
+@pytest.mark.parametrize("return_when", [shoal.FIRST_EXCEPTION, shoal.ALL_COMPLETED])
+def test_futures_finishing_between_first_look_and_install(return_when):
+    # wait() first looks at every future without a lock, then installs its
+    # waiter under each future's lock. The first lock it takes finishes all
+    # futures but `late`: they finish in between, and never notify the waiter.
+    futures = [make_future("running") for _ in range(5)]
+    late = futures[-1]
+
+    def finish_all_but_late():
+        for future in futures[:-1]:
+            future.set_result(None)
+
+    armed = [finish_all_but_late]
+    for future in futures:
+        future._condition = HookLock(armed)
+    waiting = WaitInThread(futures, timeout=30, return_when=return_when)
+    wait_until(lambda: has_waiter(late) or not waiting.thread.is_alive())
+    assert not armed
+    late.set_result(None)
+    assert waiting.join() == (set(futures), set())
