@@ -6,6 +6,7 @@ name like "conftest" is shared by every conftest.py in the tree.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -66,3 +67,21 @@ def make_future(state: str, cls: type[Any] = shoal.Future) -> Any:
     }[state]
     assert future._state == expected
     return future
+
+
+def woken_wait(fs, return_when=shoal.ALL_COMPLETED, wait=shoal.wait):
+    """``wait(fs, ...)`` that fails if the waiter is not woken.
+
+    ``wait()`` returns quietly when its timeout runs out, which would hide a
+    waiter nobody wakes: run it in a thread with a long timeout, and fail if
+    it has not returned well before that.
+    """
+    outcome = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(wait(fs, timeout=30, return_when=return_when)),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(10)
+    assert outcome, f"{wait.__module__}.wait() was not woken: it would run into its timeout"
+    return outcome[0]

@@ -13,6 +13,7 @@ import threading
 import pytest
 
 import shoal
+from _future_states import woken_wait
 
 
 class TaskError(Exception):
@@ -121,14 +122,14 @@ def test_map_reraises_at_position(executor):
 
 def test_wait_over_executor_futures(executor):
     futures = [executor.submit(square, i) for i in range(10)]
-    done, not_done = shoal.wait(futures, timeout=30)
+    done, not_done = woken_wait(futures)
     assert done == set(futures)
     assert not_done == set()
 
 
 def test_wait_first_exception_over_executor_futures(executor):
     futures = [executor.submit(fail, "x"), *(executor.submit(square, i) for i in range(3))]
-    done, _ = shoal.wait(futures, timeout=30, return_when=shoal.FIRST_EXCEPTION)
+    done, _ = woken_wait(futures, return_when=shoal.FIRST_EXCEPTION)
     assert futures[0] in done
 
 
@@ -180,4 +181,4 @@ def test_cancel_a_queued_call(executor_factory):
     with pytest.raises(shoal.CancelledError):
         queued.result(timeout=30)
     # The executor notifies the cancellation when it reaches the call.
-    assert shoal.wait([queued], timeout=30).done == {queued}
+    assert woken_wait([queued]).done == {queued}

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 import shoal
-from _future_states import make_future
+from _future_states import make_future, woken_wait
 
 
 def square(x):
@@ -143,7 +143,7 @@ def test_std_wait_over_shoal_futures(pool):
     gate = threading.Event()
     blocked = pool.submit(gate.wait, 10)
     quick = [pool.submit(square, i) for i in range(3)]
-    done, not_done = concurrent.futures.wait(quick, timeout=10)
+    done, not_done = woken_wait(quick, wait=concurrent.futures.wait)
     assert done == set(quick)
     assert not_done == set()
     done, not_done = concurrent.futures.wait(
@@ -151,8 +151,8 @@ def test_std_wait_over_shoal_futures(pool):
     )
     assert not_done == {blocked}
     gate.set()
-    done, not_done = concurrent.futures.wait(
-        [blocked], timeout=10, return_when=concurrent.futures.FIRST_COMPLETED
+    done, not_done = woken_wait(
+        [blocked], return_when=concurrent.futures.FIRST_COMPLETED, wait=concurrent.futures.wait
     )
     assert done == {blocked}
 
@@ -162,8 +162,10 @@ def test_std_wait_first_exception_over_shoal_futures():
     other = make_future("running")
     timer = threading.Timer(0.01, failing.set_exception, (ValueError(),))
     timer.start()
-    done, not_done = concurrent.futures.wait(
-        [failing, other], timeout=10, return_when=concurrent.futures.FIRST_EXCEPTION
+    done, not_done = woken_wait(
+        [failing, other],
+        return_when=concurrent.futures.FIRST_EXCEPTION,
+        wait=concurrent.futures.wait,
     )
     timer.join()
     assert done == {failing}
@@ -200,12 +202,12 @@ def test_shoal_wait_over_std_futures(std_pool):
     gate = threading.Event()
     blocked = std_pool.submit(gate.wait, 10)
     quick = [std_pool.submit(square, i) for i in range(3)]
-    assert shoal.wait(quick, timeout=10) == (set(quick), set())
+    assert woken_wait(quick) == (set(quick), set())
     done, not_done = shoal.wait([blocked, *quick], timeout=0.01)
     assert not_done == {blocked}
     assert done == set(quick)
     gate.set()
-    done, _ = shoal.wait([blocked], timeout=10, return_when=shoal.FIRST_COMPLETED)
+    done, _ = woken_wait([blocked], return_when=shoal.FIRST_COMPLETED)
     assert done == {blocked}
     assert not blocked._waiters
 
@@ -215,11 +217,11 @@ def test_shoal_wait_over_a_mix(pool, std_pool):
     std_blocked = std_pool.submit(gate.wait, 10)
     shoal_failing = pool.submit(square, "x")
     mixed = [std_blocked, shoal_failing, std_pool.submit(square, 2), pool.submit(square, 3)]
-    done, not_done = shoal.wait(mixed, timeout=10, return_when=shoal.FIRST_EXCEPTION)
+    done, not_done = woken_wait(mixed, return_when=shoal.FIRST_EXCEPTION)
     assert shoal_failing in done
     assert std_blocked in not_done
     gate.set()
-    assert shoal.wait(mixed, timeout=10) == (set(mixed), set())
+    assert woken_wait(mixed) == (set(mixed), set())
 
 
 def test_shoal_wait_over_a_mix_completed_from_threads():
@@ -236,7 +238,7 @@ def test_shoal_wait_over_a_mix_completed_from_threads():
     threads = [threading.Thread(target=complete, args=(fs,)) for fs in (std, ours)]
     for thread in threads:
         thread.start()
-    assert shoal.wait(mixed, timeout=10) == (set(mixed), set())
+    assert woken_wait(mixed) == (set(mixed), set())
     for thread in threads:
         thread.join(10)
 
