@@ -19,7 +19,6 @@ import traceback
 import types
 
 import numpy as np
-import psutil
 import pytest
 
 from shoal.process import _wire
@@ -42,15 +41,6 @@ def prefix():
     left = segments_named(name)
     _wire.unlink_prefix(name)
     assert left == [], f"segments left behind: {left}"
-
-
-@pytest.fixture(autouse=True)
-def no_child_left():
-    yield
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        child.kill()
-    assert children == []
 
 
 def round_trip(obj, prefix):

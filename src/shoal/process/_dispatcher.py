@@ -4,11 +4,12 @@
 
     user threads                 dispatcher thread                          worker processes
     ------------                 -----------------                          ----------------
-    submit() --> _Task --+
-                         |  Shared.queue (deque, Shared.lock)
+    submit() --> Task ---+
+                         |  Shared.queue (a hand-off deque, Shared.lock)
     wake pipe  ----------+--> select() over the wake pipe,
-                              every worker's socket and sentinel
-                              pops tasks, pickles the calls (_wire),
+                              every worker's socket and sentinel;
+                              takes the whole queue into its backlog,
+                              pickles the calls (_wire),
                               writes RUN batches (non-blocking) ---------> worker_main(): runs the
                                                                            batch in order, answers
                               reads RESULTS, completes futures <---------- RESULTS (a few per message)
@@ -32,7 +33,9 @@ next batch is already in its socket when it finishes the current one.
 Concurrency:
   Threads: user threads touch only ``Shared`` (under ``Shared.lock``) and
   the wake pipe. The dispatcher thread owns everything else here: the
-  workers, their sockets, the in-flight tables, the selector, the counters.
+  backlog, the workers, their sockets, the in-flight tables, the selector,
+  the counters. It takes the shared queue by swapping in an empty deque, so
+  it holds ``Shared.lock`` for a moment only, however long the queue.
   No lock guards those: no other thread reads them, except ``statistics()``,
   which reads plain ints and lengths (a snapshot, possibly a moment old).
   Lock order: ``Shared.lock``, then a future's ``_condition``; the
@@ -49,6 +52,7 @@ import os
 import pickle
 import selectors
 import signal
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +86,7 @@ EXIT_GRACE_SECONDS = 5.0
 READ_CHUNK = 1 << 20
 
 _HEADER = 4
+_LENGTH = struct.Struct("!i")
 
 
 class Task:
@@ -117,8 +122,11 @@ class Shared:
     """What the pool object and its dispatcher share. Guarded by ``lock``."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Submitted calls not yet taken by the dispatcher.
     queue: collections.deque[Task] = field(default_factory=collections.deque)
     shutdown: bool = False
+    # shutdown(cancel_futures=True): cancel the dispatcher's backlog too.
+    cancel_backlog: bool = False
     # Why the pool refuses work; set once, by the dispatcher.
     broken: str | None = None
     broken_cause: BaseException | None = None
@@ -154,6 +162,7 @@ class _Worker:
     __slots__ = (
         "fd",
         "inbox",
+        "closed",
         "in_flight",
         "name",
         "outbox",
@@ -175,6 +184,7 @@ class _Worker:
         self.in_flight: collections.deque[Task] = collections.deque()
         self.ready = False
         self.retiring = False
+        self.closed = False  # end of stream seen; the sentinel will follow
         self.sent = 0  # tasks sent over this worker's life
         self.since_idle = _clock.monotonic()
 
@@ -232,6 +242,8 @@ class Dispatcher(threading.Thread):
         self._names = itertools.count()
         self._selector = selectors.DefaultSelector()
         self._workers: dict[int, _Worker] = {}  # by socket fd
+        # Calls taken from Shared.queue, not yet sent to a worker, in order.
+        self._backlog: collections.deque[Task] = collections.deque()
         # Workers gone (died or retired) and not replaced yet.
         self._departed = 0
         self._startup_deaths = 0
@@ -241,11 +253,11 @@ class Dispatcher(threading.Thread):
 
     # -- statistics (read from other threads) ------------------------------
 
-    def counts(self) -> tuple[int, int, int]:
-        """(workers, idle workers, tasks in flight)."""
+    def counts(self) -> tuple[int, int, int, int]:
+        """(workers, idle workers, calls in the backlog, calls in flight)."""
         workers = list(self._workers.values())
         idle = sum(1 for w in workers if not w.in_flight)
-        return len(workers), idle, sum(len(w.in_flight) for w in workers)
+        return len(workers), idle, len(self._backlog), sum(len(w.in_flight) for w in workers)
 
     # -- the loop ----------------------------------------------------------
 
@@ -284,9 +296,13 @@ class Dispatcher(threading.Thread):
                 return
             if shared.broken is not None:
                 return
+            if shared.queue:
+                self._take_queue()
+            if shared.cancel_backlog:
+                self._cancel_backlog()
             self._retire_idle()
             self._dispatch()
-            if shared.shutdown and not shared.queue and not self._busy():
+            if shared.shutdown and not shared.queue and not self._backlog and not self._busy():
                 self._exit_workers()
                 return
 
@@ -320,14 +336,35 @@ class Dispatcher(threading.Thread):
             return MAX_IN_FLIGHT
         return max(1, min(MAX_IN_FLIGHT, math.ceil(BATCH_SECONDS / mean)))
 
-    def _dispatch(self) -> None:
+    def _take_queue(self) -> None:
         shared = self._shared
-        if not shared.queue or shared.broken is not None:
+        with shared.lock:
+            incoming, shared.queue = shared.queue, collections.deque()
+        self._backlog.extend(incoming)
+
+    def _cancel_backlog(self) -> None:
+        """shutdown(cancel_futures=True): cancel what was not sent yet."""
+        self._shared.cancel_backlog = False
+        backlog = self._backlog
+        # Calls sent once already (back after their worker died before
+        # starting them) are running: they stay.
+        self._backlog = collections.deque(t for t in backlog if t.blob is not None)
+        for task in backlog:
+            if task.blob is None and task.future.cancel():
+                task.future.set_running_or_notify_cancel()
+
+    def _dispatch(self) -> None:
+        backlog = self._backlog
+        if not backlog or self._shared.broken is not None:
             return
         share = self._share()
         low = max(1, share // 2)
         workers = sorted(
-            (w for w in self._workers.values() if not w.retiring and len(w.in_flight) < low),
+            (
+                w
+                for w in self._workers.values()
+                if not w.retiring and not w.closed and len(w.in_flight) < low
+            ),
             key=lambda w: len(w.in_flight),
         )
         for worker in workers:
@@ -336,15 +373,13 @@ class Dispatcher(threading.Thread):
                 room = min(room, self._max_tasks - worker.sent)
             if room <= 0:
                 continue
-            with shared.lock:
-                queue = shared.queue
-                tasks = [queue.popleft() for _ in range(min(room, len(queue)))]
+            tasks = [backlog.popleft() for _ in range(min(room, len(backlog)))]
             if not tasks:
                 return
             self._send(worker, tasks)
         # Start workers while calls wait and the pool is below its size.
         starting = sum(1 for w in self._workers.values() if not w.ready)
-        waiting = len(shared.queue)
+        waiting = len(backlog)
         while waiting > starting * share and len(self._workers) < self._max_workers:
             if not self._spawn():
                 return
@@ -389,8 +424,10 @@ class Dispatcher(threading.Thread):
             except OSError:
                 return  # the worker is gone; its sentinel will tell how
             del outbox[:written]
+        key = self._selector.get_map().get(worker.fd)
+        if key is None:
+            return  # end of stream seen: the worker is on its way out
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if outbox else 0)
-        key = self._selector.get_key(worker.fd)
         if key.events != events:
             self._selector.modify(worker.fd, events, key.data)
 
@@ -408,35 +445,48 @@ class Dispatcher(threading.Thread):
             if not data:
                 # End of stream: the worker is gone; its sentinel says how.
                 self._selector.unregister(worker.fd)
+                worker.closed = True
                 break
             inbox += data
             if len(data) < READ_CHUNK:
                 break
         offset = 0
         end = len(inbox)
-        while end - offset >= _HEADER:
-            size = int.from_bytes(inbox[offset : offset + 4], "big", signed=True)
-            header = _HEADER
-            if size == -1:
-                if end - offset < 12:
+        answers: list[tuple[int, bool, _wire.Blob, float]] = []
+        with memoryview(inbox) as view:
+            while end - offset >= _HEADER:
+                size = _LENGTH.unpack_from(view, offset)[0]
+                header = _HEADER
+                if size == -1:
+                    if end - offset < 12:
+                        break
+                    size = int.from_bytes(view[offset + 4 : offset + 12], "big")
+                    header = 12
+                start = offset + header
+                if end - start < size:
                     break
-                size = int.from_bytes(inbox[offset + 4 : offset + 12], "big")
-                header = 12
-            if end - offset - header < size:
-                break
-            start = offset + header
-            with memoryview(inbox) as view:
-                message = pickle.loads(view[start : start + size])
-            offset = start + size
-            self._handle(worker, message)
+                offset = start + size
+                # No slice of the view may outlive this loop: the inbox is
+                # resized below, which needs every export released.
+                if view[start] == _wire.RESULT_MARK:
+                    answers.append(_wire.decode_result(view[start:offset]))
+                    continue
+                message = pickle.loads(view[start:offset])
+                if message[0] == _wire.RESULTS:
+                    answers.extend(message[1])
+                    continue
+                if answers:
+                    self._complete(worker, answers)
+                    answers = []
+                self._handle(worker, message)
         if offset:
             del inbox[:offset]
+        if answers:
+            self._complete(worker, answers)
 
     def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
         tag = message[0]
-        if tag == _wire.RESULTS:
-            self._complete(worker, message[1])
-        elif tag == _wire.READY:
+        if tag == _wire.READY:
             worker.ready = True
             self._startup_deaths = 0
         elif tag == _wire.INIT_FAILED:
@@ -547,7 +597,7 @@ class Dispatcher(threading.Thread):
             self._write(worker, _frame((_wire.EXIT,)))
 
     def _retire_idle(self) -> None:
-        if self._idle_timeout is None or self._shared.queue:
+        if self._idle_timeout is None or self._backlog or self._shared.queue:
             return
         now = _clock.monotonic()
         for worker in list(self._workers.values()):
@@ -583,15 +633,15 @@ class Dispatcher(threading.Thread):
                     held,
                 )
                 return
+        if not worker.retiring and not self._shared.shutdown and self._shared.broken is None:
+            self._spawn()  # keep the pool at its size: replace the dead worker now
         if not held:
             return
         # The worker answers each call before it starts the next, so the first
         # call without an answer is the one it was running when it died; the
         # calls behind it never started, and go back to the front of the queue.
         lost, unstarted = held[0], held[1:]
-        if unstarted:
-            with self._shared.lock:
-                self._shared.queue.extendleft(reversed(unstarted))
+        self._backlog.extendleft(reversed(unstarted))
         if lost.blob is not None:
             _wire.discard(lost.blob)
         error = WorkerLostError(
@@ -628,8 +678,9 @@ class Dispatcher(threading.Thread):
             if shared.broken is None:
                 shared.broken = reason
                 shared.broken_cause = cause
-            queued = list(shared.queue)
+            queued = list(self._backlog) + list(shared.queue)
             shared.queue.clear()
+        self._backlog.clear()
         running = [t for w in self._workers.values() for t in w.in_flight] + (orphans or [])
         for worker in self._workers.values():
             worker.in_flight.clear()
@@ -666,8 +717,9 @@ class Dispatcher(threading.Thread):
             worker.in_flight.clear()
             self._forget(worker)
         with self._shared.lock:
-            queued = list(self._shared.queue)
+            queued = list(self._backlog) + list(self._shared.queue)
             self._shared.queue.clear()
+        self._backlog.clear()
         for task in queued:
             if task.future.cancel():
                 task.future.set_running_or_notify_cancel()

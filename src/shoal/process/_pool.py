@@ -292,12 +292,10 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                 shared.stop = how
             cancelled = []
             if cancel_futures:
-                # Calls sent once already (back in the queue after their worker
-                # died before starting them) are running: they stay.
-                cancelled = [t for t in shared.queue if t.blob is None]
-                kept = [t for t in shared.queue if t.blob is not None]
+                # The dispatcher cancels the calls it has taken already.
+                cancelled = list(shared.queue)
                 shared.queue.clear()
-                shared.queue.extend(kept)
+                shared.cancel_backlog = True
             shared.wake()
             dispatcher = self._dispatcher
         for task in cancelled:
@@ -328,11 +326,11 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         """A snapshot of the pool's counters (see :class:`ExecutorStatistics`)."""
         shared = self._shared
         dispatcher = self._dispatcher
-        workers, idle, running = (0, 0, 0) if dispatcher is None else dispatcher.counts()
+        workers, idle, backlog, running = (0, 0, 0, 0) if dispatcher is None else dispatcher.counts()
         return ExecutorStatistics(
             workers=workers,
             idle=idle,
-            queued=len(shared.queue),
+            queued=len(shared.queue) + backlog,
             running=running,
             completed=shared.completed,
             failed=shared.failed,

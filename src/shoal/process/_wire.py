@@ -49,6 +49,7 @@ import io
 import itertools
 import os
 import pickle
+import struct
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeAlias
@@ -75,7 +76,9 @@ __all__ = (
     "load_error",
     "loads",
     "recv",
+    "decode_result",
     "send",
+    "send_result",
     "unlink_prefix",
 )
 
@@ -553,5 +556,40 @@ def send(conn: Any, message: tuple[Any, ...]) -> None:
 
 
 def recv(conn: Any) -> Any:
-    """Receive one message; raises EOFError/OSError when the other side is gone."""
-    return pickle.loads(conn.recv_bytes())
+    """Receive one message; raises EOFError/OSError when the other side is gone.
+
+    An answer sent by ``send_result`` comes back as ``(RESULTS, [answer])``.
+    """
+    data = conn.recv_bytes()
+    if data[:1] == b"R":
+        return (RESULTS, [decode_result(memoryview(data))])
+    return pickle.loads(data)
+
+
+# One answer, framed for the parent without pickling the envelope: the
+# length header of ``Connection.send_bytes`` (4 bytes, big-endian), then
+# ``R``, the task id, ok, the duration, and the result's pickle. A worker
+# sends one per call, so this is the hottest message on the wire. Answers
+# whose blob has shared-memory segments go as a pickled RESULTS message.
+RESULT_MARK = 0x52  # "R"; a pickled message starts with 0x80 instead
+_RESULT_HEAD = struct.Struct("!iBq?d")
+_RESULT_BODY = struct.Struct("!q?d")
+
+
+def send_result(conn: Any, task_id: int, ok: bool, blob: Blob, duration: float) -> None:
+    """Send one call's answer over a Connection, as cheaply as the wire allows."""
+    data, segments = blob
+    if segments:
+        send(conn, (RESULTS, [(task_id, ok, blob, duration)]))
+        return
+    frame = _RESULT_HEAD.pack(_RESULT_HEAD.size - 4 + len(data), RESULT_MARK, task_id, ok, duration)
+    fd = conn.fileno()
+    view = memoryview(frame + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def decode_result(payload: memoryview) -> tuple[int, bool, Blob, float]:
+    """Read an answer framed by ``send_result`` (its payload, after the length)."""
+    task_id, ok, duration = _RESULT_BODY.unpack_from(payload, 1)
+    return task_id, ok, (bytes(payload[1 + _RESULT_BODY.size :]), ()), duration

@@ -242,10 +242,8 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
     except OSError:
         return  # the parent is gone
 
-    outbox = _Outbox(conn)
-    threading.Thread(target=outbox.run_flusher, name="shoal-flusher", daemon=True).start()
     run_one = _run_one
-    add = outbox.add
+    send_result = _wire.send_result
     while True:
         try:
             message = _wire.recv(conn)
@@ -258,18 +256,21 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
             batch.reverse()  # pop() from the end: each call blob is freed once run
             while batch:
                 task_id, blob = batch.pop()
-                add(run_one(task_id, blob, prefix))
+                answer = run_one(task_id, blob, prefix)
                 del blob
+                # Answer each call before starting the next: if this process
+                # dies, the parent knows exactly which call it was running
+                # (the first unanswered one) and that the calls behind it
+                # never started, so it can hand those to another worker.
+                try:
+                    send_result(conn, *answer)
+                except OSError:
+                    return  # the parent is gone
+                del answer
         elif tag == _wire.EXIT:
-            with contextlib.suppress(OSError):
-                outbox.flush()
             return
         else:
             raise RuntimeError(f"shoal worker: unknown message tag {tag!r} in {message!r:.200}")
-        try:
-            outbox.flush()
-        except OSError:
-            return  # the parent is gone
 
 
 def worker_main(conn: Any, config: dict[str, Any]) -> None:

@@ -1,0 +1,110 @@
+"""Objects and calls that crash, exit or raise at a chosen moment of a task's trip.
+
+Importable by worker processes (the tests pickle them by reference). The
+moments: pickling the call in the parent, unpickling it in the worker,
+running it, pickling the result in the worker, unpickling it in the parent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+
+class Boom(Exception):
+    """The exception every 'raise' case raises; picklable."""
+
+
+def _segfault() -> None:
+    ctypes.string_at(0)
+
+
+def _exit() -> None:
+    os._exit(13)
+
+
+def _sys_exit() -> None:
+    sys.exit(7)
+
+
+def _raise() -> None:
+    raise Boom("raised on purpose")
+
+
+ACTIONS = {"crash": _segfault, "exit": _exit, "raise": _raise, "sysexit": _sys_exit}
+
+
+def _do(action: str) -> None:
+    ACTIONS[action]()
+
+
+class FailOnPickle:
+    """Pickling it runs the action (in whichever process pickles it)."""
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+
+    def __reduce__(self) -> tuple[object, ...]:
+        _do(self.action)
+        return (FailOnPickle, (self.action,))
+
+
+class FailOnUnpickle:
+    """Unpickling it runs the action (in whichever process unpickles it)."""
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_unpickle, (self.action,))
+
+
+def _unpickle(action: str) -> FailOnUnpickle:
+    _do(action)
+    return FailOnUnpickle(action)
+
+
+def take(argument: object) -> str:
+    return "ran"
+
+
+def run(action: str) -> None:
+    _do(action)
+
+
+def return_failing_pickle(action: str) -> FailOnPickle:
+    return FailOnPickle(action)
+
+
+def return_failing_unpickle(action: str) -> FailOnUnpickle:
+    return FailOnUnpickle(action)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def wait_for_file(path: str, timeout: float = 30.0) -> str:
+    """Block until ``path`` exists (the test creates it to release the call)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear")
+        time.sleep(0.005)
+    return path
+
+
+def report_pid_and_wait(pid_path: str, gate_path: str, timeout: float = 30.0) -> int:
+    """Write this worker's pid to ``pid_path``, then block until ``gate_path`` exists."""
+    with open(pid_path + ".tmp", "w") as file:
+        file.write(str(os.getpid()))
+    os.replace(pid_path + ".tmp", pid_path)
+    wait_for_file(gate_path, timeout)
+    return os.getpid()

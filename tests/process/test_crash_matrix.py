@@ -1,0 +1,62 @@
+"""The crash matrix: crash / exit / raise at every moment of a task's trip.
+
+For each case: the exact error on that future, the other futures submitted
+around it all succeed, and the pool still serves afterwards. Crashing the
+parent itself is not a case (it would take the test run down with it).
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import crashers
+import pytest
+
+import shoal
+
+TIMEOUT = 30
+
+# (moment, action) -> (how to submit it, the exception expected from result())
+CASES = {
+    ("pickle-call", "raise"): (lambda p: p.submit(crashers.take, crashers.FailOnPickle("raise")), crashers.Boom),
+    ("pickle-call", "sysexit"): (lambda p: p.submit(crashers.take, crashers.FailOnPickle("sysexit")), SystemExit),
+    ("unpickle-call", "raise"): (lambda p: p.submit(crashers.take, crashers.FailOnUnpickle("raise")), crashers.Boom),
+    ("unpickle-call", "sysexit"): (lambda p: p.submit(crashers.take, crashers.FailOnUnpickle("sysexit")), SystemExit),
+    ("unpickle-call", "exit"): (lambda p: p.submit(crashers.take, crashers.FailOnUnpickle("exit")), shoal.WorkerLostError),
+    ("unpickle-call", "crash"): (lambda p: p.submit(crashers.take, crashers.FailOnUnpickle("crash")), shoal.WorkerLostError),
+    ("run", "raise"): (lambda p: p.submit(crashers.run, "raise"), crashers.Boom),
+    ("run", "sysexit"): (lambda p: p.submit(crashers.run, "sysexit"), SystemExit),
+    ("run", "exit"): (lambda p: p.submit(crashers.run, "exit"), shoal.WorkerLostError),
+    ("run", "crash"): (lambda p: p.submit(crashers.run, "crash"), shoal.WorkerLostError),
+    ("pickle-result", "raise"): (lambda p: p.submit(crashers.return_failing_pickle, "raise"), Exception),
+    ("pickle-result", "sysexit"): (lambda p: p.submit(crashers.return_failing_pickle, "sysexit"), BaseException),
+    ("pickle-result", "exit"): (lambda p: p.submit(crashers.return_failing_pickle, "exit"), shoal.WorkerLostError),
+    ("pickle-result", "crash"): (lambda p: p.submit(crashers.return_failing_pickle, "crash"), shoal.WorkerLostError),
+    ("unpickle-result", "raise"): (lambda p: p.submit(crashers.return_failing_unpickle, "raise"), pickle.UnpicklingError),
+    ("unpickle-result", "sysexit"): (lambda p: p.submit(crashers.return_failing_unpickle, "sysexit"), pickle.UnpicklingError),
+}
+
+
+@pytest.fixture
+def shared_pool():
+    pool = shoal.ProcessPoolExecutor(max_workers=2)
+    yield pool
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("case", sorted(CASES), ids=lambda c: "-".join(c))
+def test_crash_matrix(case: tuple[str, str], shared_pool: shoal.ProcessPoolExecutor) -> None:
+    submit, expected = CASES[case]
+    pool = shared_pool
+    before = [pool.submit(crashers.square, i) for i in range(20)]
+    doomed = submit(pool)
+    after = [pool.submit(crashers.square, i) for i in range(20)]
+    with pytest.raises(expected) as info:
+        doomed.result(TIMEOUT)
+    moment, action = case
+    if moment == "pickle-result" and action == "raise":
+        assert "could not be pickled" in str(info.value)
+    if expected is shoal.WorkerLostError:
+        assert "died" in str(info.value)
+    assert [f.result(TIMEOUT) for f in before + after] == [i * i for i in range(20)] * 2
+    assert pool.submit(crashers.square, 9).result(TIMEOUT) == 81

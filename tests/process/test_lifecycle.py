@@ -1,0 +1,136 @@
+"""Lifecycle of the process pool: Ctrl-C, a dying parent, interpreter exit, idle workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import crashers
+import psutil
+import pytest
+
+import shoal
+
+TIMEOUT = 30
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _script(body: str) -> list[str]:
+    code = "import sys; sys.path.insert(0, %r)\n" % HERE + textwrap.dedent(body)
+    return [sys.executable, "-c", code]
+
+
+def _wait_gone(pids: list[int], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.05)
+    return alive
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_ctrl_c_exits_fast_and_leaves_no_process() -> None:
+    proc = subprocess.Popen(
+        _script("""
+            import os, shoal, crashers
+            if __name__ == "__main__":
+                with shoal.ProcessPoolExecutor(max_workers=2) as pool:
+                    futures = [pool.submit(crashers.wait_for_file, "/nonexistent/never", 600) for _ in range(4)]
+                    pids = [pool.submit(crashers.pid) for _ in range(1)]
+                    print("workers", " ".join(str(p.pid) for p in __import__("psutil").Process().children()), flush=True)
+                    futures[0].result()
+        """),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    children: list[int] = []
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("workers"), proc.stderr.read()
+        children = [int(p) for p in line.split()[1:]]
+        # Let the calls start, then press Ctrl-C.
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=TIMEOUT)
+        elapsed = time.monotonic() - started
+        assert elapsed < 2.0, f"took {elapsed:.2f}s to exit after Ctrl-C"
+        assert "KeyboardInterrupt" in proc.stderr.read()
+        left = _wait_gone(children, 5)
+        assert not left, f"processes left after Ctrl-C: {left}"
+    finally:
+        proc.kill()
+        proc.communicate()
+        _kill(children)
+
+
+def test_workers_exit_when_parent_is_killed() -> None:
+    proc = subprocess.Popen(
+        _script("""
+            import shoal, crashers
+            if __name__ == "__main__":
+                pool = shoal.ProcessPoolExecutor(max_workers=2)
+                busy = pool.submit(crashers.wait_for_file, "/nonexistent/never", 600)
+                pids = {pool.submit(crashers.pid).result() for _ in range(10)}
+                print("workers", " ".join(str(p.pid) for p in __import__("psutil").Process().children()), flush=True)
+                import time; time.sleep(600)
+        """),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    children: list[int] = []
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("workers")
+        children = [int(p) for p in line.split()[1:]]
+        proc.kill()
+        proc.wait(timeout=TIMEOUT)
+        left = _wait_gone(children, 10)
+        assert not left, f"workers outlived their parent: {left}"
+    finally:
+        proc.kill()
+        proc.communicate()
+        _kill(children)
+
+
+def test_interpreter_exit_with_work_in_flight(tmp_path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        _script(f"""
+            import shoal, crashers
+            if __name__ == "__main__":
+                pool = shoal.ProcessPoolExecutor(max_workers=2)
+                futures = [pool.submit(crashers.square, i) for i in range(200)]
+                futures[-1].add_done_callback(lambda f: open({str(out)!r}, "w").write(str(f.result())))
+        """),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert out.read_text() == str(199 * 199)
+
+
+def test_idle_workers_retire_and_come_back() -> None:
+    with shoal.ProcessPoolExecutor(max_workers=2, idle_timeout=0.2) as pool:
+        first = pool.submit(crashers.pid).result(TIMEOUT)
+        deadline = time.monotonic() + 10
+        while pool.statistics().workers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool.statistics().workers == 0
+        second = pool.submit(crashers.pid).result(TIMEOUT)
+        assert second != first

@@ -1,0 +1,158 @@
+"""The process pool's own behaviour: errors on one future, survival, lifecycle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+
+import pytest
+
+import shoal
+from shoal.process import BrokenProcessPool
+
+import crashers
+
+TIMEOUT = 30
+
+
+def test_results_and_default_context() -> None:
+    with shoal.ProcessPoolExecutor(max_workers=2) as pool:
+        assert pool._mp_context.get_start_method() == (
+            "forkserver" if sys.platform == "linux" else "spawn"
+        )
+        assert [f.result(TIMEOUT) for f in [pool.submit(crashers.square, i) for i in range(50)]] == [
+            i * i for i in range(50)
+        ]
+        assert list(pool.map(crashers.square, range(100), chunksize=7)) == [i * i for i in range(100)]
+
+
+def test_every_start_method(pool: shoal.ProcessPoolExecutor) -> None:
+    assert list(pool.map(crashers.square, range(20))) == [i * i for i in range(20)]
+    pids = {f.result(TIMEOUT) for f in [pool.submit(crashers.pid) for _ in range(20)]}
+    assert os.getpid() not in pids
+
+
+def test_lambda_and_closure_travel(pool: shoal.ProcessPoolExecutor) -> None:
+    offset = 5
+    assert pool.submit(lambda x: x + offset, 1).result(TIMEOUT) == 6
+
+
+def test_worker_exception_has_remote_traceback(pool: shoal.ProcessPoolExecutor) -> None:
+    future = pool.submit(crashers.run, "raise")
+    with pytest.raises(crashers.Boom) as info:
+        future.result(TIMEOUT)
+    cause = info.value.__cause__
+    assert cause is not None
+    assert "_raise" in str(cause)  # the worker's frame
+    text = "".join(traceback.format_exception(info.value))
+    assert "raised on purpose" in text
+
+
+def test_system_exit_in_task_reaches_caller(pool: shoal.ProcessPoolExecutor) -> None:
+    with pytest.raises(SystemExit):
+        pool.submit(crashers.run, "sysexit").result(TIMEOUT)
+    assert pool.submit(crashers.square, 3).result(TIMEOUT) == 9
+
+
+def test_chunksize_must_be_positive(pool: shoal.ProcessPoolExecutor) -> None:
+    with pytest.raises(ValueError, match="chunksize"):
+        pool.map(crashers.square, range(3), chunksize=0)
+
+
+def test_max_workers_validation() -> None:
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        shoal.ProcessPoolExecutor(max_workers=0)
+
+
+def test_worker_death_fails_only_its_task(pool: shoal.ProcessPoolExecutor) -> None:
+    others = [pool.submit(crashers.square, i) for i in range(30)]
+    doomed = pool.submit(crashers.run, "exit")
+    more = [pool.submit(crashers.square, i) for i in range(30)]
+    with pytest.raises(shoal.WorkerLostError) as info:
+        doomed.result(TIMEOUT)
+    assert isinstance(info.value, BrokenProcessPool)
+    assert "exit code 13" in str(info.value)
+    assert info.value.exitcode == 13
+    assert [f.result(TIMEOUT) for f in others + more] == [i * i for i in range(30)] * 2
+    assert pool.submit(crashers.square, 4).result(TIMEOUT) == 16
+    stats = pool.statistics()
+    assert stats.respawned >= 1
+    assert stats.failed >= 1
+
+
+def test_segfault_names_the_signal(pool: shoal.ProcessPoolExecutor) -> None:
+    with pytest.raises(shoal.WorkerLostError, match="SIGSEGV"):
+        pool.submit(crashers.run, "crash").result(TIMEOUT)
+    assert pool.submit(crashers.square, 5).result(TIMEOUT) == 25
+
+
+def test_sigkill_from_outside(pool: shoal.ProcessPoolExecutor, tmp_path) -> None:
+    pid_file = tmp_path / "pid"
+    blocked = pool.submit(crashers.report_pid_and_wait, str(pid_file), str(tmp_path / "never"))
+    bystanders = [pool.submit(crashers.square, i) for i in range(20)]
+    crashers.wait_for_file(str(pid_file), TIMEOUT)
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    with pytest.raises(shoal.WorkerLostError, match="SIGKILL"):
+        blocked.result(TIMEOUT)
+    assert [f.result(TIMEOUT) for f in bystanders] == [i * i for i in range(20)]
+    assert pool.submit(crashers.square, 6).result(TIMEOUT) == 36
+
+
+def test_initializer_failure_breaks_pool(start_method: str) -> None:
+    pool = shoal.ProcessPoolExecutor(
+        max_workers=1, mp_context=start_method, initializer=crashers.run, initargs=("raise",)
+    )
+    try:
+        future = pool.submit(crashers.square, 2)
+        with pytest.raises(BrokenProcessPool, match="initializer"):
+            future.result(TIMEOUT)
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(crashers.square, 2)
+    finally:
+        pool.shutdown()
+
+
+def test_max_tasks_per_child_with_early_shutdown(start_method: str) -> None:
+    if start_method == "fork":
+        pytest.skip("fork")
+    pool = shoal.ProcessPoolExecutor(max_workers=2, mp_context=start_method, max_tasks_per_child=1)
+    futures = [pool.submit(crashers.pid) for _ in range(6)]
+    pool.shutdown(wait=True)
+    pids = [f.result(TIMEOUT) for f in futures]
+    assert len(set(pids)) == 6  # every call had a fresh worker
+
+
+def test_cancel_futures_on_shutdown(tmp_path) -> None:
+    pool = shoal.ProcessPoolExecutor(max_workers=1)
+    gate = tmp_path / "go"
+    first = pool.submit(crashers.wait_for_file, str(gate))
+    deadline = time.monotonic() + TIMEOUT
+    while not first.running():  # sent to the worker: too late to cancel it
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    queued = [pool.submit(crashers.square, i) for i in range(50)]
+    gate.touch()
+    pool.shutdown(wait=True, cancel_futures=True)
+    assert first.result(TIMEOUT) == str(gate)
+    assert all(f.done() for f in queued)
+    assert any(f.cancelled() for f in queued)
+
+
+def test_statistics_counts() -> None:
+    with shoal.ProcessPoolExecutor(max_workers=2) as pool:
+        list(pool.map(crashers.square, range(40)))
+        stats = pool.statistics()
+        assert stats.completed == 40
+        assert stats.queued == 0
+        assert stats.running == 0
+        assert 1 <= stats.workers <= 2
+
+
+def test_submit_after_shutdown() -> None:
+    pool = shoal.ProcessPoolExecutor(max_workers=1)
+    pool.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        pool.submit(crashers.square, 1)
