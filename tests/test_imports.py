@@ -23,7 +23,7 @@ import shoal
 # only; the modules of one core layer (2) may import one another.
 LAYERS = [
     {"_errors", "_clock", "_stats"},
-    {"_future"},
+    {"_future", "_process_errors"},
     {"_wait", "_executor", "_options"},
     {"thread", "process", "dask"},
     {"aio", "group", "progress", "cli", "__main__"},
@@ -107,11 +107,6 @@ def test_import_shoal_does_not_import_the_process_pool_or_optional_parts():
     assert heavy == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shoal._errors subclasses concurrent.futures.process.BrokenProcessPool at import, "
-    "which imports multiprocessing",
-)
 def test_import_shoal_does_not_import_multiprocessing():
     loaded = modules_loaded_by("shoal", stubs=())
     assert {m for m in loaded if m.split(".")[0] == "multiprocessing"} == set()

@@ -260,7 +260,10 @@ def test_closing_the_iterator_cancels_queued_calls(executor_factory, chunksize, 
 @pytest.mark.in_process
 @pytest.mark.parametrize("chunksize", [1, 3])
 @pytest.mark.parametrize("ordered", [True, False])
-def test_closing_an_unstarted_iterator_cancels_queued_calls(executor_factory, ordered, chunksize):
+def test_an_unstarted_iterator_cancels_nothing(executor_factory, ordered, chunksize):
+    # As in the standard library (bpo-11777): map() used only for its side
+    # effects runs every call, even if its iterator is closed or dropped
+    # before the first next().
     executor = executor_factory(max_workers=1)
     gate = threading.Event()
     ran = []
@@ -271,14 +274,34 @@ def test_closing_an_unstarted_iterator_cancels_queued_calls(executor_factory, or
         return x
 
     results = executor.map(call, range(10), ordered=ordered, chunksize=chunksize)
-    # Wait for the first call to start, so that the rest are surely queued.
-    deadline = time.monotonic() + 10
-    while not ran and time.monotonic() < deadline:
-        time.sleep(0.001)
+    results.close()
+    del results
+    gate.set()
+    executor.shutdown(wait=True)
+    assert sorted(ran) == list(range(10))
+
+
+@pytest.mark.in_process
+@pytest.mark.parametrize("chunksize", [1, 2])
+@pytest.mark.parametrize("ordered", [True, False])
+def test_closing_a_started_iterator_cancels_queued_calls(executor_factory, ordered, chunksize):
+    executor = executor_factory(max_workers=1)
+    gate = threading.Event()
+    ran = []
+
+    def call(x):
+        ran.append(x)
+        if x >= chunksize:
+            assert gate.wait(10)
+        return x
+
+    results = executor.map(call, range(10), ordered=ordered, chunksize=chunksize)
+    assert next(results) in range(chunksize)
     results.close()
     gate.set()
     executor.shutdown(wait=True)
-    assert ran == list(range(chunksize))
+    # The chunk after the first may have started before close(); no later one.
+    assert len(ran) <= 2 * chunksize
 
 
 @pytest.mark.in_process
@@ -299,3 +322,29 @@ def test_no_reference_to_yielded_results(executor_factory, chunksize, buffersize
     gc.collect()
     assert [r() for r in refs] == [None] * 4
     assert isinstance(next(results), Result)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_auto_chunksize_sized_and_lazy(executor_factory, ordered):
+    executor = executor_factory(max_workers=2)
+    expected = [x * x for x in range(1000)]
+    got = list(executor.map(square, range(1000), chunksize="auto", ordered=ordered))
+    assert (got if ordered else sorted(got)) == expected
+    # Without a length and under buffersize, the input is still read lazily.
+    got = list(executor.map(square, (x for x in range(1000)), chunksize="auto", buffersize=4,
+                            ordered=ordered))
+    assert (got if ordered else sorted(got)) == expected
+
+
+def test_auto_chunksize_matches_pool_map():
+    from shoal._executor import AUTO_CHUNK_UNSIZED, _auto_chunksize
+
+    assert _auto_chunksize((range(200_000),), 2) == 25_000
+    assert _auto_chunksize((range(3),), 8) == 1
+    assert _auto_chunksize((iter(range(10)),), 2) == AUTO_CHUNK_UNSIZED
+
+
+def test_bad_chunksize_names_the_value(executor_factory):
+    executor = executor_factory(max_workers=1)
+    with pytest.raises(TypeError, match="chunksize"):
+        executor.map(square, range(3), chunksize="big")

@@ -7,13 +7,12 @@ public names and nothing else. The process pool is imported on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from ._errors import BrokenExecutor as BrokenExecutor
 from ._errors import CancelledError as CancelledError
 from ._errors import InvalidStateError as InvalidStateError
 from ._errors import TaskTimeoutError as TaskTimeoutError
-from ._errors import WorkerLostError as WorkerLostError
 from ._executor import Executor as Executor
 from ._future import Future as Future
 from ._wait import ALL_COMPLETED as ALL_COMPLETED
@@ -23,7 +22,8 @@ from ._wait import as_completed as as_completed
 from ._wait import wait as wait
 from .thread import ThreadPoolExecutor as ThreadPoolExecutor
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
+    from ._process_errors import WorkerLostError as WorkerLostError
     from .process import ProcessPoolExecutor as ProcessPoolExecutor
 
 __version__ = "0.1.0"
@@ -40,6 +40,7 @@ __all__ = (
     "ProcessPoolExecutor",
     "TaskTimeoutError",
     "ThreadPoolExecutor",
+    "TimeoutError",
     "WorkerLostError",
     "as_completed",
     "wait",
@@ -49,17 +50,22 @@ __all__ = (
 TimeoutError = TimeoutError  # noqa: A001, PLW0127
 
 
-def __getattr__(name: str) -> Any:
-    # The process pool pulls in multiprocessing; load it only when asked for.
+def __getattr__(name: str) -> object:
+    # The process pool and its errors pull in multiprocessing; load them only
+    # when asked for. Their classes name "shoal" as their module themselves.
     if name == "ProcessPoolExecutor":
         from .process import ProcessPoolExecutor
 
         return ProcessPoolExecutor
+    if name == "WorkerLostError":
+        from ._process_errors import WorkerLostError
+
+        return WorkerLostError
     raise AttributeError(f"module 'shoal' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted((*__all__, "TimeoutError"))
+    return sorted(__all__)
 
 
 def _fix_module_names() -> None:

@@ -23,8 +23,12 @@ places the standard library keeps them.
 from __future__ import annotations
 
 import concurrent.futures
-import concurrent.futures.process
 import concurrent.futures.thread
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._process_errors import BrokenProcessPool as BrokenProcessPool
+    from ._process_errors import WorkerLostError as WorkerLostError
 
 __all__ = (
     "BrokenExecutor",
@@ -75,35 +79,11 @@ class BrokenThreadPool(BrokenExecutor, concurrent.futures.thread.BrokenThreadPoo
     """
 
 
-class BrokenProcessPool(BrokenExecutor, concurrent.futures.process.BrokenProcessPool):
-    """The process pool cannot run this task or any more tasks.
+def __getattr__(name: str) -> Any:
+    # The process-pool errors subclass concurrent.futures.process's, whose
+    # import pulls in multiprocessing; load them only when asked for.
+    if name in ("BrokenProcessPool", "WorkerLostError"):
+        from . import _process_errors
 
-    shoal's pool survives the death of a worker (see :class:`WorkerLostError`);
-    it breaks only when it cannot start workers at all, for example when the
-    initializer fails.
-    """
-
-
-class WorkerLostError(BrokenProcessPool):
-    """The worker process running this task died before returning a result.
-
-    The message names the exit code or the signal (a segfault, ``os._exit``, an
-    out-of-memory kill, SIGKILL from outside) and the task. Only the tasks that
-    worker held fail; the pool replaces the worker and carries on.
-
-    Attributes:
-        exitcode: the worker's exit code, negative for a signal number, or None.
-        task: a short description of the task that was lost, or None.
-    """
-
-    def __init__(self, message: str, *, exitcode: int | None = None, task: str | None = None):
-        super().__init__(message)
-        self.exitcode = exitcode
-        self.task = task
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_worker_lost, (str(self), self.exitcode, self.task))
-
-
-def _rebuild_worker_lost(message: str, exitcode: int | None, task: str | None) -> WorkerLostError:
-    return WorkerLostError(message, exitcode=exitcode, task=task)
+        return getattr(_process_errors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,8 +15,14 @@ and ``shutdown``; ``map`` is written once here, on top of ``submit``:
   ``buffersize`` the bound counts chunks, so at most ``buffersize *
   chunksize`` calls are in flight.
 
-When the iterator is closed, garbage-collected, or stops on an exception or
-its timeout, the calls not started yet are cancelled.
+Once iteration has begun, closing the iterator, dropping it, or its stopping
+on an exception or its timeout cancels the calls not started yet. An
+iterator that was never advanced cancels nothing, as in the standard
+library: ``executor.map(fn, items)`` used for its side effects alone runs
+every call.
+* ``chunksize="auto"`` picks the chunk size the way ``multiprocessing.Pool.map``
+  does for sized input (about four chunks per worker); for input without a
+  length, read lazily under ``buffersize``, it uses ``AUTO_CHUNK_UNSIZED``.
 
 Concurrency:
   ``map``'s iterator runs in the consuming thread and shares nothing but the
@@ -28,12 +34,14 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
+import os
 import queue
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import _base
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from . import _clock
 from ._future import Future
@@ -64,6 +72,21 @@ def _result_or_cancel(future: Future[T], timeout: float | None) -> T:
     finally:
         # Break the cycle future -> exception -> traceback -> this frame.
         del future
+
+
+# Chunk size of chunksize="auto" when the input has no length (a generator
+# read lazily under buffersize): big enough to amortise a task's overhead on
+# tiny calls, small enough that buffersize * chunk stays a modest memory bound.
+AUTO_CHUNK_UNSIZED = 32
+
+
+def _auto_chunksize(iterables: tuple[Iterable[Any], ...], workers: int) -> int:
+    """About four chunks per worker, like ``multiprocessing.Pool.map``."""
+    try:
+        length = min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except TypeError:
+        return AUTO_CHUNK_UNSIZED
+    return max(1, math.ceil(length / (4 * workers)))
 
 
 def _check_map_arguments(chunksize: int, buffersize: int | None) -> None:
@@ -115,7 +138,7 @@ class Executor(_base.Executor):
         fn: Callable[..., T],
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | Literal["auto"] = 1,
         buffersize: int | None = None,
         ordered: bool = True,
     ) -> Iterator[T]:
@@ -128,8 +151,8 @@ class Executor(_base.Executor):
             timeout: seconds, from this call, after which ``next()`` raises
                 ``TimeoutError`` if the result is not there. The calls left
                 are then cancelled.
-            chunksize: calls sent to a worker as one task (see the module
-                docstring).
+            chunksize: calls sent to a worker as one task, or "auto" (see
+                the module docstring).
             buffersize: bound on submitted calls (chunks) whose results have
                 not been yielded; the input is then read lazily.
             ordered: False yields results as the calls finish.
@@ -137,13 +160,20 @@ class Executor(_base.Executor):
         Raises:
             Exception: the first failing call's exception, at its position.
         """
+        if chunksize == "auto":
+            if buffersize is None:
+                # Like Pool.map: the input is read whole anyway when no
+                # buffersize asks for lazy reading, so it can be measured.
+                iterables = tuple(it if hasattr(it, "__len__") else list(it) for it in iterables)
+            workers = getattr(self, "_max_workers", None) or os.cpu_count() or 1
+            chunksize = _auto_chunksize(iterables, workers)
         _check_map_arguments(chunksize, buffersize)
         deadline = _clock.deadline_from(timeout)
         arguments: Iterator[tuple[Any, ...]] = zip(*iterables)
         if chunksize > 1:
             chunks = iter(lambda: list(itertools.islice(arguments, chunksize)), [])
             results = self._map_calls(_run_chunk, ((fn, c) for c in chunks), deadline, buffersize, ordered)
-            return _started(_unchunk(results))
+            return _unchunk(results)
         return self._map_calls(fn, arguments, deadline, buffersize, ordered)
 
     def _map_calls(
@@ -166,18 +196,8 @@ class Executor(_base.Executor):
         executor_ref = weakref.ref(self) if buffersize is not None else None
         del self, submit
         if ordered:
-            return _started(_ordered(fn, futures, arguments, executor_ref, deadline))
-        return _started(_unordered(fn, futures, arguments, executor_ref, deadline))
-
-
-def _started(iterator: Iterator[T]) -> Iterator[T]:
-    """Run a map generator to its first (empty) ``yield``, inside its ``try``.
-
-    A generator closed or collected before it started never runs its
-    ``finally`` clause; a started one does, and cancels the calls left.
-    """
-    next(iterator)
-    return iterator
+            return _ordered(fn, futures, arguments, executor_ref, deadline)
+        return _unordered(fn, futures, arguments, executor_ref, deadline)
 
 
 def _refill(
@@ -204,7 +224,6 @@ def _ordered(
     deadline: float | None,
 ) -> Iterator[T]:
     try:
-        yield None  # type: ignore[misc]  # taken by _started()
         while futures:
             # Yielded straight from the call: a local name would keep the
             # result alive for as long as the consumer holds the iterator.
@@ -240,7 +259,6 @@ def _unordered(
     futures.clear()
     _notify_when_done(outstanding, finished)
     try:
-        yield None  # type: ignore[misc]  # taken by _started()
         while outstanding:
             # Yielded straight from the call, as in _ordered().
             yield _next_finished(
@@ -283,7 +301,6 @@ def _notify_when_done(futures: Iterable[Future[T]], finished: queue.SimpleQueue[
 
 def _unchunk(chunks: Iterator[tuple[list[T], BaseException | None]]) -> Iterator[T]:
     try:
-        yield None  # type: ignore[misc]  # taken by _started()
         for results, error in chunks:
             # Pop as we go: a yielded result is not kept alive by its chunk.
             results.reverse()

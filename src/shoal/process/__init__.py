@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .._errors import BrokenProcessPool as BrokenProcessPool
-from .._errors import WorkerLostError as WorkerLostError
+from .._process_errors import BrokenProcessPool as BrokenProcessPool
+from .._process_errors import WorkerLostError as WorkerLostError
 
 if TYPE_CHECKING:
     from ._pool import ProcessPoolExecutor as ProcessPoolExecutor

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import _clock
-from .._errors import BrokenProcessPool, WorkerLostError
+from .._process_errors import BrokenProcessPool, WorkerLostError
 from .._future import LOGGER, Future
 from . import _wire, _worker
 

@@ -46,7 +46,7 @@ from concurrent.futures import process as _std_process
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from .._errors import BrokenProcessPool
+from .._process_errors import BrokenProcessPool
 from .._executor import Executor
 from .._future import Future
 from .._stats import ExecutorStatistics
@@ -152,6 +152,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         idle_timeout: seconds after which an idle worker leaves; workers come
             back when work does.
     """
+
+    __module__ = "shoal"
 
     def __init__(
         self,
