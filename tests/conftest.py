@@ -29,6 +29,8 @@ started (after a bounded join, so that threads of a pool shut down with
 from __future__ import annotations
 
 import dataclasses
+import functools
+import multiprocessing
 import gc
 import threading
 import time
@@ -50,6 +52,15 @@ class ExecutorKind:
 EXECUTOR_KINDS: dict[str, ExecutorKind] = {
     "thread": ExecutorKind(shoal.ThreadPoolExecutor, in_process=True),
 }
+for _method in ("forkserver", "spawn", "fork"):
+    if _method in multiprocessing.get_all_start_methods():
+        EXECUTOR_KINDS[f"process-{_method}"] = ExecutorKind(
+            functools.partial(shoal.ProcessPoolExecutor, mp_context=_method), in_process=False
+        )
+
+# Forking a process that runs threads (every process with a pool does) makes
+# Python 3.12+ warn; the fork start method is still supported and tested.
+FORK_WARNING = "ignore:This process .* is multi-threaded:DeprecationWarning"
 
 # Seconds a test may take, after it ends, to let its threads go.
 THREAD_JOIN_GRACE = 5.0
@@ -92,6 +103,8 @@ def executor_factory(request: pytest.FixtureRequest) -> Any:
         pytest.skip(f"not for executor kind {name!r}")
     if request.node.get_closest_marker("in_process") and not kind.in_process:
         pytest.skip(f"the task shares objects with the test; {name!r} runs it elsewhere")
+    if name == "process-fork":
+        request.applymarker(pytest.mark.filterwarnings(FORK_WARNING))
     factory = ExecutorFactory(name, kind)
     yield factory
     factory.close()
