@@ -41,8 +41,10 @@ def main() -> None:
         gate.set()
         print(f"   result: {future.result(timeout=5)}  ->  {future}")
         queued = [pool.submit(slow_square, i) for i in range(6)]
-        print(f"   a cancelled queued call: cancel() -> {queued[-1].cancel()}, "
-              f"cancelled() -> {queued[-1].cancelled()}")
+        print(
+            f"   a cancelled queued call: cancel() -> {queued[-1].cancel()}, "
+            f"cancelled() -> {queued[-1].cancelled()}"
+        )
 
         step("2. as_completed: results in the order they finish")
         futures = [pool.submit(slow_square, i, 0.02 * (5 - i)) for i in range(5)]
@@ -60,8 +62,10 @@ def main() -> None:
     with shoal.ProcessPoolExecutor(max_workers=2) as pool:
         started = time.perf_counter()
         primes = sum(pool.map(is_prime, numbers, chunksize=200))
-        print(f"   {primes} primes in {len(numbers)} numbers, "
-              f"{time.perf_counter() - started:.2f}s on {pool.statistics().workers} workers")
+        print(
+            f"   {primes} primes in {len(numbers)} numbers, "
+            f"{time.perf_counter() - started:.2f}s on {pool.statistics().workers} workers"
+        )
 
         step("5. lambdas travel too (cloudpickle when pickle cannot)")
         print("   ", pool.submit(lambda s: s.upper(), "shoal").result())

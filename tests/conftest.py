@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import multiprocessing
 import gc
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable

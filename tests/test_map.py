@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import itertools
 import threading
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -331,8 +330,11 @@ def test_auto_chunksize_sized_and_lazy(executor_factory, ordered):
     got = list(executor.map(square, range(1000), chunksize="auto", ordered=ordered))
     assert (got if ordered else sorted(got)) == expected
     # Without a length and under buffersize, the input is still read lazily.
-    got = list(executor.map(square, (x for x in range(1000)), chunksize="auto", buffersize=4,
-                            ordered=ordered))
+    got = list(
+        executor.map(
+            square, (x for x in range(1000)), chunksize="auto", buffersize=4, ordered=ordered
+        )
+    )
     assert (got if ordered else sorted(got)) == expected
 
 

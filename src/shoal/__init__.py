@@ -47,7 +47,7 @@ __all__ = (
 )
 
 # TimeoutError is the builtin, as in concurrent.futures since Python 3.11.
-TimeoutError = TimeoutError  # noqa: A001, PLW0127
+TimeoutError = TimeoutError  # noqa: PLW0127
 
 
 def __getattr__(name: str) -> object:

@@ -5,7 +5,7 @@ Every shoal exception subclasses the standard one that code written for
 handled error into an unhandled one::
 
     concurrent.futures.CancelledError  <- CancelledError
-    TimeoutError                       <- TaskTimeoutError   (a task ran past its timeout and was stopped)
+    TimeoutError                       <- TaskTimeoutError   (the task ran too long; stopped)
     RuntimeError <- concurrent.futures.BrokenExecutor <- BrokenExecutor
         <- BrokenProcessPool  <- WorkerLostError            (exit code / signal, task name)
         <- BrokenThreadPool                                 (initializer failed)

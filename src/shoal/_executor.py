@@ -52,13 +52,15 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 
-def _run_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> tuple[list[T], BaseException | None]:
-    """Run ``fn`` over a chunk; stop at the first failure and return it with the results before it."""
+def _run_chunk(
+    fn: Callable[..., T], chunk: list[tuple[Any, ...]]
+) -> tuple[list[T], BaseException | None]:
+    """Run ``fn`` over a chunk; stop at the first failure, returning it and the results before."""
     results: list[T] = []
     for args in chunk:
         try:
             results.append(fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer at its position
+        except BaseException as exc:
             return results, exc
     return results, None
 
@@ -129,11 +131,11 @@ class Executor(_base.Executor):
         exc_type: type[BaseException] | None,
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> Literal[False]:
         self.shutdown(wait=True)
         return False
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., T],
         *iterables: Iterable[Any],
@@ -169,10 +171,13 @@ class Executor(_base.Executor):
             chunksize = _auto_chunksize(iterables, workers)
         _check_map_arguments(chunksize, buffersize)
         deadline = _clock.deadline_from(timeout)
-        arguments: Iterator[tuple[Any, ...]] = zip(*iterables)
+        # Not strict: like the builtin map, stop at the shortest iterable.
+        arguments: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
         if chunksize > 1:
             chunks = iter(lambda: list(itertools.islice(arguments, chunksize)), [])
-            results = self._map_calls(_run_chunk, ((fn, c) for c in chunks), deadline, buffersize, ordered)
+            results = self._map_calls(
+                _run_chunk, ((fn, c) for c in chunks), deadline, buffersize, ordered
+            )
             return _unchunk(results)
         return self._map_calls(fn, arguments, deadline, buffersize, ordered)
 

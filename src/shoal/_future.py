@@ -99,7 +99,8 @@ class Future(_base.Future[T]):
     # FINISHED; _waiters_, _callbacks and _blocked are None until first used.
     def __init__(self) -> None:
         # The base __init__ is not called on purpose: see the module docstring.
-        self._condition = threading.Lock()
+        # A plain lock where the base class has a Condition: see the module docstring.
+        self._condition = threading.Lock()  # type: ignore[assignment]
         self._state = PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
@@ -111,7 +112,7 @@ class Future(_base.Future[T]):
     # ``_waiters`` under ``_condition``; a property lets shoal allocate the list
     # only for futures somebody waits on.
     @property
-    def _waiters(self) -> list[Any]:
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
         waiters = self._waiters_
         if waiters is None:
             waiters = self._waiters_ = []
@@ -202,7 +203,7 @@ class Future(_base.Future[T]):
 
     # -- callbacks ---------------------------------------------------------
 
-    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:  # type: ignore[override]
+    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
         """Call ``fn(future)`` once the future is cancelled or finished.
 
         Callbacks run in the order added, in the thread that completes the

@@ -145,7 +145,7 @@ def wait(
     fs: Iterable[_base.Future[T]],
     timeout: float | None = None,
     return_when: str = ALL_COMPLETED,
-) -> DoneAndNotDoneFutures[_base.Future[T]]:
+) -> _base.DoneAndNotDoneFutures[T]:
     """Wait for the futures in ``fs`` to complete.
 
     Args:
@@ -220,7 +220,7 @@ class _AsyncWaiter:
     add_result = add_exception = add_cancelled = _put
 
 
-class as_completed(Generic[T]):  # noqa: N801 - a function in the standard library
+class as_completed(Generic[T]):
     """Iterate over futures as they complete, with ``for`` or ``async for``.
 
     Each distinct future is yielded once, finished or cancelled, in the order
@@ -310,9 +310,7 @@ class as_completed(Generic[T]):  # noqa: N801 - a function in the standard libra
                         await asyncio.wait_for(waiter.queue.get(), _clock.remaining(deadline))
                     )
                 except TimeoutError:
-                    raise TimeoutError(
-                        f"{len(pending)} (of {total}) futures unfinished"
-                    ) from None
+                    raise TimeoutError(f"{len(pending)} (of {total}) futures unfinished") from None
                 pending.discard(complete[0])
                 # A finished future outlives the iteration; do not leave it
                 # holding the waiter, and through it the event loop.

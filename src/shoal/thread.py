@@ -98,7 +98,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _worker(
+def _worker(  # noqa: PLR0917 - a thread target, called with args=
     executor_ref: weakref.ref[ThreadPoolExecutor],
     work_queue: queue.SimpleQueue[_WorkItem | None],
     idle: collections.deque[None],
@@ -109,11 +109,11 @@ def _worker(
     if initializer is not None:
         try:
             initializer(*initargs)
-        except BaseException as exc:  # noqa: BLE001 - reported through the pool
+        except BaseException as exc:
             LOGGER.critical("Exception in initializer:", exc_info=True)
             executor = executor_ref()
             if executor is not None:
-                executor._initializer_failed(initializer, exc)
+                executor._on_initializer_error(initializer, exc)
             return
     get = work_queue.get
     empty = work_queue.empty
@@ -129,7 +129,7 @@ def _worker(
             if future.set_running_or_notify_cancel():
                 try:
                     result = fn(*args, **kwargs)
-                except BaseException as exc:  # noqa: BLE001 - the caller gets it
+                except BaseException as exc:
                     future.set_exception(exc)
                     del exc
                 else:
@@ -190,17 +190,19 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
 
         self._max_workers = max_workers
         self._thread_name_prefix = thread_name_prefix or f"ThreadPoolExecutor-{self._counter()}"
-        self._initializer = initializer
+        self._initializer = initializer  # type: ignore[assignment]  # typeshed says -> None
         self._initargs = tuple(initargs)
         self._max_pending = max_pending
-        self._work_queue: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()
+        # The base class types its own queue; ours carries plain tuples.
+        self._work_queue: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()  # type: ignore[assignment]
         self._idle: collections.deque[None] = collections.deque()
         self._slots = None if max_pending is None else threading.Semaphore(max_pending)
         self._shutdown_lock = threading.Lock()
         self._threads: set[threading.Thread] = set()  # guarded by: _shutdown_lock
         self._shutdown = False  # guarded by: _shutdown_lock
         self._exiting = False  # guarded by: _shutdown_lock
-        self._broken: str | bool = False  # guarded by: _shutdown_lock
+        # False, or why the pool is broken. guarded by: _shutdown_lock
+        self._broken: str | bool = False  # type: ignore[assignment]
         self._broken_cause: BaseException | None = None  # guarded by: _shutdown_lock
         with _global_lock:
             self._exiting = _exiting
@@ -284,7 +286,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                     self._slots.release()
         return futures
 
-    def _initializer_failed(self, initializer: Callable[..., object], exc: BaseException) -> None:
+    def _on_initializer_error(self, initializer: Callable[..., object], exc: BaseException) -> None:
         with self._shutdown_lock:
             self._broken = (
                 f"a thread initializer failed ({initializer!r} raised {exc!r}); "

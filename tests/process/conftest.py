@@ -12,7 +12,9 @@ import pytest
 
 import shoal
 
-START_METHODS = [m for m in ("forkserver", "spawn", "fork") if m in multiprocessing.get_all_start_methods()]
+START_METHODS = [
+    m for m in ("forkserver", "spawn", "fork") if m in multiprocessing.get_all_start_methods()
+]
 
 # Forking a process that runs threads (every process with a pool does) makes
 # Python 3.12+ warn; the fork start method is still supported and tested.
@@ -47,8 +49,11 @@ def _no_leftover_processes() -> Iterator[None]:
     yield
     deadline = time.monotonic() + 10
     while True:
-        left = [p for p in _worker_children() if p.pid not in before and p.is_running()
-                and p.status() != psutil.STATUS_ZOMBIE]
+        left = [
+            p
+            for p in _worker_children()
+            if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        ]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.02)

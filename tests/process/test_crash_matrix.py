@@ -18,22 +18,58 @@ TIMEOUT = 30
 
 # (moment, action) -> (how to submit it, the exception expected from result())
 CASES = {
-    ("pickle-call", "raise"): (lambda p: p.submit(crashers.take, crashers.FailOnPickle("raise")), crashers.Boom),
-    ("pickle-call", "sysexit"): (lambda p: p.submit(crashers.take, crashers.FailOnPickle("sysexit")), SystemExit),
-    ("unpickle-call", "raise"): (lambda p: p.submit(crashers.take, crashers.FailOnUnpickle("raise")), crashers.Boom),
-    ("unpickle-call", "sysexit"): (lambda p: p.submit(crashers.take, crashers.FailOnUnpickle("sysexit")), SystemExit),
-    ("unpickle-call", "exit"): (lambda p: p.submit(crashers.take, crashers.FailOnUnpickle("exit")), shoal.WorkerLostError),
-    ("unpickle-call", "crash"): (lambda p: p.submit(crashers.take, crashers.FailOnUnpickle("crash")), shoal.WorkerLostError),
+    ("pickle-call", "raise"): (
+        lambda p: p.submit(crashers.take, crashers.FailOnPickle("raise")),
+        crashers.Boom,
+    ),
+    ("pickle-call", "sysexit"): (
+        lambda p: p.submit(crashers.take, crashers.FailOnPickle("sysexit")),
+        SystemExit,
+    ),
+    ("unpickle-call", "raise"): (
+        lambda p: p.submit(crashers.take, crashers.FailOnUnpickle("raise")),
+        crashers.Boom,
+    ),
+    ("unpickle-call", "sysexit"): (
+        lambda p: p.submit(crashers.take, crashers.FailOnUnpickle("sysexit")),
+        SystemExit,
+    ),
+    ("unpickle-call", "exit"): (
+        lambda p: p.submit(crashers.take, crashers.FailOnUnpickle("exit")),
+        shoal.WorkerLostError,
+    ),
+    ("unpickle-call", "crash"): (
+        lambda p: p.submit(crashers.take, crashers.FailOnUnpickle("crash")),
+        shoal.WorkerLostError,
+    ),
     ("run", "raise"): (lambda p: p.submit(crashers.run, "raise"), crashers.Boom),
     ("run", "sysexit"): (lambda p: p.submit(crashers.run, "sysexit"), SystemExit),
     ("run", "exit"): (lambda p: p.submit(crashers.run, "exit"), shoal.WorkerLostError),
     ("run", "crash"): (lambda p: p.submit(crashers.run, "crash"), shoal.WorkerLostError),
-    ("pickle-result", "raise"): (lambda p: p.submit(crashers.return_failing_pickle, "raise"), Exception),
-    ("pickle-result", "sysexit"): (lambda p: p.submit(crashers.return_failing_pickle, "sysexit"), BaseException),
-    ("pickle-result", "exit"): (lambda p: p.submit(crashers.return_failing_pickle, "exit"), shoal.WorkerLostError),
-    ("pickle-result", "crash"): (lambda p: p.submit(crashers.return_failing_pickle, "crash"), shoal.WorkerLostError),
-    ("unpickle-result", "raise"): (lambda p: p.submit(crashers.return_failing_unpickle, "raise"), pickle.UnpicklingError),
-    ("unpickle-result", "sysexit"): (lambda p: p.submit(crashers.return_failing_unpickle, "sysexit"), pickle.UnpicklingError),
+    ("pickle-result", "raise"): (
+        lambda p: p.submit(crashers.return_failing_pickle, "raise"),
+        Exception,
+    ),
+    ("pickle-result", "sysexit"): (
+        lambda p: p.submit(crashers.return_failing_pickle, "sysexit"),
+        BaseException,
+    ),
+    ("pickle-result", "exit"): (
+        lambda p: p.submit(crashers.return_failing_pickle, "exit"),
+        shoal.WorkerLostError,
+    ),
+    ("pickle-result", "crash"): (
+        lambda p: p.submit(crashers.return_failing_pickle, "crash"),
+        shoal.WorkerLostError,
+    ),
+    ("unpickle-result", "raise"): (
+        lambda p: p.submit(crashers.return_failing_unpickle, "raise"),
+        pickle.UnpicklingError,
+    ),
+    ("unpickle-result", "sysexit"): (
+        lambda p: p.submit(crashers.return_failing_unpickle, "sysexit"),
+        pickle.UnpicklingError,
+    ),
 }
 
 

@@ -11,7 +11,6 @@ import time
 
 import crashers
 import psutil
-import pytest
 
 import shoal
 
@@ -20,15 +19,26 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _script(body: str) -> list[str]:
-    code = "import sys; sys.path.insert(0, %r)\n" % HERE + textwrap.dedent(body)
+    code = f"import sys; sys.path.insert(0, {HERE!r})\n" + textwrap.dedent(body)
     return [sys.executable, "-c", code]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _wait_gone(pids: list[int], seconds: float) -> list[int]:
     deadline = time.monotonic() + seconds
     alive = pids
     while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = [
+            p
+            for p in alive
+            if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
         time.sleep(0.05)
     return alive
 
@@ -44,12 +54,15 @@ def _kill(pids: list[int]) -> None:
 def test_ctrl_c_exits_fast_and_leaves_no_process() -> None:
     proc = subprocess.Popen(
         _script("""
-            import os, shoal, crashers
+            import psutil, shoal, crashers
             if __name__ == "__main__":
                 with shoal.ProcessPoolExecutor(max_workers=2) as pool:
-                    futures = [pool.submit(crashers.wait_for_file, "/nonexistent/never", 600) for _ in range(4)]
-                    pids = [pool.submit(crashers.pid) for _ in range(1)]
-                    print("workers", " ".join(str(p.pid) for p in __import__("psutil").Process().children()), flush=True)
+                    never = "/nonexistent/never"
+                    futures = [pool.submit(crashers.wait_for_file, never, 600) for _ in range(4)]
+                    while pool.statistics().running < 2:
+                        pass
+                    tree = psutil.Process().children(recursive=True)
+                    print("workers", *(p.pid for p in tree), flush=True)
                     futures[0].result()
         """),
         stdout=subprocess.PIPE,
@@ -80,13 +93,14 @@ def test_ctrl_c_exits_fast_and_leaves_no_process() -> None:
 def test_workers_exit_when_parent_is_killed() -> None:
     proc = subprocess.Popen(
         _script("""
-            import shoal, crashers
+            import psutil, shoal, crashers, time
             if __name__ == "__main__":
                 pool = shoal.ProcessPoolExecutor(max_workers=2)
                 busy = pool.submit(crashers.wait_for_file, "/nonexistent/never", 600)
                 pids = {pool.submit(crashers.pid).result() for _ in range(10)}
-                print("workers", " ".join(str(p.pid) for p in __import__("psutil").Process().children()), flush=True)
-                import time; time.sleep(600)
+                tree = psutil.Process().children(recursive=True)
+                print("workers", *(p.pid for p in tree), flush=True)
+                time.sleep(600)
         """),
         stdout=subprocess.PIPE,
         text=True,
@@ -114,8 +128,12 @@ def test_interpreter_exit_with_work_in_flight(tmp_path) -> None:
             if __name__ == "__main__":
                 pool = shoal.ProcessPoolExecutor(max_workers=2)
                 futures = [pool.submit(crashers.square, i) for i in range(200)]
-                futures[-1].add_done_callback(lambda f: open({str(out)!r}, "w").write(str(f.result())))
+                def record(f):
+                    with open({str(out)!r}, "w") as file:
+                        file.write(str(f.result()))
+                futures[-1].add_done_callback(record)
         """),
+        check=False,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,

@@ -8,12 +8,11 @@ import sys
 import time
 import traceback
 
+import crashers
 import pytest
 
 import shoal
 from shoal.process import BrokenProcessPool
-
-import crashers
 
 TIMEOUT = 30
 
@@ -23,10 +22,12 @@ def test_results_and_default_context() -> None:
         assert pool._mp_context.get_start_method() == (
             "forkserver" if sys.platform == "linux" else "spawn"
         )
-        assert [f.result(TIMEOUT) for f in [pool.submit(crashers.square, i) for i in range(50)]] == [
-            i * i for i in range(50)
+        assert [
+            f.result(TIMEOUT) for f in [pool.submit(crashers.square, i) for i in range(50)]
+        ] == [i * i for i in range(50)]
+        assert list(pool.map(crashers.square, range(100), chunksize=7)) == [
+            i * i for i in range(100)
         ]
-        assert list(pool.map(crashers.square, range(100), chunksize=7)) == [i * i for i in range(100)]
 
 
 def test_every_start_method(pool: shoal.ProcessPoolExecutor) -> None:

@@ -12,7 +12,7 @@
                               pickles the calls (_wire),
                               writes RUN batches (non-blocking) ---------> worker_main(): runs the
                                                                            batch in order, answers
-                              reads RESULTS, completes futures <---------- RESULTS (a few per message)
+                              reads RESULTS, completes futures <---------- RESULTS (one per call)
                               a sentinel fires: fail or retry that
                               worker's tasks only, start a new worker
 
@@ -56,11 +56,11 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import _clock
-from .._process_errors import BrokenProcessPool, WorkerLostError
 from .._future import LOGGER, Future
+from .._process_errors import BrokenProcessPool, WorkerLostError
 from . import _wire, _worker
 
 if TYPE_CHECKING:
@@ -160,10 +160,10 @@ class _Worker:
     """The dispatcher's record of one worker process."""
 
     __slots__ = (
-        "fd",
-        "inbox",
         "closed",
+        "fd",
         "in_flight",
+        "inbox",
         "name",
         "outbox",
         "process",
@@ -396,7 +396,7 @@ class Dispatcher(threading.Thread):
                     continue  # cancelled while queued
                 try:
                     blob = _wire.dumps_call(task.fn, task.args or (), task.kwargs or {}, prefix)
-                except BaseException as exc:  # noqa: BLE001 - it belongs to this call only
+                except BaseException as exc:
                     self._set_exception(future, exc)
                     self._shared.failed += 1
                     continue
@@ -492,7 +492,7 @@ class Dispatcher(threading.Thread):
         elif tag == _wire.INIT_FAILED:
             try:
                 error = _wire.load_error(message[1])
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 error = exc
             self._break(
                 f"the initializer of the process pool raised {error!r} in {worker.name}; "
@@ -500,7 +500,9 @@ class Dispatcher(threading.Thread):
                 error,
             )
 
-    def _complete(self, worker: _Worker, results: list[tuple[int, bool, _wire.Blob, float]]) -> None:
+    def _complete(
+        self, worker: _Worker, results: list[tuple[int, bool, _wire.Blob, float]]
+    ) -> None:
         shared = self._shared
         in_flight = worker.in_flight
         total = 0.0
@@ -510,10 +512,11 @@ class Dispatcher(threading.Thread):
                 raise RuntimeError(f"{worker.name} answered task {task_id}, expected {task.id}")
             total += duration
             future = task.future
+            error: BaseException
             if ok:
                 try:
                     value = _wire.loads(blob)
-                except BaseException as exc:  # noqa: BLE001 - belongs to this call
+                except BaseException as exc:
                     error = pickle.UnpicklingError(
                         f"the result of {task.describe()} could not be unpickled in the "
                         f"parent process: {exc!r}. Return values must unpickle in the "
@@ -529,7 +532,7 @@ class Dispatcher(threading.Thread):
             else:
                 try:
                     error = _wire.load_error(blob)
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:
                     error = exc
                 self._set_exception(future, error)
                 shared.failed += 1
@@ -546,14 +549,14 @@ class Dispatcher(threading.Thread):
     def _set_result(future: Future[Any], value: object) -> None:
         try:
             future.set_result(value)
-        except Exception:  # noqa: BLE001 - already done: a forced cancel got there first
+        except Exception:
             pass
 
     @staticmethod
     def _set_exception(future: Future[Any], error: BaseException) -> None:
         try:
             future.set_exception(error)
-        except Exception:  # noqa: BLE001 - already done: a forced cancel got there first
+        except Exception:
             pass
 
     # -- workers coming and going ------------------------------------------
@@ -569,11 +572,11 @@ class Dispatcher(threading.Thread):
         }
         parent_sock, child_sock = self._ctx.Pipe(duplex=True)
         try:
-            process = self._ctx.Process(
+            process = cast("Any", self._ctx).Process(
                 target=_worker.worker_main, args=(child_sock, config), name=name
             )
             process.start()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             parent_sock.close()
             child_sock.close()
             self._break(f"shoal could not start a worker process: {exc!r}", exc)

@@ -44,11 +44,11 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import process as _std_process
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
-from .._process_errors import BrokenProcessPool
 from .._executor import Executor
 from .._future import Future
+from .._process_errors import BrokenProcessPool
 from .._stats import ExecutorStatistics
 from . import _wire
 from ._dispatcher import Dispatcher, Shared, Task
@@ -187,10 +187,11 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
 
         self._max_workers = max_workers
         self._mp_context = mp_context
+        self._context: multiprocessing.context.BaseContext = mp_context
         self._max_tasks_per_child = max_tasks_per_child
         self._idle_timeout = idle_timeout
         self._serial = next(_serials)
-        self._initializer = initializer
+        self._initializer = initializer  # type: ignore[assignment]  # typeshed says -> None
         self._initargs = tuple(initargs)
         self._initializer_blob: _wire.Blob | None = None
         if initializer is not None:
@@ -248,7 +249,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         os.set_blocking(shared.wake_w, False)
         dispatcher = Dispatcher(
             shared,
-            self._mp_context,
+            self._context,
             max_workers=self._max_workers,
             initializer=self._initializer_blob,
             max_tasks_per_child=self._max_tasks_per_child,
@@ -314,7 +315,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         exc_type: type[BaseException] | None,
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> Literal[False]:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             # Ctrl-C: do not wait for the running calls, the user wants out.
             self._stop("kill", wait=True, cancel_futures=True)
@@ -328,7 +329,9 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         """A snapshot of the pool's counters (see :class:`ExecutorStatistics`)."""
         shared = self._shared
         dispatcher = self._dispatcher
-        workers, idle, backlog, running = (0, 0, 0, 0) if dispatcher is None else dispatcher.counts()
+        workers, idle, backlog, running = (
+            (0, 0, 0, 0) if dispatcher is None else dispatcher.counts()
+        )
         return ExecutorStatistics(
             workers=workers,
             idle=idle,
