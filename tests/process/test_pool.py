@@ -117,8 +117,6 @@ def test_initializer_failure_breaks_pool(start_method: str) -> None:
 
 
 def test_max_tasks_per_child_with_early_shutdown(start_method: str) -> None:
-    if start_method == "fork":
-        pytest.skip("fork")
     pool = shoal.ProcessPoolExecutor(max_workers=2, mp_context=start_method, max_tasks_per_child=1)
     futures = [pool.submit(crashers.pid) for _ in range(6)]
     pool.shutdown(wait=True)

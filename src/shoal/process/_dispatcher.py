@@ -564,13 +564,23 @@ class Dispatcher(threading.Thread):
     def _spawn(self) -> bool:
         """Start one worker; on failure break the pool and return False."""
         name = f"shoal-worker-{self._serial}-{next(self._names)}"
-        config = {
+        config: dict[str, Any] = {
             "initializer": self._initializer,
             "parent_pid": os.getpid(),
             "shm_prefix": self._shm_prefix,
             "name": name,
         }
         parent_sock, child_sock = self._ctx.Pipe(duplex=True)
+        if self._ctx.get_start_method() == "fork":
+            # A forked child holds copies of our descriptors: it closes our
+            # ends of every worker's socket, so that closing one here reaches
+            # that worker as end-of-stream, and the wake pipe.
+            config["inherited_fds"] = [
+                *self._workers,
+                parent_sock.fileno(),
+                self._shared.wake_r,
+                self._shared.wake_w,
+            ]
         try:
             process = cast("Any", self._ctx).Process(
                 target=_worker.worker_main, args=(child_sock, config), name=name
