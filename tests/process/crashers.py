@@ -108,3 +108,13 @@ def report_pid_and_wait(pid_path: str, gate_path: str, timeout: float = 30.0) ->
     os.replace(pid_path + ".tmp", pid_path)
     wait_for_file(gate_path, timeout)
     return os.getpid()
+
+
+def array_sum(array: object) -> float:
+    return float(array.sum())  # type: ignore[attr-defined]
+
+
+def make_array(n: int, value: float) -> object:
+    import numpy
+
+    return numpy.full(n, value)

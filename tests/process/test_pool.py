@@ -155,3 +155,46 @@ def test_submit_after_shutdown() -> None:
     pool.shutdown()
     with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
         pool.submit(crashers.square, 1)
+
+
+def test_big_arrays_travel_both_ways_and_leave_no_segment(pool: shoal.ProcessPoolExecutor) -> None:
+    numpy = pytest.importorskip("numpy")
+    big = numpy.arange(4_000_000, dtype=numpy.float64)  # 32 MB: goes through shared memory
+    assert pool.submit(crashers.array_sum, big).result(TIMEOUT) == float(big.sum())
+    back = pool.submit(crashers.make_array, 3_000_000, 2.5).result(TIMEOUT)
+    assert back.shape == (3_000_000,)
+    assert float(back.sum()) == 7_500_000.0
+    # The autouse fixture checks that no segment is left in /dev/shm.
+
+
+@pytest.mark.parametrize("how", ["terminate_workers", "kill_workers"])
+def test_terminate_and_kill_workers(how: str, tmp_path) -> None:
+    pool = shoal.ProcessPoolExecutor(max_workers=1)
+    running = pool.submit(crashers.wait_for_file, str(tmp_path / "never"), 60)
+    deadline = time.monotonic() + TIMEOUT
+    while not running.running():
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    queued = [pool.submit(crashers.square, i) for i in range(5)]
+    getattr(pool, how)()
+    with pytest.raises(BrokenProcessPool, match="stopped"):
+        running.result(TIMEOUT)
+    assert all(f.cancelled() for f in queued)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(crashers.square, 1)
+    assert pool.statistics().workers == 0
+
+
+def test_initializer_error_names_the_initializer(start_method: str) -> None:
+    pool = shoal.ProcessPoolExecutor(
+        max_workers=1, mp_context=start_method, initializer=crashers.run, initargs=("raise",)
+    )
+    try:
+        with pytest.raises(BrokenProcessPool) as info:
+            pool.submit(crashers.square, 2).result(TIMEOUT)
+        message = str(info.value)
+        assert "crashers.run" in message
+        assert "raised on purpose" in message
+        assert isinstance(info.value.__cause__, crashers.Boom)
+    finally:
+        pool.shutdown()

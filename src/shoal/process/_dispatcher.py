@@ -226,6 +226,7 @@ class Dispatcher(threading.Thread):
         *,
         max_workers: int,
         initializer: _wire.Blob | None,
+        initializer_name: str = "",
         max_tasks_per_child: int | None,
         idle_timeout: float | None,
         serial: int,
@@ -235,6 +236,7 @@ class Dispatcher(threading.Thread):
         self._ctx = ctx
         self._max_workers = max_workers
         self._initializer = initializer
+        self._initializer_name = initializer_name
         self._max_tasks = max_tasks_per_child
         self._idle_timeout = idle_timeout
         self._shm_prefix = f"shoal-{os.getpid()}-{serial}"
@@ -495,8 +497,9 @@ class Dispatcher(threading.Thread):
             except BaseException as exc:
                 error = exc
             self._break(
-                f"the initializer of the process pool raised {error!r} in {worker.name}; "
-                "the pool is not usable any more: fix the initializer and create a new pool",
+                f"the initializer {self._initializer_name} raised {error!r} in "
+                f"{worker.name}; the pool is not usable any more: fix the initializer and "
+                "create a new pool",
                 error,
             )
 

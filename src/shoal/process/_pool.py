@@ -113,6 +113,14 @@ def default_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+def _describe(fn: object) -> str:
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if isinstance(qualname, str):
+        return f"{module}.{qualname}" if isinstance(module, str) else qualname
+    return repr(fn)
+
+
 def _default_workers() -> int:
     count = getattr(os, "process_cpu_count", None)
     if count is not None:
@@ -252,6 +260,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             self._context,
             max_workers=self._max_workers,
             initializer=self._initializer_blob,
+            initializer_name=_describe(self._initializer),
             max_tasks_per_child=self._max_tasks_per_child,
             idle_timeout=self._idle_timeout,
             serial=self._serial,
