@@ -5,13 +5,15 @@
 The runner starts one child per workload, implementation and round, so no
 measurement sees the threads, caches or heap another one left behind, and a
 measurement that overruns its budget can be killed. The last line of stdout
-is ``{"value": ..., "note": ...}``; on failure the exit status is non-zero
-and stderr says why (exit status 3: a library is not installed).
+is ``{"value": ..., "note": ...}``, after which the child exits at once; on
+failure the exit status is non-zero and stderr says why (exit status 3: a
+library is not installed).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from bench.registry import Context, Measurement, load_all
@@ -36,4 +38,10 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    status = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter tear-down: freeing a million futures takes seconds, and
+    # a peer's threads left behind (after an abandoned shutdown) would keep
+    # the process alive until the runner kills it.
+    os._exit(status)

@@ -283,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for workload in workloads:
         print(f"{workload.name} ...", file=sys.stderr, flush=True)
+        begun = time.perf_counter()
         results[workload.name] = run_workload(workload, rounds, args.quick)
+        print(f"{workload.name}: {time.perf_counter() - begun:.0f} s", file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - started
     print(
         f"shoal benchmarks: Python {platform.python_version()} on {platform.system()} "
