@@ -216,8 +216,13 @@ def _signal_name(exitcode: int | None) -> str:
     return f"with exit code {exitcode}"
 
 
-class Dispatcher(threading.Thread):
-    """Owns the workers of one pool; see the module docstring."""
+class Dispatcher:
+    """Owns the workers of one pool, from its own thread; see the module docstring.
+
+    It has a thread rather than being one: ``threading.Thread`` keeps private
+    attributes of its own (which differ between Python versions) that a
+    subclass's names could clash with.
+    """
 
     def __init__(
         self,
@@ -231,7 +236,9 @@ class Dispatcher(threading.Thread):
         idle_timeout: float | None,
         serial: int,
     ) -> None:
-        super().__init__(name=f"shoal-dispatcher-{serial}", daemon=True)
+        self.thread = threading.Thread(
+            target=self._run, name=f"shoal-dispatcher-{serial}", daemon=True
+        )
         self._shared = shared
         self._ctx = ctx
         self._max_workers = max_workers
@@ -263,7 +270,13 @@ class Dispatcher(threading.Thread):
 
     # -- the loop ----------------------------------------------------------
 
-    def run(self) -> None:
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+    def _run(self) -> None:
         try:
             self._loop()
         except BaseException as exc:

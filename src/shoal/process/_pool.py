@@ -313,7 +313,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         for task in cancelled:
             if task.future.cancel():
                 task.future.set_running_or_notify_cancel()
-        if wait and dispatcher is not None and dispatcher is not threading.current_thread():
+        if wait and dispatcher is not None and dispatcher.thread is not threading.current_thread():
             dispatcher.join()
         if wait or dispatcher is None:
             with _global_lock:
