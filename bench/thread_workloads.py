@@ -24,6 +24,8 @@ from bench.registry import HIGHER, LOWER, Context, Measurement, register
 WARMUP = 1_000
 CHUNKSIZES = (1, 64, 1024)
 BUFFERSIZE = 1_000
+# Seconds a pool may take to shut down after a memory measurement before it is abandoned.
+SHUTDOWN_GRACE = 10.0
 
 
 def noop(*args: Any) -> None:
@@ -135,9 +137,9 @@ def pending_memory(factory: Callable[[int | None], Pool], ctx: Context) -> Measu
     # by now, so a shutdown that does not finish is reported and abandoned.
     closer = threading.Thread(target=pool.close, kwargs={"cancel": True}, daemon=True)
     closer.start()
-    closer.join(ctx.budget * 0.3)
+    closer.join(SHUTDOWN_GRACE)
     if closer.is_alive():
-        notes.append(f"shutdown unfinished after {ctx.budget * 0.3:.0f} s, abandoned")
+        notes.append(f"shutdown unfinished after {SHUTDOWN_GRACE:.0f} s, abandoned")
     return Measurement((after - before) / count, "; ".join(notes))
 
 
@@ -250,7 +252,7 @@ register(
     n=1_000_000,
     quick_n=100_000,
     impls=for_pools(THREAD_POOLS, pending_memory),
-    max_rounds=3,
+    max_rounds=2,  # steady to the byte from round to round
 )
 register(
     "future-create-set-get",
