@@ -54,6 +54,7 @@ import selectors
 import signal
 import struct
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -142,11 +143,23 @@ class Shared:
     failed: int = 0
     respawned: int = 0
 
-    def wake(self) -> None:
-        """Make the dispatcher look at the queue and the flags. Hold ``lock``.
+    def open_wake_pipe(self) -> None:
+        """Create the wake pipe; it closes when this record is collected.
 
-        Under the lock because the dispatcher closes the pipe under it when
-        it leaves: a write after that could hit a reused file descriptor.
+        Not before: ``wake()`` may write to it, without a lock, from any
+        thread at any time, so it must not close (and its number be reused
+        by another file) while anyone could still hold this record.
+        """
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        weakref.finalize(self, _close_fds, self.wake_r, self.wake_w)
+
+    def wake(self) -> None:
+        """Make the dispatcher look at the queue and the flags. Any thread, no lock.
+
+        Callers change the queue or a flag first, then wake: the dispatcher
+        clears ``woken`` before it looks, so no change goes unseen.
         """
         if not self.woken and self.wake_w >= 0:
             self.woken = True
@@ -154,6 +167,14 @@ class Shared:
                 os.write(self.wake_w, b"!")
             except BlockingIOError:
                 pass  # the pipe is full: a wake-up is pending anyway
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 class _Worker:
@@ -791,9 +812,3 @@ class Dispatcher:
             self._forget(worker)
         _wire.unlink_prefix(self._shm_prefix)
         self._selector.close()
-        shared = self._shared
-        with shared.lock:
-            for fd in (shared.wake_r, shared.wake_w):
-                if fd >= 0:
-                    os.close(fd)
-            shared.wake_r = shared.wake_w = -1

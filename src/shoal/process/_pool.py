@@ -246,15 +246,15 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             shared.queue.append(Task(next(self._ids), future, fn, args, kwargs))
             if self._dispatcher is None:
                 self._start_dispatcher()
-            shared.wake()
+        # Outside the lock: a write to the pipe lets the dispatcher run, and
+        # it would only block on the lock we held.
+        shared.wake()
         return future
 
     def _start_dispatcher(self) -> None:
         """Start the dispatcher thread. Hold ``Shared.lock``."""
         shared = self._shared
-        shared.wake_r, shared.wake_w = os.pipe()
-        os.set_blocking(shared.wake_r, False)
-        os.set_blocking(shared.wake_w, False)
+        shared.open_wake_pipe()
         dispatcher = Dispatcher(
             shared,
             self._context,
