@@ -118,3 +118,65 @@ def make_array(n: int, value: float) -> object:
     import numpy
 
     return numpy.full(n, value)
+
+
+# -- soak tests (test_soak.py) --------------------------------------------------
+
+_start_logs: dict[tuple[int, str], int] = {}
+
+
+def _log_start(log_dir: str, record: bytes) -> None:
+    """Append ``record`` to this worker's start log, ``{log_dir}/{pid}.log``.
+
+    The file's existence also tells the soak test that this worker is up (it
+    said READY and runs calls), so that only such workers are killed. Every
+    record is one unbuffered ``write`` to an O_APPEND file: it survives a
+    SIGKILL that comes after it.
+    """
+    key = (os.getpid(), log_dir)
+    fd = _start_logs.get(key)
+    if fd is None:
+        path = os.path.join(log_dir, f"{os.getpid()}.log")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _start_logs[key] = fd
+    os.write(fd, record)
+
+
+def _spin(seconds: float) -> None:
+    import time
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def soak_task(i: int, log_dir: str, spin: float, block: float) -> tuple[int, int, int]:
+    """Log that call ``i`` started, burn ``spin`` s of CPU, sleep ``block`` s.
+
+    Returns (i, i*i, pid).
+    """
+    import time
+
+    _log_start(log_dir, b"%d\n" % i)
+    _spin(spin)
+    if block:
+        time.sleep(block)
+    return i, i * i, os.getpid()
+
+
+def soak_square(i: int, log_dir: str, spin: float) -> int:
+    """For map(): mark this worker as up, burn ``spin`` s of CPU, return i*i."""
+    if (os.getpid(), log_dir) not in _start_logs:
+        _log_start(log_dir, b"")
+    _spin(spin)
+    return i * i
+
+
+def nap_or_raise(x: float | str) -> float:
+    """Sleep ``x`` seconds and return it; raise Boom if ``x`` is "raise"."""
+    import time
+
+    if x == "raise":
+        raise Boom("raised on purpose")
+    time.sleep(float(x))
+    return float(x)

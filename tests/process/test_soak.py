@@ -1,0 +1,373 @@
+"""Soak: thousands of calls through a 2-worker pool while workers are SIGKILLed.
+
+A killer thread SIGKILLs a random worker now and then (only workers that have
+started a call, so it never hits one still starting, which the pool would
+count towards breaking). What must hold, whatever the timing of the kills:
+
+* every future resolves in bounded time;
+* each future has its right result or failed with WorkerLostError (SIGKILL),
+  and at most one call is lost per kill: the pool puts the calls queued behind
+  the running one back in the backlog, and never starts a call twice (every
+  call logs its start in its worker's log file: a call that started twice
+  would show up twice);
+* the pool ends healthy: it replaced every killed worker, serves a fresh
+  call, and shuts down leaving no process or segment (conftest's check).
+
+The same for map(), with chunksize=1 and chunksize="auto": a kill makes map
+raise WorkerLostError at the position of the lost call (or chunk) at worst,
+after yielding the right results before it; mapping the rest again goes on.
+
+The full-size runs are marked slow; the small ones run by default.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import crashers
+import psutil
+import pytest
+
+import shoal
+
+SIGKILL_EXIT = -signal.SIGKILL
+
+
+class Killer(threading.Thread):
+    """SIGKILLs up to ``max_kills`` live workers of this process, ``pause`` apart.
+
+    A worker is a candidate once it has created its log file in ``log_dir``
+    (it is past READY and runs calls). After a kill the killer waits until a
+    new worker has started a call (or ``stop`` is set) before the next pause,
+    so that kills hit working workers and never a starting one.
+    """
+
+    def __init__(self, log_dir: Path, max_kills: int, pause: tuple[float, float], seed: int):
+        super().__init__(name="soak-killer", daemon=True)
+        self.log_dir = log_dir
+        self.max_kills = max_kills
+        self.pause = pause
+        self.random = random.Random(seed)
+        self.stop = threading.Event()
+        self.killed: list[int] = []  # pids that were alive and got SIGKILL
+        self.error: BaseException | None = None
+
+    def _known(self) -> set[int]:
+        return {int(p.stem) for p in self.log_dir.glob("*.log")}
+
+    def _live_workers(self) -> list[int]:
+        known = self._known() - set(self.killed)
+        live = []
+        for child in psutil.Process().children(recursive=True):
+            if child.pid not in known:
+                continue
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    live.append(child.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return sorted(live)
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def _run(self) -> None:
+        while len(self.killed) < self.max_kills:
+            if self.stop.wait(self.random.uniform(*self.pause)):
+                return
+            candidates = self._live_workers()
+            if not candidates:
+                continue
+            victim = self.random.choice(candidates)
+            before = self._known()
+            # Listed before the kill: the test may see the lost call fail
+            # before this thread runs again.
+            self.killed.append(victim)
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                self.killed.pop()
+                continue
+            # Wait for the replacement to run a call (bounded; the pool may
+            # also have run out of work, then stop is set).
+            deadline = time.monotonic() + 10
+            while not (self._known() - before) and time.monotonic() < deadline:
+                if self.stop.wait(0.005):
+                    return
+
+    def finish(self) -> list[int]:
+        self.stop.set()
+        self.join(30)
+        assert not self.is_alive(), "the killer thread did not stop"
+        if self.error is not None:
+            raise self.error
+        return self.killed
+
+
+def _pid_in(error: shoal.WorkerLostError) -> int:
+    match = re.search(r"\(pid (\d+)\)", str(error))
+    assert match, f"no pid in {error}"
+    return int(match.group(1))
+
+
+def _starts(log_dir: Path) -> dict[int, list[int]]:
+    """Call index -> the pids of the workers that started it."""
+    starts: dict[int, list[int]] = {}
+    for log in log_dir.glob("*.log"):
+        pid = int(log.stem)
+        for line in log.read_bytes().split():
+            starts.setdefault(int(line), []).append(pid)
+    return starts
+
+
+def _await_respawns(pool: shoal.ProcessPoolExecutor, kills: int) -> None:
+    """Wait (bounded) until the pool has replaced ``kills`` workers."""
+    deadline = time.monotonic() + 20
+    while pool.statistics().respawned < kills and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stats = pool.statistics()
+    assert stats.respawned >= kills, stats
+
+
+def _seed() -> int:
+    seed = random.randrange(2**32)
+    print(f"soak seed: {seed}")  # shown with a failure's captured output
+    return seed
+
+
+def _soak_submit(tmp_path: Path, tasks: int, max_kills: int, pause: tuple[float, float]) -> None:
+    seed = _seed()
+    log_dir = tmp_path / "starts"
+    log_dir.mkdir()
+    rng = random.Random(seed)
+    # Mostly a few hundred microseconds of CPU; one call in ten also blocks briefly.
+    plan = [
+        (rng.uniform(0.0001, 0.0006), rng.uniform(0.0005, 0.003) if rng.random() < 0.1 else 0.0)
+        for _ in range(tasks)
+    ]
+    killer = Killer(log_dir, max_kills, pause, seed)
+    pool = shoal.ProcessPoolExecutor(max_workers=2)
+    try:
+        started = time.monotonic()
+        futures = [
+            pool.submit(crashers.soak_task, i, str(log_dir), spin, block)
+            for i, (spin, block) in enumerate(plan)
+        ]
+        killer.start()
+        try:
+            _, not_done = shoal.wait(futures, timeout=120)
+        finally:
+            killed = killer.finish()
+        elapsed = time.monotonic() - started
+        assert not not_done, f"{len(not_done)} futures still pending after 120 s"
+
+        lost: dict[int, shoal.WorkerLostError] = {}
+        results: dict[int, int] = {}
+        for i, future in enumerate(futures):
+            error = future.exception(0)
+            if error is None:
+                index, square, pid = future.result(0)
+                assert (index, square) == (i, i * i), f"call {i} returned {(index, square)}"
+                results[i] = pid
+            else:
+                assert isinstance(error, shoal.WorkerLostError), f"call {i}: {error!r}"
+                lost[i] = error
+
+        assert len(lost) <= len(killed), (len(lost), killed)
+        for error in lost.values():
+            assert error.exitcode == SIGKILL_EXIT, error
+            assert _pid_in(error) in killed, (error, killed)
+
+        # Started at most once; a call with a result started exactly once, in
+        # the worker that answered; a lost call started (if at all) in a
+        # killed worker.
+        starts = _starts(log_dir)
+        twice = {i: pids for i, pids in starts.items() if len(pids) > 1}
+        assert not twice, f"calls started more than once: {twice}"
+        for i, pid in results.items():
+            assert starts.get(i) == [pid], (i, pid, starts.get(i))
+        for i, error in lost.items():
+            assert starts.get(i, [_pid_in(error)]) == [_pid_in(error)], (i, starts.get(i))
+
+        # Healthy afterwards: every kill replaced, fresh calls served.
+        _await_respawns(pool, len(killed))
+        fresh = [pool.submit(crashers.square, i) for i in range(20)]
+        assert [f.result(30) for f in fresh] == [i * i for i in range(20)]
+        stats = pool.statistics()
+        assert stats.completed == len(results) + len(fresh), stats
+        assert stats.failed == len(lost), stats
+        assert stats.workers == 2, stats
+        print(
+            f"\nsoak submit: {tasks} calls in {elapsed:.1f} s, {len(killed)} kills, "
+            f"{len(lost)} lost, {stats.respawned} respawned"
+        )
+        assert killed, "no worker was killed: the soak tested nothing"
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _soak_map(
+    tmp_path: Path,
+    items: int,
+    *,
+    chunksize: int | str,
+    spin: float,
+    max_kills: int,
+    pause: tuple[float, float],
+    timeout: float,
+) -> None:
+    seed = _seed()
+    log_dir = tmp_path / f"map-{chunksize}"
+    log_dir.mkdir()
+    fn = functools.partial(crashers.soak_square, log_dir=str(log_dir), spin=spin)
+    killer = Killer(log_dir, max_kills, pause, seed)
+    pool = shoal.ProcessPoolExecutor(max_workers=2)
+    position = 0
+    raised_at: list[int] = []
+    try:
+        started = time.monotonic()
+        killer.start()
+        try:
+            while position < items:
+                attempt = pool.map(fn, range(position, items), chunksize=chunksize, timeout=timeout)
+                try:
+                    for value in attempt:
+                        assert value == position * position, (position, value)
+                        position += 1
+                except shoal.WorkerLostError as error:
+                    assert error.exitcode == SIGKILL_EXIT, error
+                    raised_at.append(position)
+                    # More raises than kills would mean a kill lost more
+                    # than one call (or chunk).
+                    assert len(raised_at) <= len(killer.killed), (raised_at, killer.killed)
+                    assert _pid_in(error) in killer.killed, (error, killer.killed)
+                finally:
+                    attempt.close()
+        finally:
+            killed = killer.finish()
+        elapsed = time.monotonic() - started
+        assert position == items
+        assert len(raised_at) <= len(killed), (raised_at, killed)
+        _await_respawns(pool, len(killed))
+        assert pool.submit(crashers.square, 7).result(30) == 49
+        print(
+            f"\nsoak map chunksize={chunksize}: {items} items in {elapsed:.1f} s, "
+            f"{len(killed)} kills, map raised at {raised_at}"
+        )
+        assert killed, "no worker was killed: the soak tested nothing"
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# -- cancelled calls in the backlog ---------------------------------------------
+
+# Bug (found by the map soak): Dispatcher._dispatch pops `room` calls per
+# worker from the backlog and _send skips the cancelled ones, so a round can
+# send nothing. With no call in flight, nothing wakes the dispatcher again:
+# the calls behind the cancelled ones never run and shutdown() hangs. A map()
+# whose call raises cancels the calls after it, so this follows any failing
+# map on a busy pool, no crash needed.
+CANCELLED_STALL = pytest.mark.xfail(
+    reason="bug in shoal: cancelled calls at the head of the backlog stall the dispatcher",
+    strict=True,
+)
+# The map soaks hit the same bug (map() cancels the calls after the lost one;
+# the next map's calls queue behind them) unless the timing is lucky; the stall
+# shows as map()'s TimeoutError. Any other failure still fails them.
+MAP_STALL = pytest.mark.xfail(
+    reason="bug in shoal: cancelled calls at the head of the backlog stall the dispatcher",
+    raises=TimeoutError,
+    strict=False,
+)
+
+
+@CANCELLED_STALL
+@pytest.mark.timeout(30)
+def test_calls_behind_cancelled_ones_run() -> None:
+    pool = shoal.ProcessPoolExecutor(max_workers=2)
+    try:
+        # Both workers busy with a call long enough that the dispatcher then
+        # hands out one call per worker at a time (its share follows the
+        # measured duration).
+        busy = [pool.submit(crashers.nap_or_raise, 0.3) for _ in range(2)]
+        doomed = [pool.submit(crashers.square, i) for i in range(50)]
+        assert all(f.cancel() for f in doomed)
+        last = pool.submit(crashers.square, 7)
+        assert [f.result(20) for f in busy] == [0.3, 0.3]
+        assert last.result(5) == 49
+        assert all(f.cancelled() for f in doomed)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@CANCELLED_STALL
+@pytest.mark.timeout(30)
+def test_pool_serves_after_a_failing_map() -> None:
+    pool = shoal.ProcessPoolExecutor(max_workers=2)
+    try:
+        items: list[float | str] = [0.05, 0.05, "raise"] + [0.05] * 200
+        with pytest.raises(crashers.Boom):
+            for _ in pool.map(crashers.nap_or_raise, items, timeout=20):
+                pass
+        assert pool.submit(crashers.square, 7).result(5) == 49
+        stopper = threading.Thread(target=pool.shutdown)
+        stopper.start()
+        stopper.join(10)
+        assert not stopper.is_alive(), "shutdown() hangs"
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# -- the default (small) runs: a few seconds ------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_soak_submit_small(tmp_path: Path) -> None:
+    _soak_submit(tmp_path, tasks=1000, max_kills=4, pause=(0.03, 0.08))
+
+
+@MAP_STALL
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("chunksize", [1, "auto"])
+def test_soak_map_small(tmp_path: Path, chunksize: int | str) -> None:
+    _soak_map(
+        tmp_path,
+        2000,
+        chunksize=chunksize,
+        spin=0.0002,
+        max_kills=3,
+        pause=(0.03, 0.08),
+        timeout=20,
+    )
+
+
+# -- the full runs -------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_soak_submit(tmp_path: Path) -> None:
+    _soak_submit(tmp_path, tasks=10_000, max_kills=20, pause=(0.05, 0.25))
+
+
+@MAP_STALL
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("chunksize", [1, "auto"])
+def test_soak_map(tmp_path: Path, chunksize: int | str) -> None:
+    # "auto" makes chunks of 2500 calls (about half a second): longer pauses
+    # let some finish between kills.
+    kills, pause = (20, (0.05, 0.25)) if chunksize == 1 else (10, (0.2, 0.6))
+    _soak_map(
+        tmp_path, 20_000, chunksize=chunksize, spin=0.0002, max_kills=kills, pause=pause, timeout=60
+    )
