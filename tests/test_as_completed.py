@@ -322,3 +322,22 @@ def test_hundred_futures_completed_at_once_from_threads_async():
     assert len(seen) == 100
     assert set(seen) == set(futures)
     assert not any(has_waiter(f) for f in futures)
+
+
+def test_aclose_takes_the_waiters_off_at_once():
+    import asyncio
+    import contextlib
+
+    futures = [shoal.Future() for _ in range(3)]
+    futures[0].set_result(1)
+
+    async def main():
+        iteration = shoal.as_completed(futures)
+        async with contextlib.aclosing(iteration):
+            async for future in iteration:
+                assert future is futures[0]
+                break
+        # Closed: nothing of the iteration is left on the pending futures.
+        assert all(not f._waiters for f in futures[1:])
+
+    asyncio.run(main())

@@ -272,6 +272,17 @@ class as_completed(Generic[T]):
             iterator.close()  # type: ignore[attr-defined]
         self._futures = None
 
+    async def aclose(self) -> None:
+        """Stop an ``async for`` iteration now and take its waiters off the futures.
+
+        ``async for`` leaves this to the event loop when the loop is left by
+        ``break``; call it (or use ``contextlib.aclosing``) to do it at once.
+        """
+        iterator = self._iterator
+        if isinstance(iterator, AsyncIterator):
+            await iterator.aclose()  # type: ignore[attr-defined]
+        self._futures = None
+
     def _iterate(self, pending: set[_base.Future[T]]) -> Iterator[_base.Future[T]]:
         total = len(pending)
         deadline = _clock.deadline_from(self._timeout)
