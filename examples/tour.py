@@ -35,7 +35,7 @@ def step(title: str) -> None:
 def main() -> None:
     step("1. submit a call and watch its future")
     gate = threading.Event()
-    with shoal.ThreadPoolExecutor(max_workers=2) as pool:
+    with shoal.ThreadPoolExecutor(max_workers=5) as pool:
         future = pool.submit(gate.wait, 5)
         print(f"   just submitted: running={future.running()} done={future.done()}")
         gate.set()
@@ -47,7 +47,7 @@ def main() -> None:
         )
 
         step("2. as_completed: results in the order they finish")
-        futures = [pool.submit(slow_square, i, 0.02 * (5 - i)) for i in range(5)]
+        futures = [pool.submit(slow_square, i, 0.05 * (5 - i)) for i in range(5)]
         print("   finished:", [f.result() for f in shoal.as_completed(futures, timeout=10)])
 
         step("3. map, eager and streaming")
