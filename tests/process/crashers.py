@@ -180,3 +180,13 @@ def nap_or_raise(x: float | str) -> float:
         raise Boom("raised on purpose")
     time.sleep(float(x))
     return float(x)
+
+
+def soak_big(i: int, log_dir: str, payload: bytes) -> bytes:
+    """Log that call ``i`` started; return a payload as big as ``payload``, filled with i % 251.
+
+    Big enough payloads travel through shared memory both ways.
+    """
+    _log_start(log_dir, b"%d\n" % i)
+    assert payload == bytes([i % 251]) * len(payload)
+    return bytes([i % 251]) * len(payload)

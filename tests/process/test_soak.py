@@ -367,6 +367,70 @@ def test_soak_map_small(tmp_path: Path, chunksize: int | str) -> None:
     )
 
 
+@pytest.mark.timeout(60)
+def test_soak_kills_during_shutdown(tmp_path: Path) -> None:
+    """Workers killed while shutdown(wait=True) waits for the queued calls."""
+    seed = _seed()
+    log_dir = tmp_path / "starts"
+    log_dir.mkdir()
+    killer = Killer(log_dir, 4, (0.03, 0.08), seed)
+    pool = shoal.ProcessPoolExecutor(max_workers=2)
+    futures = [pool.submit(crashers.soak_task, i, str(log_dir), 0.0003, 0.0) for i in range(1500)]
+    killer.start()
+    try:
+        stopper = threading.Thread(target=pool.shutdown)
+        stopper.start()
+        stopper.join(40)
+        assert not stopper.is_alive(), "shutdown() did not return"
+    finally:
+        killed = killer.finish()
+        pool.shutdown(wait=True, cancel_futures=True)
+    assert all(f.done() for f in futures), "shutdown() returned with calls pending"
+    lost = [f.exception(0) for f in futures if f.exception(0) is not None]
+    assert all(isinstance(e, shoal.WorkerLostError) for e in lost), lost
+    assert len(lost) <= len(killed), (lost, killed)
+    assert [f.result(0)[:2] for f in futures if f.exception(0) is None] == [
+        (i, i * i) for i, f in enumerate(futures) if f.exception(0) is None
+    ]
+    print(f"\nkills during shutdown: {len(killed)} kills, {len(lost)} lost")
+
+
+@pytest.mark.timeout(60)
+def test_soak_shared_memory_payloads(tmp_path: Path) -> None:
+    """Arguments and results in shared memory while workers are killed: none leaks."""
+    seed = _seed()
+    log_dir = tmp_path / "starts"
+    log_dir.mkdir()
+    size = (1 << 20) + 4096  # over _wire.SHM_THRESHOLD: out of band, both ways
+    killer = Killer(log_dir, 4, (0.03, 0.1), seed)
+    pool = shoal.ProcessPoolExecutor(max_workers=2)
+    try:
+        futures = [
+            pool.submit(crashers.soak_big, i, str(log_dir), bytes([i % 251]) * size)
+            for i in range(150)
+        ]
+        killer.start()
+        try:
+            _, not_done = shoal.wait(futures, timeout=40)
+        finally:
+            killed = killer.finish()
+        assert not not_done, f"{len(not_done)} futures still pending"
+        lost = 0
+        for i, future in enumerate(futures):
+            error = future.exception(0)
+            if error is None:
+                assert future.result(0) == bytes([i % 251]) * size, i
+            else:
+                assert isinstance(error, shoal.WorkerLostError), error
+                lost += 1
+        assert lost <= len(killed), (lost, killed)
+        _await_respawns(pool, len(killed))
+        print(f"\nshared-memory soak: {len(killed)} kills, {lost} lost")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    # conftest's leak check then finds no segment of this process in /dev/shm.
+
+
 # -- the full runs -------------------------------------------------------------
 
 
