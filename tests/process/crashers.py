@@ -190,3 +190,16 @@ def soak_big(i: int, log_dir: str, payload: bytes) -> bytes:
     _log_start(log_dir, b"%d\n" % i)
     assert payload == bytes([i % 251]) * len(payload)
     return bytes([i % 251]) * len(payload)
+
+
+def die_once_after_gate(gate_path: str, flag_path: str) -> None:
+    """An initializer: wait for ``gate_path``; the first worker to get past it exits(9).
+
+    The later workers (those that find ``flag_path``) start normally.
+    """
+    wait_for_file(gate_path)
+    try:
+        os.close(os.open(flag_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os._exit(9)
