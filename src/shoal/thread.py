@@ -52,6 +52,10 @@ P = ParamSpec("P")
 
 _WorkItem = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
+# Shared by every call without keyword arguments (``fn(**d)`` copies d, so
+# nothing can change it).
+_NO_KWARGS: dict[str, Any] = {}
+
 _global_lock = threading.Lock()
 _exiting = False  # guarded by: _global_lock
 _live_pools: weakref.WeakSet[ThreadPoolExecutor] = weakref.WeakSet()  # guarded by: _global_lock
@@ -229,7 +233,8 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                     slots.release()
                 self._raise_closed()
             future: Future[T] = Future()
-            self._work_queue.put((future, fn, args, kwargs))
+            # An empty kwargs dict would cost ~70 bytes per queued call.
+            self._work_queue.put((future, fn, args, kwargs or _NO_KWARGS))
             try:
                 self._idle.pop()
             except IndexError:
