@@ -32,11 +32,13 @@ import dataclasses
 import functools
 import gc
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 import pytest
 
 import shoal
@@ -130,3 +132,52 @@ def no_thread_left_behind() -> Any:
     alive = [t.name for t in left if t.is_alive()]
     if alive:
         pytest.fail(f"the test left threads running: {alive}", pytrace=False)
+
+
+def shm_segments() -> set[str]:
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith(f"shoal-{os.getpid()}-")}
+    except FileNotFoundError:
+        return set()
+
+
+def _worker_children() -> list[psutil.Process]:
+    children = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        # The forkserver and resource tracker belong to multiprocessing and live on.
+        if "forkserver" in cmdline or "resource_tracker" in cmdline:
+            continue
+        children.append(child)
+    return children
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    before = {p.pid for p in _worker_children()}
+    segments_before = shm_segments()
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        left = [p for p in _worker_children() if p.pid not in before and _running(p)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    for process in left:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    assert not left, f"worker processes left behind: {[p.pid for p in left]}"
+    leaked = shm_segments() - segments_before
+    assert not leaked, f"shared-memory segments left behind: {sorted(leaked)}"
