@@ -114,6 +114,17 @@ class Executor(_base.Executor):
         """Schedule ``fn(*args, **kwargs)`` and return a :class:`Future` for it."""
         raise NotImplementedError
 
+    def _submit_many(
+        self, fn: Callable[..., T], arguments: Iterable[tuple[Any, ...]]
+    ) -> list[Future[T]]:
+        """Submit ``fn(*args)`` for each argument tuple; ``map`` calls this.
+
+        Executors may override it to take their lock and wake their workers
+        once for the lot rather than once per call.
+        """
+        submit = self.submit
+        return [submit(fn, *args) for args in arguments]
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Free the executor's resources once the submitted calls are done.
 
@@ -189,18 +200,18 @@ class Executor(_base.Executor):
         buffersize: int | None,
         ordered: bool,
     ) -> Iterator[T]:
-        submit = self.submit
-        if buffersize is None:
-            futures = collections.deque(submit(fn, *args) for args in arguments)
+        if buffersize is not None:
+            arguments_now: Iterable[tuple[Any, ...]] = itertools.islice(arguments, buffersize)
         else:
-            futures = collections.deque(
-                submit(fn, *args) for args in itertools.islice(arguments, buffersize)
-            )
+            arguments_now = arguments
+        futures = collections.deque(self._submit_many(fn, arguments_now))
         # The iterator holds the executor weakly so that an abandoned map does
         # not keep a pool alive; it stops refilling once the executor is gone.
         executor_ref = weakref.ref(self) if buffersize is not None else None
-        del self, submit
+        del self
         if ordered:
+            if executor_ref is None and deadline is None:
+                return _ordered_eager(futures)
             return _ordered(fn, futures, arguments, executor_ref, deadline)
         return _unordered(fn, futures, arguments, executor_ref, deadline)
 
@@ -233,6 +244,17 @@ def _ordered(
             # Yielded straight from the call: a local name would keep the
             # result alive for as long as the consumer holds the iterator.
             yield _next_in_order(fn, futures, arguments, executor_ref, deadline)
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _ordered_eager(futures: collections.deque[Future[T]]) -> Iterator[T]:
+    """``_ordered`` without a timeout or a buffer: nothing to refill, nothing to time."""
+    try:
+        while futures:
+            # No local name: the future and its result are not kept alive here.
+            yield futures.popleft().result()
     finally:
         for future in futures:
             future.cancel()

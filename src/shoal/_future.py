@@ -244,6 +244,8 @@ class Future(_base.Future[T]):
         A running or finished call is left alone and False is returned. A
         cancelled future raises ``CancelledError`` from ``result()``.
         """
+        if self._state == FINISHED:
+            return False  # final: no lock needed (map() cancels every future it yields)
         with self._condition:
             state = self._state
             if state != PENDING:

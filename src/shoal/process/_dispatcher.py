@@ -542,9 +542,12 @@ class Dispatcher:
     ) -> None:
         shared = self._shared
         in_flight = worker.in_flight
+        popleft = in_flight.popleft
+        loads = _wire.loads
         total = 0.0
+        completed = failed = 0
         for task_id, ok, blob, duration in results:
-            task = in_flight.popleft()
+            task = popleft()
             if task.id != task_id:  # pragma: no cover - the worker answers in order
                 raise RuntimeError(f"{worker.name} answered task {task_id}, expected {task.id}")
             total += duration
@@ -552,7 +555,7 @@ class Dispatcher:
             error: BaseException
             if ok:
                 try:
-                    value = _wire.loads(blob)
+                    value = loads(blob)
                 except BaseException as exc:
                     error = pickle.UnpicklingError(
                         f"the result of {task.describe()} could not be unpickled in the "
@@ -561,10 +564,13 @@ class Dispatcher:
                     )
                     error.__cause__ = exc
                     self._set_exception(future, error)
-                    shared.failed += 1
+                    failed += 1
                 else:
-                    self._set_result(future, value)
-                    shared.completed += 1
+                    try:
+                        future.set_result(value)
+                    except Exception:
+                        pass  # already done: a forced cancel got there first
+                    completed += 1
                     del value
             else:
                 try:
@@ -572,8 +578,10 @@ class Dispatcher:
                 except BaseException as exc:
                     error = exc
                 self._set_exception(future, error)
-                shared.failed += 1
+                failed += 1
             del future, task
+        shared.completed += completed
+        shared.failed += failed
         mean = total / len(results)
         previous = self._mean_duration
         self._mean_duration = mean if previous is None else 0.7 * previous + 0.3 * mean

@@ -41,7 +41,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import process as _std_process
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar
@@ -237,12 +237,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         future: Future[T] = Future()
         shared = self._shared
         with shared.lock:
-            if shared.broken is not None:
-                raise BrokenProcessPool(shared.broken) from shared.broken_cause
-            if shared.shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if _exiting:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            self._check_open()
             shared.queue.append(Task(next(self._ids), future, fn, args, kwargs))
             if self._dispatcher is None:
                 self._start_dispatcher()
@@ -250,6 +245,33 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         # it would only block on the lock we held.
         shared.wake()
         return future
+
+    def _submit_many(
+        self, fn: Callable[..., T], arguments: Iterable[tuple[Any, ...]]
+    ) -> list[Future[T]]:
+        """``map``'s submission: one lock and one wake-up for all the calls."""
+        if not callable(fn):
+            raise TypeError(f"map() needs a callable as its first argument, not {fn!r}")
+        ids = self._ids
+        tasks = [Task(next(ids), Future(), fn, args, {}) for args in arguments]
+        shared = self._shared
+        with shared.lock:
+            self._check_open()
+            shared.queue.extend(tasks)
+            if self._dispatcher is None:
+                self._start_dispatcher()
+        shared.wake()
+        return [task.future for task in tasks]
+
+    def _check_open(self) -> None:
+        """Raise if the pool takes no more calls. Hold ``Shared.lock``."""
+        shared = self._shared
+        if shared.broken is not None:
+            raise BrokenProcessPool(shared.broken) from shared.broken_cause
+        if shared.shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def _start_dispatcher(self) -> None:
         """Start the dispatcher thread. Hold ``Shared.lock``."""

@@ -315,6 +315,18 @@ def _cloud_pickler_class() -> type[pickle.Pickler]:
     return _cloud_pickler
 
 
+class _BigBuffer(Exception):
+    """Raised by _small_in_band() to leave dumps()' fast path."""
+
+
+def _small_in_band(buffer: pickle.PickleBuffer) -> bool:
+    """A buffer_callback keeping small buffers in band and refusing big ones."""
+    with memoryview(buffer) as view:
+        if view.nbytes >= SHM_THRESHOLD and _posixshmem is not None:
+            raise _BigBuffer
+    return True
+
+
 def _collector(
     buffers: list[pickle.PickleBuffer], out_of_band: bool
 ) -> Callable[[pickle.PickleBuffer], bool] | None:
@@ -403,6 +415,15 @@ def dumps(obj: object, shm_prefix: str) -> Blob:
     open files) they travel in band instead. Raises what pickling raised
     (cloudpickle's error when both failed), with no segment left behind.
     """
+    # The fast path, for what nearly every call and result is: small, plain
+    # pickle takes it, no buffer worth shared memory.
+    try:
+        data = pickle.dumps(obj, protocol=5, buffer_callback=_small_in_band)
+    except Exception:  # a big buffer, or plain pickle cannot: the full path decides
+        pass
+    else:
+        if len(data) < SHM_THRESHOLD:
+            return data, ()
     data, buffers = _pickle(obj)
     try:
         return _store(data, buffers, shm_prefix)
