@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import gc
 import json
 import os
 import sys
@@ -76,6 +77,12 @@ PROCESS_POOL_EXTRA: dict[str, tuple[str, ...]] = {
 # A test running longer than this is taken for hung: the watchdog dumps every
 # thread's stack to stderr and ends the process.
 PER_TEST_TIMEOUT = 20.0
+# The same watchdog, outside any test: a module's or class's set-up and
+# clean-up (test.support's module clean-up waits for multiprocessing's
+# resource tracker, which waits for every worker process still alive), and
+# the interpreter's exit after the last test. The caller tells this case by
+# the exit status with no test running.
+OUTSIDE_TEST_TIMEOUT = 30.0
 
 
 # -- substitution ---------------------------------------------------------------
@@ -311,8 +318,14 @@ class _JsonResult(unittest.TestResult):
 
     def stopTest(self, test):
         super().stopTest(test)
-        faulthandler.cancel_dump_traceback_later()
+        _arm_outside_test_watchdog()
         self._finish(test)
+        # A test that fails half-way (e.g. between creating a pool and shutting
+        # it down) leaves its pool in a reference cycle with the exception's
+        # traceback: collect it now, so that its weak-reference shutdown runs
+        # and its workers end before the module's clean-up waits for them.
+        # The test's own threading/children checks ran before this point.
+        gc.collect()
 
     def _finish(self, test) -> None:
         from test import support
@@ -372,9 +385,16 @@ class _JsonResult(unittest.TestResult):
         self._outcome["failed"].append("unexpected success")
 
 
+def _arm_outside_test_watchdog() -> None:
+    faulthandler.dump_traceback_later(OUTSIDE_TEST_TIMEOUT, exit=True, file=sys.__stderr__)
+
+
 def run(ids: list[str], emit: _Emitter) -> None:
     suite = unittest.TestLoader().loadTestsFromNames(ids)
+    _arm_outside_test_watchdog()  # setUpModule / setUpClass of the first test
     suite.run(_JsonResult(emit))
+    # The watchdog stays armed through the interpreter's exit.
+    _arm_outside_test_watchdog()
 
 
 def main(argv: list[str] | None = None) -> int:
