@@ -203,3 +203,10 @@ def die_once_after_gate(gate_path: str, flag_path: str) -> None:
     except FileExistsError:
         return
     os._exit(9)
+
+
+def log_to_queue_then(queue: object, action: str) -> None:
+    """An initializer that reports through a multiprocessing Queue, then acts."""
+    queue.put(("initializer ran", os.getpid()))  # type: ignore[attr-defined]
+    if action != "none":
+        _do(action)

@@ -198,3 +198,33 @@ def test_initializer_error_names_the_initializer(start_method: str) -> None:
         assert isinstance(info.value.__cause__, crashers.Boom)
     finally:
         pool.shutdown()
+
+
+def test_multiprocessing_queue_in_initargs(start_method: str) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context(start_method)
+    queue = context.Queue()
+    pool = shoal.ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=context,
+        initializer=crashers.log_to_queue_then,
+        initargs=(queue, "none"),
+    )
+    try:
+        worker = pool.submit(crashers.pid).result(TIMEOUT)
+        assert queue.get(timeout=TIMEOUT) == ("initializer ran", worker)
+    finally:
+        pool.shutdown()
+        queue.close()
+        queue.join_thread()
+
+
+def test_private_views_of_the_standard_pool() -> None:
+    with shoal.ProcessPoolExecutor(max_workers=1) as pool:
+        assert pool._processes == {}
+        assert pool._executor_manager_thread is None
+        worker = pool.submit(crashers.pid).result(TIMEOUT)
+        assert list(pool._processes) == [worker]
+        assert pool._executor_manager_thread.is_alive()
+        assert pool._broken is False

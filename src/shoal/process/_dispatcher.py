@@ -252,6 +252,7 @@ class Dispatcher:
         *,
         max_workers: int,
         initializer: _wire.Blob | None,
+        initializer_objects: tuple[Callable[..., object], tuple[Any, ...]] | None = None,
         initializer_name: str = "",
         max_tasks_per_child: int | None,
         idle_timeout: float | None,
@@ -264,6 +265,7 @@ class Dispatcher:
         self._ctx = ctx
         self._max_workers = max_workers
         self._initializer = initializer
+        self._initializer_objects = initializer_objects
         self._initializer_name = initializer_name
         self._max_tasks = max_tasks_per_child
         self._idle_timeout = idle_timeout
@@ -282,6 +284,10 @@ class Dispatcher:
         self._selector.register(shared.wake_r, selectors.EVENT_READ, None)
 
     # -- statistics (read from other threads) ------------------------------
+
+    def processes(self) -> dict[int, BaseProcess]:
+        """The live worker processes by pid (a snapshot)."""
+        return {w.process.pid: w.process for w in list(self._workers.values()) if w.process.pid}
 
     def counts(self) -> tuple[int, int, int, int]:
         """(workers, idle workers, calls in the backlog, calls in flight)."""
@@ -611,6 +617,7 @@ class Dispatcher:
         name = f"shoal-worker-{self._serial}-{next(self._names)}"
         config: dict[str, Any] = {
             "initializer": self._initializer,
+            "initializer_objects": self._initializer_objects,
             "parent_pid": os.getpid(),
             "shm_prefix": self._shm_prefix,
             "name": name,

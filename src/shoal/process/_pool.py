@@ -202,16 +202,19 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._initializer = initializer  # type: ignore[assignment]  # typeshed says -> None
         self._initargs = tuple(initargs)
         self._initializer_blob: _wire.Blob | None = None
+        self._initializer_objects: tuple[Callable[..., object], tuple[Any, ...]] | None = None
         if initializer is not None:
             try:
+                # By our pickle (cloudpickle takes a lambda) when it can ...
                 self._initializer_blob = _wire.dumps_call(
                     initializer, self._initargs, {}, f"shoal-{os.getpid()}-{self._serial}i"
                 )
-            except Exception as exc:
-                raise TypeError(
-                    f"the initializer {initializer!r} and its initargs must be picklable "
-                    f"to reach the worker processes: {exc!r}"
-                ) from exc
+            except Exception:
+                # ... else as objects handed to each new process, which is how
+                # a multiprocessing Queue or Lock in initargs must travel. If
+                # they cannot, starting a worker fails and breaks the pool
+                # with the reason.
+                self._initializer_objects = (initializer, self._initargs)
         self._shared = Shared()
         self._ids = itertools.count()
         self._dispatcher: Dispatcher | None = None
@@ -282,6 +285,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             self._context,
             max_workers=self._max_workers,
             initializer=self._initializer_blob,
+            initializer_objects=self._initializer_objects,
             initializer_name=_describe(self._initializer),
             max_tasks_per_child=self._max_tasks_per_child,
             idle_timeout=self._idle_timeout,
@@ -355,6 +359,22 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         return False
 
     # -- looking inside --------------------------------------------------------
+
+    # Read-only views under the standard pool's private names, for code (and
+    # tests) written against its internals. Snapshots; shoal does not use them.
+    @property
+    def _broken(self) -> str | bool:  # type: ignore[override]
+        return self._shared.broken or False
+
+    @property
+    def _processes(self) -> dict[int, Any]:  # type: ignore[override]
+        dispatcher = self._dispatcher
+        return {} if dispatcher is None else dispatcher.processes()
+
+    @property
+    def _executor_manager_thread(self) -> threading.Thread | None:  # type: ignore[override]
+        dispatcher = self._dispatcher
+        return None if dispatcher is None else dispatcher.thread
 
     def statistics(self) -> ExecutorStatistics:
         """A snapshot of the pool's counters (see :class:`ExecutorStatistics`)."""

@@ -40,8 +40,8 @@ Concurrency:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -193,20 +193,36 @@ def _run_one(task_id: int, blob: _wire.Blob, prefix: str) -> tuple[int, bool, _w
     try:
         return task_id, True, _wire.dumps(result, prefix), duration
     except BaseException as exc:
-        error = pickle.PicklingError(
-            f"the result of {_describe(fn)} could not be pickled: {type(exc).__name__}: {exc}"
-        )
-        error.__cause__ = exc
-        return task_id, False, _wire.dumps_error(error, prefix), duration
+        # The pickling error itself, as the standard pool raises it (an
+        # ``except TypeError`` keeps working), with a note saying what failed.
+        exc.add_note(f"(shoal: the result of {_describe(fn)} could not be pickled)")
+        return task_id, False, _wire.dumps_error(exc, prefix), duration
 
 
-def _initialize(conn: Any, blob: _wire.Blob | None, prefix: str) -> bool:
-    """Run the initializer; send READY or INIT_FAILED. True when ready."""
-    if blob is not None:
+def _initialize(conn: Any, config: dict[str, Any], prefix: str) -> bool:
+    """Run the initializer; send READY or INIT_FAILED. True when ready.
+
+    The initializer comes as a call Blob (``initializer``: cloudpickle can
+    carry a lambda) or, when it holds objects that only travel with the
+    process itself (a ``multiprocessing.Queue`` for logging, a Lock), as the
+    objects (``initializer_objects``: ``(fn, args)``).
+    """
+    blob: _wire.Blob | None = config.get("initializer")
+    objects: tuple[Any, tuple[Any, ...]] | None = config.get("initializer_objects")
+    if blob is not None or objects is not None:
         try:
-            fn, args, kwargs = _wire.loads(blob)
+            if objects is not None:
+                fn, args = objects
+                kwargs: dict[str, Any] = {}
+            elif blob is not None:
+                fn, args, kwargs = _wire.loads(blob)
             fn(*args, **kwargs)
         except BaseException as exc:
+            # Logged here too, as the standard pool does: an initializer that
+            # set up logging (to a queue, say) shows its own failure.
+            logging.getLogger("concurrent.futures").critical(
+                "Exception in initializer:", exc_info=True
+            )
             _wire.send(conn, (_wire.INIT_FAILED, _wire.dumps_error(_from_user_frame(exc), prefix)))
             return False
         del fn, args, kwargs
@@ -237,7 +253,7 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
     prefix = f"{config['shm_prefix']}-w{os.getpid()}"
 
     try:
-        if not _initialize(conn, config.get("initializer"), prefix):
+        if not _initialize(conn, config, prefix):
             return
     except OSError:
         return  # the parent is gone
