@@ -7,8 +7,10 @@ an adapter is built, inside the measuring subprocess, so a missing peer only
 costs its own column.
 
 :data:`THREAD_POOLS` maps implementation names to adapter factories taking
-``max_workers`` (None for the library's own default). Process pools will get
-a ``PROCESS_POOLS`` mapping of the same shape.
+``max_workers`` (None for the library's own default). :data:`PROCESS_POOLS`
+does the same for process pools; their factories also take ``method``, a
+start method name (None for the library's default, see
+:func:`process_start_methods`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from typing import Any, Protocol
 
 from bench.registry import Context, Measurement
 
-__all__ = ("THREAD_POOLS", "THREAD_POOL_DEFAULTS", "Pool", "for_pools")
+__all__ = (
+    "PROCESS_POOLS",
+    "THREAD_POOLS",
+    "THREAD_POOL_DEFAULTS",
+    "Pool",
+    "for_pools",
+    "process_start_methods",
+)
 
 
 class Pool(Protocol):
@@ -118,6 +127,123 @@ THREAD_POOLS: Mapping[str, Callable[[int | None], Pool]] = {
 THREAD_POOL_DEFAULTS = (
     "concurrent.futures and shoal: min(32, cpus + 4) threads; pebble: 2; mpire: one per cpu"
 )
+
+
+# -- process pools -----------------------------------------------------------------
+
+
+def _context(method: str | None) -> Any:
+    import multiprocessing
+
+    return multiprocessing.get_context(method)
+
+
+def _standard_processes(max_workers: int | None, method: str | None = None) -> Pool:
+    import concurrent.futures
+
+    context = None if method is None else _context(method)
+    return _Executor(concurrent.futures.ProcessPoolExecutor(max_workers, mp_context=context))
+
+
+def _shoal_processes(max_workers: int | None, method: str | None = None) -> Pool:
+    import shoal
+
+    return _Executor(shoal.ProcessPoolExecutor(max_workers, mp_context=method))
+
+
+class _Loky(_Executor):
+    """loky's reusable executor, its documented entry point."""
+
+    def __init__(self, max_workers: int | None, method: str | None = None) -> None:
+        import loky
+
+        super().__init__(loky.get_reusable_executor(max_workers=max_workers, context=method))
+
+    def close(self, cancel: bool = False) -> None:
+        self.executor.shutdown(wait=True, kill_workers=cancel)
+
+
+class _PebbleProcesses(_Pebble):
+    def __init__(self, max_workers: int | None, method: str | None = None) -> None:
+        import multiprocessing
+
+        import pebble
+
+        context = multiprocessing if method is None else _context(method)
+        workers = multiprocessing.cpu_count() if max_workers is None else max_workers
+        self.pool = pebble.ProcessPool(workers, context=context)
+
+
+class _MpireProcesses(_Mpire):
+    # keep_alive=True: without it every map() starts and stops its workers, so
+    # a warmed-up pool would not stay warm. mpire restarts kept-alive workers
+    # when map() is given another function, so map workloads warm it up with
+    # the function they time.
+    map_needs_same_function = True
+
+    def __init__(self, max_workers: int | None, method: str | None = None) -> None:
+        import mpire
+        from mpire.context import DEFAULT_START_METHOD
+
+        self.pool = mpire.WorkerPool(
+            n_jobs=max_workers, start_method=method or DEFAULT_START_METHOD, keep_alive=True
+        )
+
+
+class _MultiprocessingPool:
+    def __init__(self, max_workers: int | None, method: str | None = None) -> None:
+        self.pool = _context(method).Pool(max_workers)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.pool.apply_async(fn, args)
+
+    def wait(self, handle: Any) -> Any:
+        return handle.get()
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int | None) -> Any:
+        return self.pool.map(fn, items, chunksize)
+
+    def close(self, cancel: bool = False) -> None:
+        if cancel:
+            self.pool.terminate()
+        else:
+            self.pool.close()
+        self.pool.join()
+
+
+PROCESS_POOLS: Mapping[str, Callable[..., Pool]] = {
+    "concurrent.futures": _standard_processes,
+    "shoal": _shoal_processes,
+    "loky": _Loky,
+    "pebble": _PebbleProcesses,
+    "mpire": _MpireProcesses,
+    "multiprocessing": _MultiprocessingPool,
+}
+
+
+def process_start_methods() -> dict[str, str]:
+    """Each process pool's default start method on this interpreter and platform."""
+    import multiprocessing
+
+    standard = multiprocessing.get_context().get_start_method()
+    methods = {"concurrent.futures": standard}
+    try:
+        from shoal.process._pool import default_context
+
+        methods["shoal"] = default_context().get_start_method()
+    except ImportError:
+        methods["shoal"] = "?"
+    # loky starts workers its own way: fork then exec of a fresh interpreter (like spawn).
+    methods["loky"] = "loky (fork+exec)"
+    methods["pebble"] = standard  # multiprocessing's default context
+    try:
+        from mpire.context import DEFAULT_START_METHOD
+
+        methods["mpire"] = DEFAULT_START_METHOD
+    except ImportError:
+        methods["mpire"] = "?"
+    methods["multiprocessing"] = standard
+    return methods
 
 
 def for_pools(

@@ -28,6 +28,7 @@ up after a failure.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping
 
 __all__ = (
@@ -99,6 +100,8 @@ class Workload:
             the number asked on the command line.
         min_rounds: floor on rounds for cheap, noisy workloads (not under
             ``--quick``).
+        legend: a note shared by a group of rows (the process pools' start
+            methods), printed once under the table when any of them is shown.
     """
 
     name: str
@@ -112,6 +115,7 @@ class Workload:
     budget: float = 60.0
     max_rounds: int | None = None
     min_rounds: int = 1
+    legend: Callable[[], str] | None = None
 
     def __post_init__(self) -> None:
         if self.better not in (HIGHER, LOWER):
@@ -137,6 +141,7 @@ def register(
     budget: float = 60.0,
     max_rounds: int | None = None,
     min_rounds: int = 1,
+    legend: Callable[[], str] | None = None,
 ) -> Workload:
     """Add a workload to :data:`REGISTRY` (in table order) and return it."""
     if name in REGISTRY:
@@ -153,6 +158,7 @@ def register(
         budget=budget,
         max_rounds=max_rounds,
         min_rounds=min_rounds,
+        legend=legend,
     )
     REGISTRY[name] = workload
     return workload
@@ -160,6 +166,8 @@ def register(
 
 def load_all() -> dict[str, Workload]:
     """Import every workload module (they register on import) and return the registry."""
-    from bench import thread_workloads  # noqa: F401
+    # In table order: rows appear in the order they were registered.
+    for module in ("bench.thread_workloads", "bench.process_workloads"):
+        importlib.import_module(module)
 
     return REGISTRY

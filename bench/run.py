@@ -184,7 +184,7 @@ def render(results: dict[str, dict[str, Cell]], workloads: list[Workload], quick
         for implementation in IMPLEMENTATIONS
         if any(implementation in w.impls or implementation in w.not_applicable for w in workloads)
     ]
-    header = ["workload", "n", "unit", "better", *columns]
+    header = ["workload", "n", "rounds", "unit", "better", *columns]
     rows = []
     footnotes = []
     for workload in workloads:
@@ -193,6 +193,7 @@ def render(results: dict[str, dict[str, Cell]], workloads: list[Workload], quick
         row = [
             workload.name,
             _size(workload.quick_n if quick else workload.n),
+            str(max(len(cell.values) for cell in cells.values())),
             workload.unit,
             workload.better,
         ]
@@ -216,7 +217,7 @@ def render(results: dict[str, dict[str, Cell]], workloads: list[Workload], quick
     lines = []
     for index, line in enumerate([header, *rows]):
         cells_text = [
-            str(text).ljust(width) if column < 4 else str(text).rjust(width)
+            str(text).ljust(width) if column < 5 else str(text).rjust(width)
             for column, (text, width) in enumerate(zip(line, widths, strict=True))
         ]
         lines.append("  ".join(cells_text).rstrip())
@@ -227,6 +228,11 @@ def render(results: dict[str, dict[str, Cell]], workloads: list[Workload], quick
         f"Medians over rounds. (x) = ratio to {BASELINE} (value / {BASELINE}): on 'higher' rows "
         "a ratio above 1 beats the standard library, on 'lower' rows a ratio below 1 does."
     )
+    legends: list[str] = []
+    for workload in workloads:
+        if workload.legend is not None and (text := workload.legend()) not in legends:
+            legends.append(text)
+    lines.extend(legends)
     lines.append("Workloads and notes:")
     lines.extend(footnotes)
     return "\n".join(lines)
@@ -234,7 +240,7 @@ def render(results: dict[str, dict[str, Cell]], workloads: list[Workload], quick
 
 def _versions() -> str:
     parts = []
-    for name in ("shoal", "loky", "pebble", "mpire"):
+    for name in ("shoal", "loky", "pebble", "mpire", "numpy"):
         try:
             parts.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
@@ -291,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         f"shoal benchmarks: Python {platform.python_version()} on {platform.system()} "
         f"{platform.machine()}, {os.cpu_count()} cpus; {_versions()}"
     )
-    print(f"{rounds} rounds{' (--quick)' if args.quick else ''}, {elapsed:.0f} s in all")
+    print(
+        f"{rounds} rounds{' (--quick)' if args.quick else ''} asked, fewer on rows that cap them "
+        f"(the rounds column), {elapsed:.0f} s in all"
+    )
     print()
     print(render(results, workloads, args.quick))
     if args.json:

@@ -1,0 +1,335 @@
+"""Process-pool workloads: shoal.ProcessPoolExecutor against the standard one and its peers.
+
+The peers are loky (its reusable executor), pebble.ProcessPool,
+mpire.WorkerPool and multiprocessing.Pool. Every pool has ``max_workers=2``
+and its library's default start method (the table's legend lists them);
+only the ``process-startup-*`` rows pick one. The calls the workers run live
+in :mod:`bench.work`.
+
+Each measuring function starts its pool, warms it up (every worker has
+answered a call, the timed code path has run once), times the measured region
+only, and shuts the pool down; ``process-startup*`` rows time the start-up
+itself instead. A workload that can stop early (a slow pool on a long input)
+stops at a fraction of its budget and its note says how far it got.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from bench import work
+from bench.pools import PROCESS_POOLS, Pool, for_pools, process_start_methods
+from bench.registry import HIGHER, LOWER, Context, Measurement, register
+
+WORKERS = 2
+WARMUP = 200
+# Seconds a pool may take to shut down after a measurement stopped early.
+SHUTDOWN_GRACE = 10.0
+ARRAY_BYTES = 50_000_000
+# Rounds of the process rows: each round starts every pool afresh, and five
+# would take the suite past its 15-minute budget (see the README). Cheap rows
+# get 3, process-map (30 s per slow pool at chunksize 1) gets 1.
+PROCESS_ROUNDS = 2
+CHEAP_ROUNDS = 3
+
+
+def _legend() -> str:
+    methods = process_start_methods()
+    listed = ", ".join(f"{name}: {method}" for name, method in methods.items())
+    return (
+        f"Process rows: max_workers={WORKERS}; start-up is outside the timed region except on "
+        f"process-startup rows. Start methods (each library's default): {listed}."
+    )
+
+
+def _warm_workers(pool: Pool, workers: int = WORKERS, timeout: float = 60.0) -> None:
+    """Return once every worker has run a call (some pools start workers on demand)."""
+    seen: set[int] = set()
+    deadline = time.perf_counter() + timeout
+    while len(seen) < workers:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"only {len(seen)} of {workers} workers answered in {timeout} s")
+        handles = [pool.submit(work.pid_after, 0.02) for _ in range(2 * workers)]
+        seen.update(pool.wait(handle) for handle in handles)
+
+
+def _close_within(pool: Pool, grace: float = SHUTDOWN_GRACE) -> str:
+    """Cancel and close a pool left with work queued; abandon it after ``grace`` seconds."""
+    closer = threading.Thread(target=pool.close, kwargs={"cancel": True}, daemon=True)
+    closer.start()
+    closer.join(grace)
+    return f"shutdown unfinished after {grace:.0f} s, abandoned" if closer.is_alive() else ""
+
+
+def submit_collect(factory: Callable[..., Pool], ctx: Context) -> float:
+    pool = factory(WORKERS)
+    _warm_workers(pool)
+    for handle in [pool.submit(work.noop) for _ in range(WARMUP)]:
+        pool.wait(handle)
+    start = time.perf_counter()
+    handles = [pool.submit(work.noop) for _ in range(ctx.n)]
+    for handle in handles:
+        pool.wait(handle)
+    elapsed = time.perf_counter() - start
+    pool.close()
+    return ctx.n / elapsed
+
+
+def _drain(results: Iterable[Any], stop_at: float) -> int:
+    """Consume results in batches until exhausted or past ``stop_at``; return the count."""
+    iterator = iter(results)
+    count = 0
+    while True:
+        batch = collections.deque(itertools.islice(iterator, 1000))
+        count += len(batch)
+        if len(batch) < 1000 or time.perf_counter() > stop_at:
+            return count
+
+
+def map_rate(factory: Callable[..., Pool], ctx: Context, chunksize: Any, note: str) -> Measurement:
+    """``map(identity, range(n))`` consumed fully; ``chunksize`` None is the library default.
+
+    ``chunksize`` "same-as-multiprocessing" gives the pool the chunk size
+    ``multiprocessing.Pool.map`` picks by default (about four chunks per worker).
+    """
+    if chunksize == "same-as-multiprocessing":
+        chunksize = math.ceil(ctx.n / (4 * WORKERS))
+        note = f"chunksize {chunksize}"
+    pool = factory(WORKERS)
+    if not getattr(pool, "map_needs_same_function", False):
+        _warm_workers(pool)
+    warm_chunks = chunksize if not isinstance(chunksize, int) else min(chunksize, 100)
+    collections.deque(pool.map(work.identity, range(1000), warm_chunks), maxlen=0)
+    stop_at = time.perf_counter() + ctx.budget * 0.75
+    start = time.perf_counter()
+    count = _drain(pool.map(work.identity, range(ctx.n), chunksize), stop_at)
+    elapsed = time.perf_counter() - start
+    notes = [note]
+    if count < ctx.n:
+        notes.append(f"stopped after {count:,} of {ctx.n:,} items (time bound)")
+        notes.append(_close_within(pool))
+    else:
+        pool.close()
+    return Measurement(count / elapsed, "; ".join(filter(None, notes)))
+
+
+def latency(factory: Callable[..., Pool], ctx: Context) -> Measurement:
+    pool = factory(WORKERS)
+    _warm_workers(pool)
+    submit, wait, clock = pool.submit, pool.wait, time.perf_counter_ns
+    for _ in range(WARMUP):
+        wait(submit(work.noop))
+    stop_at = clock() + int(ctx.budget * 0.4 * 1e9)
+    trips = []
+    for _ in range(ctx.n):
+        start = clock()
+        wait(submit(work.noop))
+        end = clock()
+        trips.append(end - start)
+        if end > stop_at:
+            break
+    pool.close()
+    trips.sort()
+    p99 = trips[len(trips) * 99 // 100] / 1000
+    notes = [f"p99 {p99:.0f} µs"]
+    if len(trips) < ctx.n:
+        notes.append(f"over {len(trips):,} trips (time bound)")
+    return Measurement(statistics.median(trips) / 1000, "; ".join(notes))
+
+
+def big_array(factory: Callable[..., Pool], ctx: Context) -> Measurement:
+    import numpy
+
+    array = numpy.arange(ARRAY_BYTES // 8, dtype=numpy.float64)
+    expected = float(array.sum())
+    pool = factory(WORKERS)
+    _warm_workers(pool)
+    pool.wait(pool.submit(work.array_sum, array))  # the first big call is not timed
+    stop_at = time.perf_counter() + ctx.budget * 0.5
+    times = []
+    for _ in range(ctx.n):
+        start = time.perf_counter()
+        result = pool.wait(pool.submit(work.array_sum, array))
+        times.append(time.perf_counter() - start)
+        if result != expected:
+            raise RuntimeError(f"the worker summed {result}, not {expected}")
+        if time.perf_counter() > stop_at:
+            break
+    pool.close()
+    notes = [f"fastest {min(times) * 1000:.1f} ms"]
+    if len(times) < ctx.n:
+        notes.append(f"over {len(times)} calls (time bound)")
+    return Measurement(statistics.median(times) * 1000, "; ".join(notes))
+
+
+def cpu_speedup(factory: Callable[..., Pool], ctx: Context) -> Measurement:
+    """Serial time / pool time for ``ctx.n`` calls of about 50 ms of pure-Python work.
+
+    Half the serial calls run before the pool's, half after, so a change in
+    the machine's speed during the measurement falls on both sides.
+    """
+    pool = factory(WORKERS)
+    _warm_workers(pool)
+    pool.wait(pool.submit(work.spin, 1000))
+    first_half = ctx.n // 2
+    start = time.perf_counter()
+    expected = [work.spin(work.SPIN_50MS) for _ in range(first_half)]
+    serial = time.perf_counter() - start
+    start = time.perf_counter()
+    handles = [pool.submit(work.spin, work.SPIN_50MS) for _ in range(ctx.n)]
+    results = [pool.wait(handle) for handle in handles]
+    parallel = time.perf_counter() - start
+    start = time.perf_counter()
+    expected += [work.spin(work.SPIN_50MS) for _ in range(ctx.n - first_half)]
+    serial += time.perf_counter() - start
+    pool.close()
+    if results != expected:
+        raise RuntimeError("the workers' results differ from the serial ones")
+    note = f"serial {serial * 1000 / ctx.n:.0f} ms/call, pool {parallel * 1000 / ctx.n:.0f} ms/call"
+    return Measurement(serial / parallel, note)
+
+
+def startup(factory: Callable[..., Pool], ctx: Context, method: str | None = None) -> Measurement:
+    """Milliseconds from creating the pool to the first result, in a fresh interpreter.
+
+    The note has the same for a second pool in the same interpreter (modules
+    imported, a forkserver already running).
+    """
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        pool = factory(WORKERS, method)
+        pool.wait(pool.submit(work.noop))
+        times.append((time.perf_counter() - start) * 1000)
+        pool.close()
+    return Measurement(times[0], f"a second pool: {times[1]:.0f} ms")
+
+
+_AUTO_NOTE = "its default chunking: about 4 chunks per worker"
+_MAP_DEFAULTS = {
+    "concurrent.futures": "chunksize 1 (its default)",
+    "shoal": "chunksize 1 (its default)",
+    "loky": "chunksize 1 (its default)",
+    "pebble": "chunksize 1 (its default)",
+    "mpire": f"chunk_size None ({_AUTO_NOTE})",
+    "multiprocessing": f"Pool.map chunksize None ({_AUTO_NOTE})",
+}
+_MAP_AUTO: dict[str, tuple[Any, str]] = {
+    "concurrent.futures": ("same-as-multiprocessing", ""),
+    "shoal": ("auto", 'chunksize="auto"'),
+    "loky": ("same-as-multiprocessing", ""),
+    "pebble": ("same-as-multiprocessing", ""),
+    "mpire": (None, f"chunk_size None ({_AUTO_NOTE})"),
+    "multiprocessing": (None, f"Pool.map chunksize None ({_AUTO_NOTE})"),
+}
+
+
+def _map_impls(choices: dict[str, tuple[Any, str]]) -> dict[str, Callable[[Context], Any]]:
+    def bind(name: str) -> Callable[[Context], Any]:
+        chunksize, note = choices[name]
+        return lambda ctx: map_rate(PROCESS_POOLS[name], ctx, chunksize, note)
+
+    return {name: bind(name) for name in PROCESS_POOLS}
+
+
+register(
+    "process-submit",
+    "submit no-op calls to the process pool, then collect every result",
+    unit="tasks/s",
+    better=HIGHER,
+    n=20_000,
+    quick_n=2_000,
+    impls=for_pools(PROCESS_POOLS, submit_collect),
+    max_rounds=PROCESS_ROUNDS,
+    legend=_legend,
+)
+register(
+    "process-map",
+    "map(identity, range(n)) consumed fully, every library's default arguments",
+    unit="items/s",
+    better=HIGHER,
+    n=200_000,
+    quick_n=20_000,
+    impls=_map_impls({name: (None, note) for name, note in _MAP_DEFAULTS.items()}),
+    max_rounds=1,
+    legend=_legend,
+)
+register(
+    "process-map-auto",
+    "as process-map with automatic chunking: shoal's chunksize='auto', multiprocessing's "
+    "and mpire's default; pools without one get the chunk size multiprocessing picks",
+    unit="items/s",
+    better=HIGHER,
+    n=200_000,
+    quick_n=20_000,
+    impls=_map_impls(_MAP_AUTO),
+    max_rounds=PROCESS_ROUNDS,
+    legend=_legend,
+)
+register(
+    "process-latency",
+    "sequential submit(noop) and wait for its result, median per round trip",
+    unit="µs",
+    better=LOWER,
+    n=5_000,
+    quick_n=500,
+    impls=for_pools(PROCESS_POOLS, latency),
+    max_rounds=CHEAP_ROUNDS,
+    legend=_legend,
+)
+register(
+    "process-numpy-50mb",
+    "submit(sum, array) of a 50 MB float64 numpy array and wait, median per call "
+    "(the first big call untimed)",
+    unit="ms",
+    better=LOWER,
+    n=10,
+    quick_n=3,
+    impls=for_pools(PROCESS_POOLS, big_array),
+    max_rounds=PROCESS_ROUNDS,
+    legend=_legend,
+)
+register(
+    "process-cpu-speedup",
+    "n calls of ~50 ms pure-Python work on 2 workers: serial time / pool time",
+    unit="x serial",
+    better=HIGHER,
+    n=40,
+    quick_n=8,
+    impls=for_pools(PROCESS_POOLS, cpu_speedup),
+    max_rounds=PROCESS_ROUNDS,
+    legend=_legend,
+)
+register(
+    "process-startup",
+    "create the pool and get one result, first pool in a fresh interpreter, default start method",
+    unit="ms",
+    better=LOWER,
+    n=1,
+    quick_n=1,
+    impls=for_pools(PROCESS_POOLS, startup),
+    max_rounds=CHEAP_ROUNDS,
+    legend=_legend,
+)
+_ELSEWHERE = "measured with its default start method only (process-startup)"
+_BOTH = ("concurrent.futures", "shoal")
+for _method in ("fork", "forkserver", "spawn"):
+    register(
+        f"process-startup-{_method}",
+        f"as process-startup with the {_method} start method",
+        unit="ms",
+        better=LOWER,
+        n=1,
+        quick_n=1,
+        impls=for_pools(PROCESS_POOLS, startup, only=_BOTH, method=_method),
+        not_applicable={name: _ELSEWHERE for name in PROCESS_POOLS if name not in _BOTH},
+        max_rounds=CHEAP_ROUNDS,
+        legend=_legend,
+    )
