@@ -11,8 +11,8 @@ builds the ``impls`` mapping when the same code runs on several pool
 libraries::
 
     register(
-        "proc-submit",
-        "submit 10k no-op calls to a process pool, then collect the results",
+        "process-submit-args",
+        "submit calls with three arguments to a process pool, then collect the results",
         unit="tasks/s",
         better=HIGHER,
         n=10_000,

@@ -11,8 +11,8 @@ import os
 import time
 from typing import Any
 
-# Iterations of spin() that take about 50 ms of pure-Python work on the
-# machine the suite was written on (Python 3.11, a 2-vcpu VM).
+# Iterations of spin() that take 30-50 ms of pure-Python work on the machine
+# the suite was written on (Python 3.11, a 2-vcpu VM); the note says how long.
 SPIN_50MS = 400_000
 
 
