@@ -185,6 +185,7 @@ class _Worker:
         "fd",
         "in_flight",
         "inbox",
+        "init_error",
         "name",
         "outbox",
         "process",
@@ -206,6 +207,7 @@ class _Worker:
         self.ready = False
         self.retiring = False
         self.closed = False  # end of stream seen; the sentinel will follow
+        self.init_error: BaseException | None = None  # its initializer raised this
         self.sent = 0  # tasks sent over this worker's life
         self.since_idle = _clock.monotonic()
 
@@ -337,6 +339,12 @@ class Dispatcher:
                 self._stop_workers(shared.stop)
                 return
             if shared.broken is not None:
+                # Let the workers leave on their own first (one whose
+                # initializer just failed is on its way out): a killed process
+                # can lose what its threads had still to flush (log records on
+                # a multiprocessing Queue) and leave that queue's semaphores
+                # behind.
+                self._exit_workers()
                 return
             if shared.queue:
                 self._take_queue()
@@ -536,12 +544,10 @@ class Dispatcher:
                 error = _wire.load_error(message[1])
             except BaseException as exc:
                 error = exc
-            self._break(
-                f"the initializer {self._initializer_name} raised {error!r} in "
-                f"{worker.name}; the pool is not usable any more: fix the initializer and "
-                "create a new pool",
-                error,
-            )
+            # The pool breaks when this worker has exited (it does so at once):
+            # by then it has flushed what it had to say, such as the record of
+            # this failure logged to a multiprocessing Queue.
+            worker.init_error = error
 
     def _complete(
         self, worker: _Worker, results: list[tuple[int, bool, _wire.Blob, float]]
@@ -553,6 +559,9 @@ class Dispatcher:
         total = 0.0
         completed = failed = 0
         for task_id, ok, blob, duration in results:
+            if not in_flight:
+                _wire.discard(blob)
+                continue  # the pool broke and failed this call already
             task = popleft()
             if task.id != task_id:  # pragma: no cover - the worker answers in order
                 raise RuntimeError(f"{worker.name} answered task {task_id}, expected {task.id}")
@@ -686,6 +695,16 @@ class Dispatcher:
         held = list(worker.in_flight)
         worker.in_flight.clear()
         how = _signal_name(exitcode)
+        if worker.init_error is not None:
+            error = worker.init_error
+            self._break(
+                f"the initializer {self._initializer_name} raised {error!r} in "
+                f"{worker.name}; the pool is not usable any more: fix the initializer and "
+                "create a new pool",
+                error,
+                held,
+            )
+            return
         if not worker.ready and not worker.retiring:
             self._startup_deaths += 1
             if self._startup_deaths >= MAX_STARTUP_DEATHS and self._shared.broken is None:
@@ -749,7 +768,6 @@ class Dispatcher:
         running = [t for w in self._workers.values() for t in w.in_flight] + (orphans or [])
         for worker in self._workers.values():
             worker.in_flight.clear()
-        self._kill_all()
         for task in queued + running:
             # A queued future may have been cancelled: then it only needs notifying.
             # A dispatched call (it has a blob) is running already; a queued
@@ -823,6 +841,9 @@ class Dispatcher:
         self._kill_all()
 
     def _close(self) -> None:
+        # Let go of the initializer's arguments (a multiprocessing Queue, say)
+        # now, rather than when the pool object happens to be collected.
+        self._initializer = self._initializer_objects = None
         for worker in list(self._workers.values()):
             self._forget(worker)
         _wire.unlink_prefix(self._shm_prefix)

@@ -344,6 +344,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         if wait or dispatcher is None:
             with _global_lock:
                 _dispatchers.pop(self._serial, None)
+            # No worker will start again: let go of the initializer's arguments.
+            self._initializer_blob = self._initializer_objects = None
 
     def __exit__(
         self,
