@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import mmap
 import os
 import pickle
 import struct
@@ -134,25 +135,26 @@ def _create_segment(prefix: str, data: memoryview) -> str:
     return name
 
 
-def _read_segment(name: str, size: int) -> bytearray:
-    """Copy a segment out into a new bytearray and unlink it."""
+def _read_segment(name: str, size: int) -> memoryview | bytearray:
+    """Map a segment and unlink it; return a writable view of its bytes.
+
+    No copy: the objects unpickled from the view (a numpy array, say) use the
+    mapped pages directly, and the mapping goes away with the last of them.
+    The segment is unlinked at once: the mapping keeps the memory alive, and
+    a failure below leaves nothing behind.
+    """
     assert _posixshmem is not None
-    fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, 0)
+    fd = _posixshmem.shm_open("/" + name, os.O_RDWR, 0)
     try:
-        # Unlinked at once: the open descriptor keeps the memory readable,
-        # and a failure below leaves nothing behind.
         _unlink(name)
-        buffer = bytearray(size)
-        with memoryview(buffer) as view:
-            offset = 0
-            while offset < size:
-                n = os.readv(fd, [view[offset : offset + _IO_CHUNK]])
-                if n == 0:
-                    raise EOFError(f"shared-memory segment {name!r} holds {offset} of {size} bytes")
-                offset += n
+        if os.fstat(fd).st_size < size:
+            raise EOFError(f"shared-memory segment {name!r} holds fewer than {size} bytes")
+        if size == 0:
+            return bytearray()
+        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_WRITE)
     finally:
         os.close(fd)
-    return buffer
+    return memoryview(mapping)
 
 
 def _unlink(name: str) -> None:
@@ -444,7 +446,7 @@ def loads(blob: Blob) -> Any:
     data, segments = blob
     if not segments:
         return pickle.loads(data)
-    buffers: list[bytearray] = []
+    buffers: list[memoryview | bytearray] = []
     try:
         for name, size in segments:
             buffers.append(_read_segment(name, size))
