@@ -23,7 +23,9 @@ Shared memory: a buffer of at least ``SHM_THRESHOLD`` bytes (a numpy array,
 a big ``bytes``/``bytearray``/``memoryview``) is written to a POSIX
 shared-memory segment named ``{prefix}-{n}`` (``/dev/shm/{prefix}-{n}`` on
 Linux) instead of the pickle. The writer creates the segment and forgets it;
-the reader copies it out and unlinks it at once. A segment whose blob is never
+the reader maps it and unlinks it at once, and the objects it rebuilds (a
+numpy array) use the mapped pages without a copy; the memory goes with the
+last of them. A segment whose blob is never
 read is removed by ``discard`` or ``unlink_prefix``. Segments are opened with
 ``_posixshmem`` rather than ``multiprocessing.shared_memory``, whose resource
 tracker would warn about segments that another process unlinked. Where
