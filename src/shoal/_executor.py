@@ -57,11 +57,26 @@ def _run_chunk(
 ) -> tuple[list[T], BaseException | None]:
     """Run ``fn`` over a chunk; stop at the first failure, returning it and the results before."""
     results: list[T] = []
-    for args in chunk:
-        try:
-            results.append(fn(*args))
-        except BaseException as exc:
-            return results, exc
+    append = results.append
+    try:
+        for args in chunk:
+            append(fn(*args))
+    except BaseException as exc:
+        return results, exc
+    return results, None
+
+
+def _run_chunk_single(
+    fn: Callable[..., T], chunk: list[Any]
+) -> tuple[list[T], BaseException | None]:
+    """``_run_chunk`` for a map over one iterable: the items travel bare, not as 1-tuples."""
+    results: list[T] = []
+    append = results.append
+    try:
+        for item in chunk:
+            append(fn(item))
+    except BaseException as exc:
+        return results, exc
     return results, None
 
 
@@ -185,9 +200,15 @@ class Executor(_base.Executor):
         # Not strict: like the builtin map, stop at the shortest iterable.
         arguments: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
         if chunksize > 1:
-            chunks = iter(lambda: list(itertools.islice(arguments, chunksize)), [])
+            if len(iterables) == 1:
+                items = iter(iterables[0])
+                runner: Callable[..., tuple[list[T], BaseException | None]] = _run_chunk_single
+                chunks = iter(lambda: list(itertools.islice(items, chunksize)), [])
+            else:
+                runner = _run_chunk
+                chunks = iter(lambda: list(itertools.islice(arguments, chunksize)), [])
             results = self._map_calls(
-                _run_chunk, ((fn, c) for c in chunks), deadline, buffersize, ordered
+                runner, ((fn, c) for c in chunks), deadline, buffersize, ordered
             )
             return _unchunk(results)
         return self._map_calls(fn, arguments, deadline, buffersize, ordered)
