@@ -323,18 +323,7 @@ class Dispatcher:
     def _loop(self) -> None:
         shared = self._shared
         while True:
-            for key, mask in self._selector.select(self._select_timeout()):
-                data = key.data
-                if data is None:
-                    self._drain_wake_pipe()
-                elif data[0] == "sock":
-                    worker = data[1]
-                    if mask & selectors.EVENT_WRITE:
-                        self._flush(worker)
-                    if mask & selectors.EVENT_READ:
-                        self._read(worker)
-                else:
-                    self._reap(data[1])
+            self._handle_events(self._selector.select(self._select_timeout()))
             if shared.stop is not None:
                 self._stop_workers(shared.stop)
                 return
@@ -355,6 +344,29 @@ class Dispatcher:
             if shared.shutdown and not shared.queue and not self._backlog and not self._busy():
                 self._exit_workers()
                 return
+
+    def _handle_events(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        for key, mask in events:
+            data = key.data
+            if data is None:
+                self._drain_wake_pipe()
+                continue
+            kind: str = data[0]
+            worker: _Worker = data[1]
+            if not self._is_current(worker):
+                # Reaped earlier in this batch of events: its socket is closed
+                # and its descriptor may already belong to a new worker.
+                continue
+            if kind == "sock":
+                if mask & selectors.EVENT_WRITE:
+                    self._flush(worker)
+                if mask & selectors.EVENT_READ:
+                    self._read(worker)
+            else:
+                self._reap(worker)
+
+    def _is_current(self, worker: _Worker) -> bool:
+        return self._workers.get(worker.fd) is worker
 
     def _select_timeout(self) -> float | None:
         if self._idle_timeout is None:
@@ -418,15 +430,18 @@ class Dispatcher:
             key=lambda w: len(w.in_flight),
         )
         for worker in workers:
-            room = share - len(worker.in_flight)
-            if self._max_tasks is not None:
-                room = min(room, self._max_tasks - worker.sent)
-            if room <= 0:
-                continue
-            tasks = [backlog.popleft() for _ in range(min(room, len(backlog)))]
-            if not tasks:
-                return
-            self._send(worker, tasks)
+            # Again until the worker has its share: calls cancelled while
+            # queued are dropped by _send, and nothing else would wake us to
+            # send the calls behind them.
+            while backlog:
+                room = share - len(worker.in_flight)
+                if self._max_tasks is not None:
+                    room = min(room, self._max_tasks - worker.sent)
+                if room <= 0:
+                    break
+                self._send(worker, [backlog.popleft() for _ in range(min(room, len(backlog)))])
+            if not backlog:
+                break
         # Start workers while calls wait and the pool is below its size.
         starting = sum(1 for w in self._workers.values() if not w.ready)
         waiting = len(backlog)
@@ -721,6 +736,11 @@ class Dispatcher:
             self._spawn()  # keep the pool at its size: replace the dead worker now
         if not held:
             return
+        if not worker.ready:
+            # It died before reading any call (in its initializer, its imports,
+            # or killed from outside): every call it held goes back.
+            self._backlog.extendleft(reversed(held))
+            return
         # The worker answers each call before it starts the next, so the first
         # call without an answer is the one it was running when it died; the
         # calls behind it never started, and go back to the front of the queue.
@@ -827,17 +847,7 @@ class Dispatcher:
             remaining = deadline - _clock.monotonic()
             if remaining <= 0:
                 break
-            for key, mask in self._selector.select(remaining):
-                data = key.data
-                if data is None:
-                    self._drain_wake_pipe()
-                elif data[0] == "sock":
-                    if mask & selectors.EVENT_WRITE:
-                        self._flush(data[1])
-                    if mask & selectors.EVENT_READ:
-                        self._read(data[1])
-                else:
-                    self._reap(data[1])
+            self._handle_events(self._selector.select(remaining))
         self._kill_all()
 
     def _close(self) -> None:
