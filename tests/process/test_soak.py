@@ -291,27 +291,15 @@ def _soak_map(
 
 # -- cancelled calls in the backlog ---------------------------------------------
 
-# Bug (found by the map soak): Dispatcher._dispatch pops `room` calls per
-# worker from the backlog and _send skips the cancelled ones, so a round can
-# send nothing. With no call in flight, nothing wakes the dispatcher again:
-# the calls behind the cancelled ones never run and shutdown() hangs. A map()
-# whose call raises cancels the calls after it, so this follows any failing
-# map on a busy pool, no crash needed.
-CANCELLED_STALL = pytest.mark.xfail(
-    reason="bug in shoal: cancelled calls at the head of the backlog stall the dispatcher",
-    strict=True,
-)
-# The map soaks hit the same bug (map() cancels the calls after the lost one;
-# the next map's calls queue behind them) unless the timing is lucky; the stall
-# shows as map()'s TimeoutError. Any other failure still fails them.
-MAP_STALL = pytest.mark.xfail(
-    reason="bug in shoal: cancelled calls at the head of the backlog stall the dispatcher",
-    raises=TimeoutError,
-    strict=False,
-)
+# A regression test (found by the map soak): Dispatcher._dispatch popped
+# `room` calls per worker from the backlog and _send skipped the cancelled
+# ones, so a round could send nothing; with no call in flight nothing woke the
+# dispatcher again, the calls behind the cancelled ones never ran and
+# shutdown() hung. A map() whose call raises cancels the calls after it, so
+# this followed any failing map on a busy pool. Fixed: _dispatch sends again
+# until the worker has its share.
 
 
-@CANCELLED_STALL
 @pytest.mark.timeout(30)
 def test_calls_behind_cancelled_ones_run() -> None:
     pool = shoal.ProcessPoolExecutor(max_workers=2)
@@ -330,7 +318,6 @@ def test_calls_behind_cancelled_ones_run() -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-@CANCELLED_STALL
 @pytest.mark.timeout(30)
 def test_pool_serves_after_a_failing_map() -> None:
     pool = shoal.ProcessPoolExecutor(max_workers=2)
@@ -350,19 +337,14 @@ def test_pool_serves_after_a_failing_map() -> None:
 
 # -- a worker that dies before it is ready ---------------------------------------
 
-# Bug: Dispatcher._dispatch hands calls to a worker that has not said READY yet
-# (while another event, here a second submit, wakes the dispatcher during its
-# start), and Dispatcher._reap then fails the first of them with
-# WorkerLostError "running task ...", blaming a call that never started: the
-# worker dies in its initializer (or its imports, or the OOM killer takes it)
-# before it reads any RUN. A worker that was not ready ran nothing: all its
-# calls can go back to the backlog (MAX_STARTUP_DEATHS still bounds retries).
+# A regression test: Dispatcher._dispatch hands calls to a worker that has not
+# said READY yet, and Dispatcher._reap used to fail the first of them with
+# WorkerLostError when the worker died in its initializer (or its imports, or
+# the OOM killer took it) before it read any RUN. A worker that was not ready
+# ran nothing: all its calls now go back to the backlog (MAX_STARTUP_DEATHS
+# still bounds retries).
 
 
-@pytest.mark.xfail(
-    reason="bug in shoal: a worker dying before READY fails a call it never started",
-    strict=True,
-)
 @pytest.mark.timeout(30)
 def test_worker_dying_while_starting_loses_no_call(tmp_path: Path) -> None:
     gate, flag = tmp_path / "gate", tmp_path / "flag"
@@ -442,11 +424,8 @@ class _SentinelsFirst(selectors.DefaultSelector):  # type: ignore[misc,valid-typ
         return sorted(events, key=lambda e: e[0].data is None or e[0].data[0] != "sentinel")
 
 
-@pytest.mark.xfail(
-    reason="bug in shoal: a stale socket event after _reap in the same select() kills the "
-    "dispatcher",
-    strict=True,
-)
+# A regression test: a socket event of a worker reaped earlier in the same
+# select() used to reach the forgotten worker and kill the dispatcher.
 @pytest.mark.timeout(30)
 def test_sentinel_before_socket_in_one_select(
     monkeypatch: pytest.MonkeyPatch, start_method: str
@@ -491,7 +470,6 @@ def test_soak_submit_small(tmp_path: Path, start_method: str) -> None:
     _soak_submit(tmp_path, tasks=1000, max_kills=4, pause=(0.03, 0.08), start_method=start_method)
 
 
-@MAP_STALL
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("chunksize", [1, "auto"])
 def test_soak_map_small(tmp_path: Path, chunksize: int | str) -> None:
@@ -579,7 +557,6 @@ def test_soak_submit(tmp_path: Path) -> None:
     _soak_submit(tmp_path, tasks=10_000, max_kills=20, pause=(0.05, 0.25))
 
 
-@MAP_STALL
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("chunksize", [1, "auto"])
