@@ -10,31 +10,30 @@ child's end of a duplex ``multiprocessing`` pipe, and speaks the protocol of
                                              initializer (if any)
              <-- (READY, pid) or (INIT_FAILED, error_blob), then exit 0
     (RUN, [(task_id, call_blob), ...]) -->   runs the calls in order
-             <-- (RESULTS, [(task_id, ok, blob, duration_s), ...])
-                 one message per batch, or more when a batch runs long
-    (EXIT,) -->                              sends what is left, exits 0
+             <-- one answer per call, sent before the next call starts
+                 (_wire.send_result; RESULTS when it has shared memory)
+    (EXIT,) -->                              exits 0
     parent gone (EOF on the pipe,            exits 0 (EXIT_ORPHANED when the
     or the watchdog sees it die)             watchdog had to do it)
 
-Every task gets exactly one answer, in the order of the batch, whatever
-happens to it: the call raised (anything, SystemExit included), its call
+Every task gets exactly one answer, in the order of the batch, before the
+next task starts, whatever happens to it: the call raised (anything, SystemExit included), its call
 blob did not unpickle, or its result did not pickle. Only the death of the
 process (a crash in C code, ``os._exit``, a signal) leaves tasks unanswered;
-the parent sees the death on the process sentinel.
+the parent sees the death on the process sentinel, and knows that the first
+unanswered task is the one that was running and that the others never
+started. (Answering each call costs a write per call; batching answers would
+leave the parent unable to tell which call killed the worker.)
 
 Exit codes: EXIT_OK (0) after EXIT, INIT_FAILED or EOF; EXIT_ORPHANED when the
 watchdog found the parent dead; EXIT_INTERNAL_ERROR when the loop itself
 (not user code) failed, after printing the traceback to stderr.
 
 Concurrency:
-  Threads: the main thread reads the pipe (it alone), runs the tasks and
-  hands their results to the outbox. The flusher thread ("shoal-flusher")
-  sends results that have waited FLUSH_INTERVAL while a later task of the
-  same batch still runs. The watchdog thread ("shoal-watchdog") polls for
-  the parent's death and exits the process with ``os._exit``; it touches no
-  lock and no pipe, so nothing can hold it up.
-  The main and flusher threads both send, only under ``_Outbox.lock``, so
-  RESULTS messages never interleave and keep the batch order.
+  Threads: the main thread reads and writes the pipe (it alone) and runs
+  the tasks. The watchdog thread ("shoal-watchdog") polls for the parent's
+  death and exits the process with ``os._exit``; it touches no lock and no
+  pipe, so nothing can hold it up.
 """
 
 from __future__ import annotations
@@ -55,7 +54,6 @@ __all__ = (
     "EXIT_INTERNAL_ERROR",
     "EXIT_OK",
     "EXIT_ORPHANED",
-    "FLUSH_INTERVAL",
     "WATCHDOG_INTERVAL",
     "worker_main",
 )
@@ -64,60 +62,9 @@ EXIT_OK = 0
 EXIT_ORPHANED = 3
 EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE in sysexits.h
 
-# Results wait at most this long (seconds) for the rest of their batch. Shorter
-# gets the results of short tasks to the parent sooner when a long task
-# follows them in the same batch; longer sends fewer, bigger RESULTS messages
-# for batches of tiny tasks. The dispatcher sizes a batch to a couple of
-# milliseconds of work, so 1 ms splits one into a few messages at most.
-FLUSH_INTERVAL = 0.001
 # How often (seconds) the watchdog looks for the parent: the worst-case delay
 # before an orphaned worker exits, against a wake-up of an idle process.
 WATCHDOG_INTERVAL = 0.25
-
-
-class _Outbox:
-    """Results not yet sent, and the only way to send on the pipe after READY."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn  # immutable after __init__
-        self.lock = threading.Lock()
-        self.ready = threading.Condition(self.lock)  # notified when results start waiting
-        self.results: list[tuple[int, bool, _wire.Blob, float]] = []  # guarded by: lock
-        self.since: float | None = None  # guarded by: lock; when results[0] was added
-
-    def add(self, result: tuple[int, bool, _wire.Blob, float]) -> None:
-        with self.lock:
-            self.results.append(result)
-            if self.since is None:
-                self.since = time.monotonic()
-                self.ready.notify()
-
-    def flush(self) -> None:
-        with self.lock:
-            self._send_locked()
-
-    def _send_locked(self) -> None:
-        if self.results:
-            results, self.results, self.since = self.results, [], None
-            _wire.send(self.conn, (_wire.RESULTS, results))
-
-    def run_flusher(self) -> None:
-        """The flusher thread: send results that waited FLUSH_INTERVAL."""
-        try:
-            with self.lock:
-                while True:
-                    if self.since is None:
-                        self.ready.wait()
-                        continue
-                    delay = self.since + FLUSH_INTERVAL - time.monotonic()
-                    if delay > 0:
-                        self.ready.wait(delay)
-                        continue
-                    self._send_locked()
-        except OSError:
-            return  # the parent is gone; the main thread finds out on its own
-        except BaseException:  # a bug of ours: do not run on without answers
-            _die()
 
 
 def _die() -> None:
