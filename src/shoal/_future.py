@@ -225,6 +225,14 @@ class Future(_base.Future[T]):
         except Exception:
             LOGGER.exception("exception calling callback for %r", self)
 
+    def _wake(self, blocked: list[threading.Lock] | None) -> None:
+        """After a move to a done state, with the lock released: wake, then call back."""
+        if blocked is not None:
+            for gate in blocked:
+                gate.release()
+        if self._callbacks is not None:
+            self._invoke_callbacks()
+
     def _invoke_callbacks(self) -> None:
         callbacks = self._callbacks
         if callbacks is None:
@@ -252,10 +260,7 @@ class Future(_base.Future[T]):
                 return state in _CANCELLED_STATES
             self._state = CANCELLED
             blocked, self._blocked = self._blocked, None
-        if blocked is not None:
-            for gate in blocked:
-                gate.release()
-        self._invoke_callbacks()
+        self._wake(blocked)
         return True
 
     def set_running_or_notify_cancel(self) -> bool:
@@ -298,11 +303,7 @@ class Future(_base.Future[T]):
                 for waiter in self._waiters_:
                     waiter.add_result(self)
             blocked, self._blocked = self._blocked, None
-        if blocked is not None:
-            for gate in blocked:
-                gate.release()
-        if self._callbacks is not None:
-            self._invoke_callbacks()
+        self._wake(blocked)
 
     def set_exception(self, exception: BaseException | None) -> None:
         """Finish the future with ``exception``. For executors and tests only.
@@ -320,11 +321,7 @@ class Future(_base.Future[T]):
                 for waiter in self._waiters_:
                     waiter.add_exception(self)
             blocked, self._blocked = self._blocked, None
-        if blocked is not None:
-            for gate in blocked:
-                gate.release()
-        if self._callbacks is not None:
-            self._invoke_callbacks()
+        self._wake(blocked)
 
     # -- asyncio -----------------------------------------------------------
 

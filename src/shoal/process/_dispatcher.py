@@ -621,13 +621,6 @@ class Dispatcher:
                 self._retire(worker)
 
     @staticmethod
-    def _set_result(future: Future[Any], value: object) -> None:
-        try:
-            future.set_result(value)
-        except Exception:
-            pass
-
-    @staticmethod
     def _set_exception(future: Future[Any], error: BaseException) -> None:
         try:
             future.set_exception(error)
