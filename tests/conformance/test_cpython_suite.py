@@ -175,11 +175,12 @@ if PROCESS_POOL:
 
 # Open: tests that fail here for a reason not yet understood. Each names
 # what was checked; none is a private detail or a design difference.
+OPEN_SKIPS: dict[str, str] = {}
 if PROCESS_POOL:
-    PRIVATE_DETAIL_SKIPS.update(
+    OPEN_SKIPS.update(
         {
             f"test_init.FailingInitializerResourcesTest.test_{method}": (
-                "UNDER INVESTIGATION, not a private detail: the nested run's "
+                "the nested run's "
                 "resource tracker is stopped while the test's own log_queue (a "
                 "multiprocessing Queue) is still alive, so it reports that queue's "
                 "semaphores as leaked (exit code 1; their finalizers then fail "
@@ -250,7 +251,7 @@ if PROCESS_POOL:
         }
     )
 
-_NOT_RUN = PRIVATE_DETAIL_SKIPS.keys() | DESIGN_SKIPS.keys()
+_NOT_RUN = PRIVATE_DETAIL_SKIPS.keys() | DESIGN_SKIPS.keys() | OPEN_SKIPS.keys()
 
 # CPython tests that probe a race: one pass proves little, so each is run this
 # many times in a row, and fails if any repetition fails or hangs.
@@ -529,6 +530,8 @@ def test_cpython(test_id, cpython_run):
         pytest.skip(f"relies on a CPython private detail: {PRIVATE_DETAIL_SKIPS[short]}")
     if short in DESIGN_SKIPS:
         pytest.skip(f"shoal differs by design: {DESIGN_SKIPS[short]}")
+    if short in OPEN_SKIPS:
+        pytest.skip(f"under investigation (not a private detail): {OPEN_SKIPS[short]}")
     result = cpython_run.outcomes.get(test_id)
     assert result is not None, f"no result for {short}"
     if result.outcome == "skipped":
