@@ -34,11 +34,8 @@ def _wait_gone(pids: list[int], seconds: float) -> list[int]:
     deadline = time.monotonic() + seconds
     alive = pids
     while alive and time.monotonic() < deadline:
-        alive = [
-            p
-            for p in alive
-            if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-        ]
+        # _alive() catches a process reaped between the listing and the look.
+        alive = [p for p in alive if _alive(p)]
         time.sleep(0.05)
     return alive
 

@@ -821,6 +821,7 @@ class Dispatcher:
                 task.future.set_running_or_notify_cancel()
             elif task.blob is not None:  # sent once, back in the queue after a crash
                 self._set_exception(task.future, BrokenProcessPool(reason))
+                self._shared.failed += 1
 
     def _kill_all(self) -> None:
         for worker in list(self._workers.values()):
