@@ -263,6 +263,18 @@ class Future(_base.Future[T]):
         self._wake(blocked)
         return True
 
+    def _cancel_queued(self) -> bool:
+        """For executors dropping a call that will never run (shutdown, a stop).
+
+        Cancels the future and, if that worked, tells its waiters at once:
+        ``wait()`` and ``as_completed()`` count it as done, which a plain
+        ``cancel()`` leaves to ``set_running_or_notify_cancel()``.
+        """
+        if self.cancel():
+            self.set_running_or_notify_cancel()
+            return True
+        return False
+
     def set_running_or_notify_cancel(self) -> bool:
         """Mark the future running, or see that it was cancelled.
 

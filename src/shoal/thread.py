@@ -320,9 +320,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
             self._work_queue.put(None)
             threads = list(self._threads)
         for future in cancelled:
-            # Also tell waiters (wait(), as_completed()) that it is over.
-            if future.cancel():
-                future.set_running_or_notify_cancel()
+            future._cancel_queued()
         if wait:
             current = threading.current_thread()
             for thread in threads:

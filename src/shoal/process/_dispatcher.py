@@ -412,8 +412,8 @@ class Dispatcher:
         # starting them) are running: they stay.
         self._backlog = collections.deque(t for t in backlog if t.blob is not None)
         for task in backlog:
-            if task.blob is None and task.future.cancel():
-                task.future.set_running_or_notify_cancel()
+            if task.blob is None:
+                task.future._cancel_queued()
 
     def _dispatch(self) -> None:
         backlog = self._backlog
@@ -817,9 +817,8 @@ class Dispatcher:
             self._shared.queue.clear()
         self._backlog.clear()
         for task in queued:
-            if task.future.cancel():
-                task.future.set_running_or_notify_cancel()
-            elif task.blob is not None:  # sent once, back in the queue after a crash
+            if not task.future._cancel_queued() and task.blob is not None:
+                # Sent once, back in the queue after a crash: it is running.
                 self._set_exception(task.future, BrokenProcessPool(reason))
                 self._shared.failed += 1
 

@@ -337,8 +337,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             shared.wake()
             dispatcher = self._dispatcher
         for task in cancelled:
-            if task.future.cancel():
-                task.future.set_running_or_notify_cancel()
+            task.future._cancel_queued()
         if wait and dispatcher is not None and dispatcher.thread is not threading.current_thread():
             dispatcher.join()
         if wait or dispatcher is None:
