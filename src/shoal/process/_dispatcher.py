@@ -30,17 +30,36 @@ long ones go one at a time and are not hoarded by one worker while another
 idles. A worker is topped up when it falls below half of its share, so its
 next batch is already in its socket when it finishes the current one.
 
+The hand-over (the latency path): a sequential caller pays for every
+thread wake-up on its call's round trip, so ``submit`` skips the dispatcher
+when it can. Before it blocks in select() with nothing queued and a worker
+idle, the dispatcher *parks*: under ``Shared.lock`` it sets
+``Shared.parked`` and lists the idle workers in ``Shared.idle``. A
+submitter that finds it parked pickles the call in its own thread and,
+under ``Shared.lock``, takes a worker from ``Shared.idle``, appends the
+task to that worker's in-flight queue and writes the RUN message to its
+socket (``send_now``). When select() returns, the dispatcher *unparks*
+under ``Shared.lock`` before it touches any table, and finds the handed
+calls in the in-flight queues, where answers and crashes are settled as for
+any other call.
+
 Concurrency:
   Threads: user threads touch only ``Shared`` (under ``Shared.lock``) and
-  the wake pipe. The dispatcher thread owns everything else here: the
-  backlog, the workers, their sockets, the in-flight tables, the selector,
-  the counters. It takes the shared queue by swapping in an empty deque, so
-  it holds ``Shared.lock`` for a moment only, however long the queue.
-  No lock guards those: no other thread reads them, except ``statistics()``,
-  which reads plain ints and lengths (a snapshot, possibly a moment old).
+  the wake pipe, and, while the dispatcher is parked, the workers listed in
+  ``Shared.idle`` (their ``in_flight``, ``sent``, ``outbox`` and socket),
+  under ``Shared.lock``. The dispatcher thread owns everything else here:
+  the backlog, the workers, their sockets, the in-flight tables, the
+  selector, the counters; it owns the workers again once it has unparked
+  (under ``Shared.lock``), before it reads or writes any of them. It takes
+  the shared queue by swapping in an empty deque, so it holds
+  ``Shared.lock`` for a moment only, however long the queue.
+  No lock guards the dispatcher's own state: no other thread reads it,
+  except ``statistics()``, which reads plain ints and lengths (a snapshot,
+  possibly a moment old).
   Lock order: ``Shared.lock``, then a future's ``_condition``; the
   dispatcher completes futures (which runs done-callbacks, user code) with
-  no lock held.
+  no lock held, and a submitter pickles a call (which may run user code in
+  ``__reduce__``) before it takes ``Shared.lock``.
 """
 
 from __future__ import annotations
@@ -138,6 +157,14 @@ class Shared:
     wake_r: int = -1
     wake_w: int = -1
     woken: bool = False
+    # The hand-over (see the module docstring): while ``parked``, the
+    # dispatcher waits in select() with nothing else to do, and a submitter
+    # holding ``lock`` may send a call straight to a worker of ``idle``.
+    parked: bool = False
+    idle: list[_Worker] = field(default_factory=list)
+    # A submitter left part of a message in a worker's outbox: the dispatcher
+    # must watch that socket for writing.
+    flush: bool = False
     # Counters, written by the dispatcher only.
     completed: int = 0
     failed: int = 0
@@ -259,6 +286,7 @@ class Dispatcher:
         max_tasks_per_child: int | None,
         idle_timeout: float | None,
         serial: int,
+        shm_prefix: str,
     ) -> None:
         self.thread = threading.Thread(
             target=self._run, name=f"shoal-dispatcher-{serial}", daemon=True
@@ -271,7 +299,7 @@ class Dispatcher:
         self._initializer_name = initializer_name
         self._max_tasks = max_tasks_per_child
         self._idle_timeout = idle_timeout
-        self._shm_prefix = f"shoal-{os.getpid()}-{serial}"
+        self._shm_prefix = shm_prefix
         self._serial = serial
         self._names = itertools.count()
         self._selector = selectors.DefaultSelector()
@@ -323,7 +351,11 @@ class Dispatcher:
     def _loop(self) -> None:
         shared = self._shared
         while True:
-            self._handle_events(self._selector.select(self._select_timeout()))
+            timeout = self._select_timeout()
+            self._park()
+            events = self._selector.select(timeout)
+            self._unpark()
+            self._handle_events(events)
             if shared.stop is not None:
                 self._stop_workers(shared.stop)
                 return
@@ -375,6 +407,78 @@ class Dispatcher:
         if not idle:
             return None
         return max(0.0, min(idle) + self._idle_timeout - _clock.monotonic())
+
+    def _park(self) -> None:
+        """Before select(): let submitters hand calls to idle workers directly.
+
+        Only when the dispatcher has nothing queued: it would otherwise send
+        those calls first. The calls handed over are in the workers'
+        in-flight queues when the dispatcher takes its tables back.
+        """
+        shared = self._shared
+        if self._backlog:
+            return
+        limit = self._max_tasks
+        idle = [
+            w
+            for w in self._workers.values()
+            if w.ready
+            and not w.in_flight
+            and not w.retiring
+            and not w.closed
+            and not w.outbox
+            and (limit is None or w.sent < limit)
+        ]
+        if not idle:
+            return
+        with shared.lock:
+            if shared.queue or shared.shutdown or shared.broken is not None:
+                return
+            shared.idle = idle
+            shared.parked = True
+
+    def _unpark(self) -> None:
+        """After select(): take the tables back before touching them."""
+        shared = self._shared
+        if not shared.parked:
+            return  # only this thread sets it
+        with shared.lock:
+            shared.parked = False
+            shared.idle = []
+            flush, shared.flush = shared.flush, False
+        if flush:
+            for worker in list(self._workers.values()):
+                if worker.outbox:
+                    self._flush(worker)
+
+    def send_now(self, task: Task) -> bool:
+        """Send ``task`` to an idle worker from the calling thread, if one is free.
+
+        The caller holds ``Shared.lock`` and has pickled the call into
+        ``task.blob``; the task's future is still pending. True: the call is
+        on its way (its future is running). False: no worker was free for
+        it; nothing changed.
+        """
+        shared = self._shared
+        if not shared.parked or not shared.idle:
+            return False
+        worker = shared.idle.pop()
+        task.future.set_running_or_notify_cancel()  # a new future: no user code runs
+        assert task.blob is not None
+        frame = _frame((_wire.RUN, [(task.id, task.blob)]))
+        worker.in_flight.append(task)
+        worker.sent += 1
+        try:
+            written = os.write(worker.fd, frame)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            return True  # the worker is gone: its sentinel wakes the dispatcher
+        if written < len(frame):
+            worker.outbox += frame[written:]
+            shared.flush = True
+            shared.wake()
+        return True
 
     def _busy(self) -> bool:
         return any(w.in_flight for w in self._workers.values())

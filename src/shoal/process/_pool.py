@@ -2,8 +2,10 @@
 
 ``submit`` turns a call into a :class:`~._dispatcher.Task`, appends it to the
 queue it shares with the pool's dispatcher thread and wakes that thread;
-everything that touches worker processes happens in the dispatcher (see
-``_dispatcher.py`` for the data flow). What survives what:
+the dispatcher sends it to a worker (see ``_dispatcher.py`` for the data
+flow). When the dispatcher is idle and so is a worker, ``submit`` writes the
+call to that worker itself instead, saving a thread wake-up (the
+"hand-over", described there). What survives what:
 
 * A worker that dies (a segfault, ``os._exit``, SIGKILL, the OOM killer)
   fails only the calls it held, each with :class:`shoal.WorkerLostError`
@@ -216,6 +218,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                 # with the reason.
                 self._initializer_objects = (initializer, self._initargs)
         self._shared = Shared()
+        self._shm_prefix = f"shoal-{os.getpid()}-{self._serial}"
         self._ids = itertools.count()
         self._dispatcher: Dispatcher | None = None
         with _global_lock:
@@ -239,15 +242,51 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
         future: Future[T] = Future()
         shared = self._shared
+        task = Task(next(self._ids), future, fn, args, kwargs)
+        if shared.parked and self._send_now(task):
+            return future
         with shared.lock:
             self._check_open()
-            shared.queue.append(Task(next(self._ids), future, fn, args, kwargs))
+            shared.queue.append(task)
             if self._dispatcher is None:
                 self._start_dispatcher()
         # Outside the lock: a write to the pipe lets the dispatcher run, and
         # it would only block on the lock we held.
         shared.wake()
         return future
+
+    def _send_now(self, task: Task) -> bool:
+        """The latency path: hand ``task`` to an idle worker without waking the dispatcher.
+
+        Taken when the dispatcher is parked (nothing queued, a worker idle):
+        the call is pickled here, in the submitting thread, and written to
+        that worker's socket, which saves a thread wake-up on the way out.
+        False when that did not happen (no worker free any more, or the call
+        did not pickle): the caller queues the task as usual, and the
+        dispatcher pickles it again, which fails its future with the error.
+        """
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            return False
+        try:
+            blob = _wire.dumps_call(task.fn, task.args or (), task.kwargs or {}, self._shm_prefix)
+        except Exception:
+            return False
+        task.blob = blob
+        shared = self._shared
+        sent = False
+        try:
+            with shared.lock:
+                self._check_open()
+                sent = dispatcher.send_now(task)
+        finally:
+            if not sent:
+                task.blob = None
+                _wire.discard(blob)
+        if not sent:
+            return False
+        task.args = task.kwargs = None
+        return True
 
     def _submit_many(
         self, fn: Callable[..., T], arguments: Iterable[tuple[Any, ...]]
@@ -290,6 +329,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             max_tasks_per_child=self._max_tasks_per_child,
             idle_timeout=self._idle_timeout,
             serial=self._serial,
+            shm_prefix=self._shm_prefix,
         )
         dispatcher.start()
         self._dispatcher = dispatcher

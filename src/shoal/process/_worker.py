@@ -29,6 +29,10 @@ Exit codes: EXIT_OK (0) after EXIT, INIT_FAILED or EOF; EXIT_ORPHANED when the
 watchdog found the parent dead; EXIT_INTERNAL_ERROR when the loop itself
 (not user code) failed, after printing the traceback to stderr.
 
+Waiting: after it has answered the last call it held, a worker polls its
+pipe for SPIN_SECONDS before it blocks, so that the next call of a caller
+that submits one call at a time finds it awake.
+
 Concurrency:
   Threads: the main thread reads and writes the pipe (it alone) and runs
   the tasks. The watchdog thread ("shoal-watchdog") polls for the parent's
@@ -41,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -54,6 +59,7 @@ __all__ = (
     "EXIT_INTERNAL_ERROR",
     "EXIT_OK",
     "EXIT_ORPHANED",
+    "SPIN_SECONDS",
     "WATCHDOG_INTERVAL",
     "worker_main",
 )
@@ -61,6 +67,10 @@ __all__ = (
 EXIT_OK = 0
 EXIT_ORPHANED = 3
 EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE in sysexits.h
+
+# How long (seconds) an idle worker polls for its next message before it
+# blocks: the price of the saved wake-up, paid only when the worker falls idle.
+SPIN_SECONDS = 0.0002
 
 # How often (seconds) the watchdog looks for the parent: the worst-case delay
 # before an orphaned worker exits, against a wake-up of an idle process.
@@ -207,7 +217,22 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
 
     run_one = _run_one
     send_result = _wire.send_result
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    poll = poller.poll
+    clock = time.perf_counter
+    spin = False
     while True:
+        if spin:
+            # Just answered the last call we held: look for the next message
+            # for a moment before sleeping in recv(). A sequential caller's
+            # next call then arrives while we are awake, which saves a
+            # wake-up (tens of microseconds) per round trip, for at most
+            # SPIN_SECONDS of CPU each time the worker falls idle.
+            deadline = clock() + SPIN_SECONDS
+            while not poll(0) and clock() < deadline:
+                pass
+        spin = True
         try:
             message = _wire.recv(conn)
         except (EOFError, OSError):
