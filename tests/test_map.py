@@ -107,6 +107,34 @@ def test_exception_at_its_position(executor, chunksize, buffersize):
         next(results)
 
 
+@pytest.mark.in_process
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_an_error_cancels_the_calls_left_before_it_reaches_the_caller(executor_factory, chunksize):
+    executor = executor_factory(max_workers=1)
+    gate = threading.Event()
+    ran = []
+
+    def call(x):
+        ran.append(x)
+        if x == chunksize - 1:
+            raise MapError(x)
+        if x >= chunksize:
+            assert gate.wait(10)
+        return x
+
+    results = executor.map(call, range(10 * chunksize), chunksize=chunksize)
+    assert [next(results) for _ in range(chunksize - 1)] == list(range(chunksize - 1))
+    with pytest.raises(MapError):
+        next(results)
+    gate.set()  # only now may the calls behind the failure run, if any is left
+    executor.shutdown(wait=True)
+    with pytest.raises(StopIteration):
+        next(results)
+    # The failing chunk, and the one the worker may have started before the
+    # failure reached the caller; every later one was cancelled.
+    assert len(ran) <= 2 * chunksize, ran
+
+
 @pytest.mark.parametrize("chunksize", [0, -1])
 def test_chunksize_below_one(executor, chunksize):
     with pytest.raises(ValueError):

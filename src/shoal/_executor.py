@@ -15,14 +15,15 @@ and ``shutdown``; ``map`` is written once here, on top of ``submit``:
   ``buffersize`` the bound counts chunks, so at most ``buffersize *
   chunksize`` calls are in flight.
 
+* ``chunksize="auto"`` picks the chunk size the way ``multiprocessing.Pool.map``
+  does for sized input (about four chunks per worker); for input without a
+  length, read lazily under ``buffersize``, it uses ``AUTO_CHUNK_UNSIZED``.
+
 Once iteration has begun, closing the iterator, dropping it, or its stopping
 on an exception or its timeout cancels the calls not started yet. An
 iterator that was never advanced cancels nothing, as in the standard
 library: ``executor.map(fn, items)`` used for its side effects alone runs
 every call.
-* ``chunksize="auto"`` picks the chunk size the way ``multiprocessing.Pool.map``
-  does for sized input (about four chunks per worker); for input without a
-  length, read lazily under ``buffersize``, it uses ``AUTO_CHUNK_UNSIZED``.
 
 Concurrency:
   ``map``'s iterator runs in the consuming thread and shares nothing but the
@@ -38,7 +39,7 @@ import math
 import os
 import queue
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import _base
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar
@@ -57,10 +58,10 @@ def _run_chunk(
 ) -> tuple[list[T], BaseException | None]:
     """Run ``fn`` over a chunk; stop at the first failure, returning it and the results before."""
     results: list[T] = []
-    append = results.append
     try:
-        for args in chunk:
-            append(fn(*args))
+        # list.extend keeps what the iterator gave before it raised: the
+        # results before a failing call survive it, at C speed.
+        results.extend(itertools.starmap(fn, chunk))
     except BaseException as exc:
         return results, exc
     return results, None
@@ -71,10 +72,8 @@ def _run_chunk_single(
 ) -> tuple[list[T], BaseException | None]:
     """``_run_chunk`` for a map over one iterable: the items travel bare, not as 1-tuples."""
     results: list[T] = []
-    append = results.append
     try:
-        for item in chunk:
-            append(fn(item))
+        results.extend(map(fn, chunk))
     except BaseException as exc:
         return results, exc
     return results, None
@@ -347,17 +346,51 @@ def _notify_when_done(futures: Iterable[Future[T]], finished: queue.SimpleQueue[
         future.add_done_callback(finished.put)
 
 
+class _ChunkResults(itertools.chain[T]):
+    """The iterator of a chunked ``map``: each chunk's results at C speed.
+
+    A generator yielding one result at a time costs a frame resumption per
+    result, as much as a tiny call itself; chaining one C iterator per chunk
+    does not. ``close()`` closes the generator of chunks, as closing map's
+    generator would: the calls not started are cancelled.
+    """
+
+    __slots__ = ("_chunks",)
+    _chunks: Generator[Iterator[T], None, None]
+
+    def close(self) -> None:
+        self._chunks.close()
+
+
 def _unchunk(chunks: Iterator[tuple[list[T], BaseException | None]]) -> Iterator[T]:
+    source = _chunk_iterators(chunks)
+    results: _ChunkResults[T] = _ChunkResults.from_iterable(source)  # type: ignore[assignment]
+    results._chunks = source
+    return results
+
+
+def _chunk_iterators(
+    chunks: Iterator[tuple[list[T], BaseException | None]],
+) -> Generator[Iterator[T], None, None]:
+    pop, repeat = list.pop, itertools.repeat
     try:
         for results, error in chunks:
             # Pop as we go: a yielded result is not kept alive by its chunk.
             results.reverse()
-            while results:
-                yield results.pop()
+            yield map(pop, repeat(results, len(results)))
             if error is not None:
-                try:
-                    raise error
-                finally:
-                    del error
+                # Cancel what is left before the caller sees the error, as a
+                # generator's ``finally`` would, then raise it and stop.
+                chunks.close()  # type: ignore[attr-defined]
+                yield _raising(error)
+                return
     finally:
         chunks.close()  # type: ignore[attr-defined]
+
+
+def _raising(error: BaseException) -> Iterator[Any]:
+    try:
+        raise error
+    finally:
+        del error
+    yield  # unreachable: makes this function a generator
