@@ -120,7 +120,7 @@ def test_broken_thread_pool_reports_a_public_module():
         shoal.TaskTimeoutError("t"),
         shoal.BrokenExecutor("b"),
         shoal.thread.BrokenThreadPool("b"),
-        shoal.WorkerLostError("lost", exitcode=-9, task="f(1)"),
+        shoal.WorkerLostError("lost", exitcode=-9, task="f(1)", pid=4321),
     ],
     ids=type,
 )
@@ -129,7 +129,7 @@ def test_exceptions_pickle(error):
     assert type(copy) is type(error)
     assert copy.args == error.args
     if isinstance(error, shoal.WorkerLostError):
-        assert (copy.exitcode, copy.task) == (-9, "f(1)")
+        assert (copy.exitcode, copy.task, copy.pid) == (-9, "f(1)", 4321)
 
 
 # -- the exception tree of DESIGN.md section 3 --------------------------------------------

@@ -35,18 +35,29 @@ class WorkerLostError(BrokenProcessPool):
     Attributes:
         exitcode: the worker's exit code, negative for a signal number, or None.
         task: a short description of the task that was lost, or None.
+        pid: the process id of the worker that died, or None.
     """
 
     __module__ = "shoal"
 
-    def __init__(self, message: str, *, exitcode: int | None = None, task: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        exitcode: int | None = None,
+        task: str | None = None,
+        pid: int | None = None,
+    ):
         super().__init__(message)
         self.exitcode = exitcode
         self.task = task
+        self.pid = pid
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_worker_lost, (str(self), self.exitcode, self.task))
+        return (_rebuild_worker_lost, (str(self), self.exitcode, self.task, self.pid))
 
 
-def _rebuild_worker_lost(message: str, exitcode: int | None, task: str | None) -> WorkerLostError:
-    return WorkerLostError(message, exitcode=exitcode, task=task)
+def _rebuild_worker_lost(
+    message: str, exitcode: int | None, task: str | None, pid: int | None = None
+) -> WorkerLostError:
+    return WorkerLostError(message, exitcode=exitcode, task=task, pid=pid)

@@ -77,6 +77,9 @@ def test_worker_death_fails_only_its_task(pool: shoal.ProcessPoolExecutor) -> No
     assert isinstance(info.value, BrokenProcessPool)
     assert "exit code 13" in str(info.value)
     assert info.value.exitcode == 13
+    assert isinstance(info.value.pid, int)
+    assert f"pid {info.value.pid}" in str(info.value)
+    assert info.value.pid not in pool._processes  # it was replaced
     assert [f.result(TIMEOUT) for f in others + more] == [i * i for i in range(30)] * 2
     assert pool.submit(crashers.square, 4).result(TIMEOUT) == 16
     stats = pool.statistics()

@@ -852,6 +852,7 @@ class Dispatcher:
             "memory limit.",
             exitcode=exitcode,
             task=lost.describe(),
+            pid=process.pid,
         )
         self._set_exception(lost.future, error)
         self._shared.failed += 1
