@@ -93,8 +93,12 @@ def _drain(results: Iterable[Any], stop_at: float) -> int:
             return count
 
 
-def map_rate(factory: Callable[..., Pool], ctx: Context, chunksize: Any, note: str) -> Measurement:
+def map_rate(
+    factory: Callable[..., Pool], ctx: Context, chunksize: Any, note: str, as_list: bool = False
+) -> Measurement:
     """``map(identity, range(n))`` consumed fully; ``chunksize`` None is the library default.
+
+    ``as_list``: the input is ``list(range(n))``, built before the timed region.
 
     ``chunksize`` "same-as-multiprocessing" gives the pool the chunk size
     ``multiprocessing.Pool.map`` picks by default (about four chunks per worker).
@@ -108,8 +112,9 @@ def map_rate(factory: Callable[..., Pool], ctx: Context, chunksize: Any, note: s
     warm_chunks = chunksize if not isinstance(chunksize, int) else min(chunksize, 100)
     collections.deque(pool.map(work.identity, range(1000), warm_chunks), maxlen=0)
     stop_at = time.perf_counter() + ctx.budget * 0.75
+    items: Iterable[int] = list(range(ctx.n)) if as_list else range(ctx.n)
     start = time.perf_counter()
-    count = _drain(pool.map(work.identity, range(ctx.n), chunksize), stop_at)
+    count = _drain(pool.map(work.identity, items, chunksize), stop_at)
     elapsed = time.perf_counter() - start
     notes = [note]
     if count < ctx.n:
@@ -231,10 +236,12 @@ _MAP_AUTO: dict[str, tuple[Any, str]] = {
 }
 
 
-def _map_impls(choices: dict[str, tuple[Any, str]]) -> dict[str, Callable[[Context], Any]]:
+def _map_impls(
+    choices: dict[str, tuple[Any, str]], as_list: bool = False
+) -> dict[str, Callable[[Context], Any]]:
     def bind(name: str) -> Callable[[Context], Any]:
         chunksize, note = choices[name]
-        return lambda ctx: map_rate(PROCESS_POOLS[name], ctx, chunksize, note)
+        return lambda ctx: map_rate(PROCESS_POOLS[name], ctx, chunksize, note, as_list)
 
     return {name: bind(name) for name in PROCESS_POOLS}
 
@@ -270,6 +277,18 @@ register(
     n=200_000,
     quick_n=20_000,
     impls=_map_impls(_MAP_AUTO),
+    max_rounds=PROCESS_ROUNDS,
+    legend=_legend,
+)
+register(
+    "process-map-auto-list",
+    "as process-map-auto over list(range(n)) (built before the timed region): shoal cuts a "
+    "range into range slices, a list into list slices",
+    unit="items/s",
+    better=HIGHER,
+    n=200_000,
+    quick_n=20_000,
+    impls=_map_impls(_MAP_AUTO, as_list=True),
     max_rounds=PROCESS_ROUNDS,
     legend=_legend,
 )

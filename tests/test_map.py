@@ -378,3 +378,30 @@ def test_bad_chunksize_names_the_value(executor_factory):
     executor = executor_factory(max_workers=1)
     with pytest.raises(TypeError, match="chunksize"):
         executor.map(square, range(3), chunksize="big")
+
+
+class _NoSlicing(list):
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            raise AssertionError("map() sliced a list subclass")
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        list(range(23)),
+        tuple(range(23)),
+        range(3, 70, 3),
+        range(0),
+        [],
+        _NoSlicing(range(23)),
+    ],
+    ids=["list", "tuple", "range-step", "range-empty", "list-empty", "list-subclass"],
+)
+@pytest.mark.parametrize("chunksize", [2, 5, "auto"])
+@pytest.mark.parametrize("buffersize", [None, 2])
+def test_chunked_map_over_sequences(executor, items, chunksize, buffersize):
+    expected = [x * x for x in items]
+    got = list(executor.map(square, items, chunksize=chunksize, buffersize=buffersize))
+    assert got == expected

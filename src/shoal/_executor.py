@@ -39,7 +39,7 @@ import math
 import os
 import queue
 import weakref
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import _base
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar
@@ -68,7 +68,7 @@ def _run_chunk(
 
 
 def _run_chunk_single(
-    fn: Callable[..., T], chunk: list[Any]
+    fn: Callable[..., T], chunk: Iterable[Any]
 ) -> tuple[list[T], BaseException | None]:
     """``_run_chunk`` for a map over one iterable: the items travel bare, not as 1-tuples."""
     results: list[T] = []
@@ -77,6 +77,16 @@ def _run_chunk_single(
     except BaseException as exc:
         return results, exc
     return results, None
+
+
+# Inputs a one-iterable chunked map cuts by slicing (exact types: a subclass
+# may slice differently, or expensively).
+_SLICED = (list, tuple, range)
+
+
+def _slices(sequence: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(sequence), size):
+        yield sequence[start : start + size]
 
 
 def _result_or_cancel(future: Future[T], timeout: float | None) -> T:
@@ -199,10 +209,18 @@ class Executor(_base.Executor):
         # Not strict: like the builtin map, stop at the shortest iterable.
         arguments: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
         if chunksize > 1:
+            chunks: Iterator[Sequence[Any]]
             if len(iterables) == 1:
-                items = iter(iterables[0])
                 runner: Callable[..., tuple[list[T], BaseException | None]] = _run_chunk_single
-                chunks = iter(lambda: list(itertools.islice(items, chunksize)), [])
+                sequence = iterables[0]
+                if type(sequence) in _SLICED:
+                    # By slices: a range chunk is three integers on the wire
+                    # rather than thousands, and slicing a list copies
+                    # pointers in C.
+                    chunks = _slices(sequence, chunksize)  # type: ignore[arg-type]
+                else:
+                    items = iter(sequence)
+                    chunks = iter(lambda: list(itertools.islice(items, chunksize)), [])
             else:
                 runner = _run_chunk
                 chunks = iter(lambda: list(itertools.islice(arguments, chunksize)), [])
