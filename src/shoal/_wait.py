@@ -21,13 +21,15 @@ Concurrency:
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import _base
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _clock
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = (
     "ALL_COMPLETED",
@@ -208,6 +210,8 @@ class _AsyncWaiter:
     __slots__ = ("loop", "queue")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        import asyncio  # not at the top: `import shoal` (and every worker) would pay for it
+
         self.loop = loop
         self.queue: asyncio.Queue[_base.Future[Any]] = asyncio.Queue()
 
@@ -307,6 +311,8 @@ class as_completed(Generic[T]):
             _uninstall(waiter, pending)
 
     async def _aiterate(self, pending: set[_base.Future[T]]) -> AsyncIterator[_base.Future[T]]:
+        import asyncio
+
         total = len(pending)
         deadline = _clock.deadline_from(self._timeout)
         waiter = _AsyncWaiter(asyncio.get_running_loop())
