@@ -13,10 +13,11 @@ from __future__ import annotations
 import threading
 
 import crashers
+import psutil
 import pytest
 
 import shoal
-from shoal.process import _pool
+from shoal.process import _dispatcher, _pool, _wire
 
 TIMEOUT = 30
 
@@ -155,3 +156,29 @@ def test_many_threads_submitting_while_the_dispatcher_parks_and_wakes(
     expected = threads_n * (calls - calls // 10 + 5 * (calls // 10))
     assert (stats.completed, stats.queued, stats.running) == (expected, 0, 0)
     assert True in handovers
+
+
+def test_a_call_handed_to_a_worker_that_just_died_is_not_lost(
+    pool: shoal.ProcessPoolExecutor,
+) -> None:
+    assert pool.submit(crashers.pid).result(TIMEOUT) > 0
+    _settle(pool)  # a worker idle, the dispatcher parked
+    shared = pool._shared
+    dispatcher = pool._dispatcher
+    assert dispatcher is not None
+    with shared.lock:  # the dispatcher cannot unpark (and reap) until we let go
+        assert shared.parked and shared.idle
+        victim = shared.idle[-1]  # the one send_now() takes
+        process = psutil.Process(victim.process.pid)
+        process.kill()
+        process.wait(TIMEOUT)
+        task = _dispatcher.Task(10**9, shoal.Future(), crashers.square, (7,), {})
+        task.blob = _wire.dumps_call(crashers.square, (7,), {}, "shoal-test-unused")
+        # Its socket's other end is closed: nothing was sent, nothing changed.
+        assert dispatcher.send_now(task) is False
+        assert not task.future.running()
+        assert not victim.in_flight
+    # The dispatcher reaps it and replaces it; the pool goes on.
+    assert pool.submit(crashers.square, 8).result(TIMEOUT) == 64
+    stats = pool.statistics()
+    assert (stats.failed, stats.completed) == (0, 2)

@@ -463,17 +463,21 @@ class Dispatcher:
         if not shared.parked or not shared.idle:
             return False
         worker = shared.idle.pop()
-        task.future.set_running_or_notify_cancel()  # a new future: no user code runs
         assert task.blob is not None
         frame = _frame((_wire.RUN, [(task.id, task.blob)]))
-        worker.in_flight.append(task)
-        worker.sent += 1
+        # Write first: if nothing went out, nothing changed. The worker's
+        # answer cannot be read before the task is in its in-flight queue:
+        # the dispatcher reads only after it has unparked, under the lock
+        # held here.
         try:
             written = os.write(worker.fd, frame)
         except BlockingIOError:
-            written = 0
+            return False  # its socket is full: let the dispatcher queue the call
         except OSError:
-            return True  # the worker is gone: its sentinel wakes the dispatcher
+            return False  # the worker is gone: its sentinel tells the dispatcher how
+        task.future.set_running_or_notify_cancel()  # a new future: no user code runs
+        worker.in_flight.append(task)
+        worker.sent += 1
         if written < len(frame):
             worker.outbox += frame[written:]
             shared.flush = True
