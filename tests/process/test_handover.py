@@ -10,6 +10,7 @@ writes of a big message.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import crashers
@@ -17,7 +18,7 @@ import psutil
 import pytest
 
 import shoal
-from shoal.process import _dispatcher, _pool, _wire
+from shoal.process import _dispatcher, _pool, _wire, _worker
 
 TIMEOUT = 30
 
@@ -182,3 +183,14 @@ def test_a_call_handed_to_a_worker_that_just_died_is_not_lost(
     assert pool.submit(crashers.square, 8).result(TIMEOUT) == 64
     stats = pool.statistics()
     assert (stats.failed, stats.completed) == (0, 2)
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_workers_poll_for_calls_only_when_each_has_a_cpu(extra: int) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    with shoal.ProcessPoolExecutor(max_workers=cpus + extra) as pool:
+        assert pool.submit(crashers.square, 3).result(TIMEOUT) == 9
+        dispatcher = pool._dispatcher
+        assert dispatcher is not None
+        expected = 0.0 if extra else _worker.SPIN_SECONDS
+        assert dispatcher.spin_seconds == expected

@@ -248,6 +248,14 @@ def _frame(message: tuple[Any, ...]) -> bytes:
     return size.to_bytes(4, "big", signed=True) + payload
 
 
+def _cpus() -> int:
+    """The CPUs this process may use."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def _signal_name(exitcode: int | None) -> str:
     if exitcode is None:
         return "for an unknown reason"
@@ -298,6 +306,10 @@ class Dispatcher:
         self._initializer_objects = initializer_objects
         self._initializer_name = initializer_name
         self._max_tasks = max_tasks_per_child
+        # How long a worker polls for its next call before it blocks. It pays
+        # only when every worker can have a CPU of its own: more workers than
+        # CPUs would spin on CPU time the others need.
+        self.spin_seconds = _worker.SPIN_SECONDS if max_workers <= _cpus() else 0.0
         self._idle_timeout = idle_timeout
         self._shm_prefix = shm_prefix
         self._serial = serial
@@ -746,6 +758,7 @@ class Dispatcher:
             "parent_pid": os.getpid(),
             "shm_prefix": self._shm_prefix,
             "name": name,
+            "spin_seconds": self.spin_seconds,
         }
         parent_sock, child_sock = self._ctx.Pipe(duplex=True)
         if self._ctx.get_start_method() == "fork":

@@ -30,8 +30,9 @@ watchdog found the parent dead; EXIT_INTERNAL_ERROR when the loop itself
 (not user code) failed, after printing the traceback to stderr.
 
 Waiting: after it has answered the last call it held, a worker polls its
-pipe for SPIN_SECONDS before it blocks, so that the next call of a caller
-that submits one call at a time finds it awake.
+pipe for ``config["spin_seconds"]`` (default SPIN_SECONDS) before it
+blocks, so that the next call of a caller that submits one call at a time
+finds it awake.
 
 Concurrency:
   Threads: the main thread reads and writes the pipe (it alone) and runs
@@ -221,15 +222,16 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
     poller.register(conn.fileno(), select.POLLIN)
     poll = poller.poll
     clock = time.perf_counter
+    spin_seconds = config.get("spin_seconds", SPIN_SECONDS)
     spin = False
     while True:
-        if spin:
+        if spin and spin_seconds:
             # Just answered the last call we held: look for the next message
             # for a moment before sleeping in recv(). A sequential caller's
             # next call then arrives while we are awake, which saves a
             # wake-up (tens of microseconds) per round trip, for at most
             # SPIN_SECONDS of CPU each time the worker falls idle.
-            deadline = clock() + SPIN_SECONDS
+            deadline = clock() + spin_seconds
             while not poll(0) and clock() < deadline:
                 pass
         spin = True
@@ -269,10 +271,11 @@ def worker_main(conn: Any, config: dict[str, Any]) -> None:
         config: ``initializer`` (a call Blob or None), ``parent_pid``,
             ``shm_prefix`` (the pool's; this worker's segments are named
             ``{shm_prefix}-w{pid}-{n}``), ``name`` (the process title) and,
-            optionally, ``inherited_fds``: descriptors the worker closes at
-            once (under the fork start method, the parent's ends of the
-            worker pipes; never pass it for spawn or forkserver, where those
-            numbers mean other files).
+            optionally, ``spin_seconds`` (how long to poll for the next
+            message before blocking; 0: never) and ``inherited_fds``:
+            descriptors the worker closes at once (under the fork start
+            method, the parent's ends of the worker pipes; never pass it for
+            spawn or forkserver, where those numbers mean other files).
 
     Returns normally (exit code 0) after EXIT, after INIT_FAILED and when the
     parent has gone; exits with EXIT_INTERNAL_ERROR if the loop itself fails.
