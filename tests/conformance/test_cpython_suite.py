@@ -176,21 +176,6 @@ if PROCESS_POOL:
 # Open: tests that fail here for a reason not yet understood. Each names
 # what was checked; none is a private detail or a design difference.
 OPEN_SKIPS: dict[str, str] = {}
-if PROCESS_POOL:
-    OPEN_SKIPS.update(
-        {
-            f"test_init.FailingInitializerResourcesTest.test_{method}": (
-                "the nested run's "
-                "resource tracker is stopped while the test's own log_queue (a "
-                "multiprocessing Queue) is still alive, so it reports that queue's "
-                "semaphores as leaked (exit code 1; their finalizers then fail "
-                "with FileNotFoundError). The same scenario outside this harness "
-                "(failing initializer with a Queue in initargs, shutdown, gc, "
-                "_resource_tracker._stop()) exits 0 under spawn and forkserver."
-            )
-            for method in ("spawn", "forkserver")
-        }
-    )
 
 # CPython tests that check a behaviour shoal deliberately replaces (see the
 # module docstring). Keyed like PRIVATE_DETAIL_SKIPS.

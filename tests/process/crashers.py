@@ -205,8 +205,11 @@ def die_once_after_gate(gate_path: str, flag_path: str) -> None:
     os._exit(9)
 
 
-def log_to_queue_then(queue: object, action: str) -> None:
-    """An initializer that reports through a multiprocessing Queue, then acts."""
+def log_to_queue_then(queue: object, action: str, *_carried: object) -> None:
+    """An initializer that reports through a multiprocessing Queue, then acts.
+
+    Further arguments only travel with the initializer (a test watches them).
+    """
     queue.put(("initializer ran", os.getpid()))  # type: ignore[attr-defined]
     if action != "none":
         _do(action)

@@ -223,6 +223,52 @@ def test_multiprocessing_queue_in_initargs(start_method: str) -> None:
         queue.join_thread()
 
 
+@pytest.mark.parametrize("action", ["none", "raise"], ids=["succeeding", "failing"])
+def test_shutdown_lets_go_of_initargs(start_method: str, action: str) -> None:
+    """After shutdown(wait=True) nothing of shoal's holds the initializer's arguments.
+
+    Checked by reference counting alone (the cyclic collector is off): CPython's
+    test_init.FailingInitializerResourcesTest stops the resource tracker right
+    after such a pool and counts a Queue still alive as leaked semaphores. The
+    Queue cannot be pickled (it travels to each new process as an object), the
+    marker can (it travels pickled); the pool object itself stays referenced.
+    """
+    import gc
+    import multiprocessing
+    import weakref
+
+    context = multiprocessing.get_context(start_method)
+    queue = context.Queue()
+    marker = crashers.Boom("travels with the initializer")
+    refs = {"queue": weakref.ref(queue), "marker": weakref.ref(marker)}
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        pool = shoal.ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=context,
+            initializer=crashers.log_to_queue_then,
+            initargs=(queue, action, marker),
+        )
+        future = pool.submit(crashers.pid)
+        if action == "raise":
+            with pytest.raises(BrokenProcessPool):
+                future.result(TIMEOUT)
+            with pytest.raises(BrokenProcessPool):
+                pool.submit(crashers.pid)
+        else:
+            future.result(TIMEOUT)
+        assert queue.get(timeout=TIMEOUT)[0] == "initializer ran"
+        pool.shutdown(wait=True)
+        del queue, marker
+        alive = [name for name, ref in refs.items() if ref() is not None]
+        assert not alive, f"still referenced after shutdown: {alive}"
+    finally:
+        if collecting:
+            gc.enable()
+    assert pool._initargs == ()
+
+
 def test_private_views_of_the_standard_pool() -> None:
     with shoal.ProcessPoolExecutor(max_workers=1) as pool:
         assert pool._processes == {}

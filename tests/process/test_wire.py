@@ -275,6 +275,39 @@ def test_when_cloudpickle_fails_too_its_error_is_raised(prefix):
         _wire.dumps_call(lambda: None, (threading.Lock(),), {}, prefix)
 
 
+class Watched:
+    """A picklable object a weak reference can watch."""
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["cloudpickled", "unpicklable"])
+def test_pickling_keeps_no_argument_alive(prefix, fails):
+    # A lambda sends dumps() down its slow path (_wrap_big_bytes, cloudpickle);
+    # a lock makes it fail there. Either way, once dumps() is done its
+    # arguments must be free by reference counting alone: a reference cycle
+    # kept a pool's initargs (a multiprocessing Queue) alive until the cyclic
+    # collector ran.
+    import gc
+    import weakref
+
+    watched = Watched()
+    ref = weakref.ref(watched)
+    args = (watched, threading.Lock()) if fails else (watched,)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        try:
+            _wire.dumps_call(lambda *a: None, args, {}, prefix)
+        except TypeError:
+            assert fails
+        else:
+            assert not fails
+        del watched, args
+        assert ref() is None
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def test_unpickling_error_surfaces_and_leaves_no_segment(prefix):
     big = np.ones(BIG, dtype=np.uint8)
     blob = _wire.dumps((big, LoadFails(), big.copy()), prefix)

@@ -383,8 +383,11 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         if wait or dispatcher is None:
             with _global_lock:
                 _dispatchers.pop(self._serial, None)
-            # No worker will start again: let go of the initializer's arguments.
+            # No worker will start again: let go of the initializer and its
+            # arguments (a multiprocessing Queue, say), though the pool object lives on.
             self._initializer_blob = self._initializer_objects = None
+            self._initializer = None
+            self._initargs = ()
 
     def __exit__(
         self,

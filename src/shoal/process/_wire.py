@@ -249,15 +249,30 @@ def _wrap_big_bytes(obj: object) -> object:
     seen twice is copied once, so shared references stay shared. Returns
     ``obj`` itself when there is nothing to wrap.
     """
-    budget = _WRAP_BUDGET
-    seen: dict[int, object] = {}
+    return _Wrapper().wrap(obj, _WRAP_DEPTH)
 
-    def wrap(item: object, depth: int) -> object:
-        nonlocal budget
+
+class _Wrapper:
+    """One _wrap_big_bytes() walk.
+
+    A class rather than a recursive closure: a closure that calls itself is a
+    reference cycle, which would keep ``seen`` (the user's arguments: a
+    multiprocessing Queue in initargs, say) alive until the cyclic collector
+    happens to run.
+    """
+
+    __slots__ = ("budget", "seen")
+
+    def __init__(self) -> None:
+        self.budget = _WRAP_BUDGET
+        self.seen: dict[int, object] = {}
+
+    def wrap(self, item: object, depth: int) -> object:
         kind = type(item)
         if kind not in _WRAPPED_TYPES:
             return item
         key = id(item)
+        seen = self.seen
         if key in seen:
             return seen[key]
         seen[key] = item  # until finished: a cycle keeps the original
@@ -266,20 +281,18 @@ def _wrap_big_bytes(obj: object) -> object:
             if len(item) >= SHM_THRESHOLD:
                 new = _OutOfBand(item)
         elif isinstance(item, dict):
-            if depth and budget >= len(item):
-                budget -= len(item)
-                values = {k: wrap(v, depth - 1) for k, v in item.items()}
+            if depth and self.budget >= len(item):
+                self.budget -= len(item)
+                values = {k: self.wrap(v, depth - 1) for k, v in item.items()}
                 if any(values[k] is not v for k, v in item.items()):
                     new = values
-        elif isinstance(item, tuple | list) and depth and budget >= len(item):
-            budget -= len(item)
-            items = [wrap(x, depth - 1) for x in item]
+        elif isinstance(item, tuple | list) and depth and self.budget >= len(item):
+            self.budget -= len(item)
+            items = [self.wrap(x, depth - 1) for x in item]
             if any(a is not b for a, b in zip(items, item, strict=True)):
                 new = tuple(items) if kind is tuple else items
         seen[key] = new
         return new
-
-    return wrap(obj, _WRAP_DEPTH)
 
 
 def _reduce_memoryview(view: memoryview) -> tuple[Any, ...]:
@@ -376,22 +389,30 @@ def _pickle(obj: object, out_of_band: bool = True) -> tuple[bytes, list[pickle.P
             return data, buffers
         obj = wrapped
     error: Exception | None = None
-    for cloud in (False, True):
-        buffers = []
-        file = io.BytesIO()
-        try:
-            pickler_class = _cloud_pickler_class() if cloud else _Pickler
-        except ImportError:
-            break  # no cloudpickle: plain pickle's error stands
-        try:
-            callback = _collector(buffers, out_of_band)
-            pickler_class(file, protocol=5, buffer_callback=callback).dump(obj)
-        except Exception as exc:
-            error = exc
-            continue
-        return file.getvalue(), buffers
-    assert error is not None
-    raise error
+    try:
+        for cloud in (False, True):
+            buffers = []
+            file = io.BytesIO()
+            try:
+                pickler_class = _cloud_pickler_class() if cloud else _Pickler
+            except ImportError:
+                break  # no cloudpickle: plain pickle's error stands
+            try:
+                callback = _collector(buffers, out_of_band)
+                pickler_class(file, protocol=5, buffer_callback=callback).dump(obj)
+            except Exception as exc:
+                error = exc
+                continue
+            return file.getvalue(), buffers
+        assert error is not None
+        raise error
+    finally:
+        # An error's traceback holds this frame, whose ``error`` holds the
+        # error: a cycle that would keep ``obj`` (the user's arguments: a
+        # multiprocessing Queue in initargs, say) and the callers' frames
+        # alive until the cyclic collector happens to run, also when a later
+        # attempt succeeded.
+        error = None
 
 
 def _store(data: bytes, buffers: list[pickle.PickleBuffer], shm_prefix: str) -> Blob:
