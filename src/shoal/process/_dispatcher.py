@@ -87,6 +87,7 @@ EXIT_GRACE_SECONDS = 5.0
 READ_CHUNK = 1 << 20
 
 _HEADER = 4
+_NO_FUNCTION = object()  # no task's function
 _LENGTH = struct.Struct("!i")
 
 
@@ -108,7 +109,9 @@ class Task:
         self.fn = fn
         # The arguments until the call is pickled; then only the pickle, kept
         # while the call is in flight so that it can go to another worker if
-        # its worker dies before starting it.
+        # its worker dies before starting it. Once pickled, ``kwargs`` tells
+        # the blob's kind: None for a call blob (function and all), the empty
+        # dict for an args blob (its function travels with each RUN message).
         self.args: tuple[Any, ...] | None = args
         self.kwargs: dict[str, Any] | None = kwargs
         self.blob: _wire.Blob | None = None
@@ -219,6 +222,26 @@ def _frame(message: tuple[Any, ...]) -> bytes:
     if size > 0x7FFFFFFF:
         return (-1).to_bytes(4, "big", signed=True) + size.to_bytes(8, "big") + payload
     return size.to_bytes(4, "big", signed=True) + payload
+
+
+def _function_index(fn: object, functions: list[bytes], indexes: dict[int, int]) -> int:
+    """The index of ``fn``'s pickle in ``functions`` (added on first sight), or -1.
+
+    -1 when ``fn`` does not travel by reference: then each call carries it.
+    ``indexes`` remembers the answer by ``id(fn)``, valid while the tasks
+    holding ``fn`` are alive.
+    """
+    key = id(fn)
+    index = indexes.get(key)
+    if index is None:
+        data = _wire.dumps_function(fn)
+        if data is None:
+            index = -1
+        else:
+            index = len(functions)
+            functions.append(data)
+        indexes[key] = index
+    return index
 
 
 def _signal_name(exitcode: int | None) -> str:
@@ -451,29 +474,67 @@ class Dispatcher:
             starting += 1
 
     def _send(self, worker: _Worker, tasks: list[Task]) -> None:
-        batch: list[tuple[int, _wire.Blob]] = []
+        """Pickle the calls not pickled yet and write them to ``worker`` as one RUN message.
+
+        A function that travels by reference (``_wire.dumps_function``) is
+        pickled once per message and each of its calls without kwargs only
+        carries its arguments; see ``_wire.RUN``.
+        """
+        batch: list[tuple[Any, ...]] = []
+        functions: list[bytes] = []
+        indexes: dict[int, int] = {}  # id(fn) -> index in functions, or -1
         prefix = self._shm_prefix
+        dumps = _wire.dumps
+        append = batch.append
+        in_flight_append = worker.in_flight.append
+        last_fn: object = _NO_FUNCTION
+        index = -1
         for task in tasks:
+            fn = task.fn
+            if fn is not last_fn:
+                last_fn = fn
+                index = _function_index(fn, functions, indexes)
             blob = task.blob
             if blob is None:
                 future = task.future
                 if not future.set_running_or_notify_cancel():
                     continue  # cancelled while queued
+                kwargs = task.kwargs
                 try:
-                    blob = _wire.dumps_call(task.fn, task.args or (), task.kwargs or {}, prefix)
+                    if index >= 0 and not kwargs:
+                        blob = dumps(task.args, prefix)
+                    else:
+                        task.kwargs = None  # the blob holds the whole call
+                        blob = _wire.dumps_call(fn, task.args or (), kwargs or {}, prefix)
                 except BaseException as exc:
+                    task.args = task.kwargs = None
                     self._set_exception(future, exc)
                     self._shared.failed += 1
                     continue
-                finally:
-                    task.args = task.kwargs = None
+                task.args = None
                 task.blob = blob
-            batch.append((task.id, blob))
-            worker.in_flight.append(task)
+            elif task.kwargs is None:
+                append((task.id, blob))
+                in_flight_append(task)
+                continue
+            elif index < 0:  # pragma: no cover - pickled by reference once, not any more
+                _wire.discard(blob)
+                task.blob = None
+                self._set_exception(
+                    task.future,
+                    pickle.PicklingError(f"{task.describe()} could not be pickled any more"),
+                )
+                self._shared.failed += 1
+                continue
+            if task.kwargs is None:
+                append((task.id, blob))
+            else:
+                append((task.id, blob, index))
+            in_flight_append(task)
         if not batch:
             return
         worker.sent += len(batch)
-        self._write(worker, _frame((_wire.RUN, batch)))
+        self._write(worker, _frame((_wire.RUN, batch, functions)))
 
     def _write(self, worker: _Worker, frame: bytes) -> None:
         worker.outbox += frame

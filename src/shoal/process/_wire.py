@@ -14,6 +14,8 @@ Wire format::
                   data: a protocol-5 pickle of one object; its out-of-band
                   buffers live, in order, in the shared-memory segments
     call blob = Blob of (fn, args, kwargs)
+    args blob = Blob of args (a tuple), for a call whose function travels
+                  once per RUN message (see RUN below) and has no kwargs
     error blob= Blob whose data is a plain pickle of
                   (type_name, message, traceback_text, exception_data)
                   and whose segments are those of exception_data; read it
@@ -54,6 +56,7 @@ import os
 import pickle
 import struct
 import traceback
+import types
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -77,6 +80,7 @@ __all__ = (
     "dumps",
     "dumps_call",
     "dumps_error",
+    "dumps_function",
     "load_error",
     "loads",
     "recv",
@@ -86,7 +90,12 @@ __all__ = (
 )
 
 # Message tags (the first element of every message).
-RUN = 1  # parent -> worker: (RUN, [(task_id, call_blob), ...])
+# parent -> worker: (RUN, [(task_id, call_blob), ...])
+#   or (RUN, [entry, ...], functions), where an entry is (task_id, call_blob)
+#   or (task_id, args_blob, index): the call functions[index](*args), and
+#   functions is a list of function pickles (bytes) made by dumps_function().
+#   The worker unpickles each function once per message, on first use.
+RUN = 1
 EXIT = 2  # parent -> worker: (EXIT,)
 READY = 3  # worker -> parent: (READY, pid)
 INIT_FAILED = 4  # worker -> parent: (INIT_FAILED, error_blob)
@@ -441,6 +450,39 @@ def dumps_call(
 ) -> Blob:
     """Pickle the call ``fn(*args, **kwargs)``; importable functions go by reference."""
     return dumps((fn, args, kwargs), shm_prefix)
+
+
+_BY_REFERENCE_TYPES = (types.FunctionType, types.BuiltinFunctionType)
+
+
+def dumps_function(fn: object) -> bytes | None:
+    """The pickle of ``fn`` if it travels by reference (by name), else None.
+
+    True for module-level functions and builtins that plain pickle takes by
+    name: unpickling them gives the same function every time, so a worker
+    may unpickle one once and use it for many calls. Anything with state of
+    its own (a closure, a bound method, a builtin method of an object, a
+    partial) gives None: it travels inside each call blob, so that every
+    call gets its own copy, as every call has its own arguments.
+    """
+    kind = type(fn)
+    if kind is not types.FunctionType and (
+        kind is not types.BuiltinFunctionType
+        or not isinstance(getattr(fn, "__self__", None), types.ModuleType)
+    ):
+        return None
+    try:
+        data = pickle.dumps(fn, protocol=5)
+    except Exception:  # a lambda, a closure, a function of __main__: cloudpickle's
+        return None
+    # Plain pickle writes such a function as a global (and checks that the name
+    # leads back to it); make sure nothing changed that (a dispatch_table entry).
+    try:
+        if pickle.loads(data) is not fn:
+            return None
+    except Exception:
+        return None
+    return data
 
 
 def loads(blob: Blob) -> Any:
