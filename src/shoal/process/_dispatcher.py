@@ -578,10 +578,22 @@ class Dispatcher:
                 break
         offset = 0
         end = len(inbox)
+        # Answers in their general form, completed by _complete(). The common
+        # answer (a result in band, none of those before it) is completed
+        # right here instead, straight from the inbox.
         answers: list[tuple[int, bool, _wire.Blob, float]] = []
+        in_flight = worker.in_flight
+        popleft = in_flight.popleft
+        loads = pickle.loads
+        unpack_length = _LENGTH.unpack_from
+        unpack_answer = _wire.RESULT_BODY.unpack_from
+        result_mark = _wire.RESULT_MARK
+        data_at = _wire.RESULT_DATA_OFFSET
+        answered = completed = 0
+        total = 0.0
         with memoryview(inbox) as view:
             while end - offset >= _HEADER:
-                size = _LENGTH.unpack_from(view, offset)[0]
+                size = unpack_length(view, offset)[0]
                 header = _HEADER
                 if size == -1:
                     if end - offset < 12:
@@ -594,10 +606,33 @@ class Dispatcher:
                 offset = start + size
                 # No slice of the view may outlive this loop: the inbox is
                 # resized below, which needs every export released.
-                if view[start] == _wire.RESULT_MARK:
-                    answers.append(_wire.decode_result(view[start:offset]))
+                if view[start] == result_mark:
+                    task_id, ok, duration = unpack_answer(view, start + 1)
+                    if ok and in_flight and not answers:
+                        task = popleft()
+                        if task.id != task_id:  # pragma: no cover - answers come in order
+                            raise RuntimeError(
+                                f"{worker.name} answered task {task_id}, expected {task.id}"
+                            )
+                        answered += 1
+                        total += duration
+                        try:
+                            value = loads(view[start + data_at : offset])
+                        except BaseException as exc:
+                            self._unpickling_failed(task, exc)
+                        else:
+                            try:
+                                task.future.set_result(value)
+                            except Exception:
+                                pass  # already done: a forced cancel got there first
+                            completed += 1
+                            del value
+                        del task
+                        continue
+                    blob = (bytes(view[start + data_at : offset]), ())
+                    answers.append((task_id, ok, blob, duration))
                     continue
-                message = pickle.loads(view[start:offset])
+                message = loads(view[start:offset])
                 if message[0] == _wire.RESULTS:
                     answers.extend(message[1])
                     continue
@@ -607,6 +642,9 @@ class Dispatcher:
                 self._handle(worker, message)
         if offset:
             del inbox[:offset]
+        if answered:
+            self._shared.completed += completed
+            self._account(worker, answered, total)
         if answers:
             self._complete(worker, answers)
 
@@ -648,14 +686,7 @@ class Dispatcher:
                 try:
                     value = loads(blob)
                 except BaseException as exc:
-                    error = pickle.UnpicklingError(
-                        f"the result of {task.describe()} could not be unpickled in the "
-                        f"parent process: {exc!r}. Return values must unpickle in the "
-                        "process that submitted the call."
-                    )
-                    error.__cause__ = exc
-                    self._set_exception(future, error)
-                    failed += 1
+                    self._unpickling_failed(task, exc)
                 else:
                     try:
                         future.set_result(value)
@@ -673,10 +704,25 @@ class Dispatcher:
             del future, task
         shared.completed += completed
         shared.failed += failed
-        mean = total / len(results)
+        self._account(worker, len(results), total)
+
+    def _unpickling_failed(self, task: Task, exc: BaseException) -> None:
+        """Fail ``task``, whose result arrived but does not unpickle here."""
+        error = pickle.UnpicklingError(
+            f"the result of {task.describe()} could not be unpickled in the "
+            f"parent process: {exc!r}. Return values must unpickle in the "
+            "process that submitted the call."
+        )
+        error.__cause__ = exc
+        self._set_exception(task.future, error)
+        self._shared.failed += 1
+
+    def _account(self, worker: _Worker, answered: int, total: float) -> None:
+        """After ``answered`` answers of ``worker`` that ran ``total`` seconds."""
+        mean = total / answered
         previous = self._mean_duration
         self._mean_duration = mean if previous is None else 0.7 * previous + 0.3 * mean
-        if not in_flight:
+        if not worker.in_flight:
             worker.since_idle = _clock.monotonic()
             if self._max_tasks is not None and worker.sent >= self._max_tasks:
                 self._retire(worker)

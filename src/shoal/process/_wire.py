@@ -640,7 +640,9 @@ def recv(conn: Any) -> Any:
 # whose blob has shared-memory segments go as a pickled RESULTS message.
 RESULT_MARK = 0x52  # "R"; a pickled message starts with 0x80 instead
 _RESULT_HEAD = struct.Struct("!iBq?d")
-_RESULT_BODY = struct.Struct("!q?d")
+# After the mark: the task id, ok and the duration; the pickle starts at RESULT_DATA_OFFSET.
+RESULT_BODY = struct.Struct("!q?d")
+RESULT_DATA_OFFSET = 1 + RESULT_BODY.size
 
 
 def send_result(conn: Any, task_id: int, ok: bool, blob: Blob, duration: float) -> None:
@@ -658,5 +660,5 @@ def send_result(conn: Any, task_id: int, ok: bool, blob: Blob, duration: float) 
 
 def decode_result(payload: memoryview) -> tuple[int, bool, Blob, float]:
     """Read an answer framed by ``send_result`` (its payload, after the length)."""
-    task_id, ok, duration = _RESULT_BODY.unpack_from(payload, 1)
-    return task_id, ok, (bytes(payload[1 + _RESULT_BODY.size :]), ()), duration
+    task_id, ok, duration = RESULT_BODY.unpack_from(payload, 1)
+    return task_id, ok, (bytes(payload[RESULT_DATA_OFFSET:]), ()), duration
