@@ -307,6 +307,7 @@ class Dispatcher:
         # Exponentially weighted mean of task durations, seconds; None until measured.
         self._mean_duration: float | None = None
         self._selector.register(shared.wake_r, selectors.EVENT_READ, None)
+        self._read_buffer = bytearray(READ_CHUNK)
 
     # -- statistics (read from other threads) ------------------------------
 
@@ -561,20 +562,26 @@ class Dispatcher:
 
     def _read(self, worker: _Worker) -> None:
         inbox = worker.inbox
+        # Into one buffer kept for all reads: os.read() would allocate (and
+        # then shrink) READ_CHUNK bytes per call, which costs more than the read.
+        buffer = self._read_buffer
         while True:
             try:
-                data = os.read(worker.fd, READ_CHUNK)
+                count = os.readv(worker.fd, (buffer,))
             except BlockingIOError:
                 break
             except OSError:
-                data = b""
-            if not data:
+                count = 0
+            if not count:
                 # End of stream: the worker is gone; its sentinel says how.
                 self._selector.unregister(worker.fd)
                 worker.closed = True
                 break
-            inbox += data
-            if len(data) < READ_CHUNK:
+            if count == READ_CHUNK:
+                inbox += buffer
+            else:
+                with memoryview(buffer) as view:
+                    inbox += view[:count]
                 break
         offset = 0
         end = len(inbox)

@@ -65,6 +65,8 @@ _live: weakref.WeakValueDictionary[int, ProcessPoolExecutor] = (
 )  # guarded by: _global_lock
 _dispatchers: dict[int, tuple[Shared, Dispatcher]] = {}  # guarded by: _global_lock
 _serials = itertools.count(1)
+# The kwargs of every call of map(): shared, never changed (the dispatcher only reads it).
+_NO_KWARGS: dict[str, Any] = {}
 _owner_pid = os.getpid()
 
 
@@ -256,7 +258,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         if not callable(fn):
             raise TypeError(f"map() needs a callable as its first argument, not {fn!r}")
         ids = self._ids
-        tasks = [Task(next(ids), Future(), fn, args, {}) for args in arguments]
+        no_kwargs = _NO_KWARGS
+        tasks = [Task(next(ids), Future(), fn, args, no_kwargs) for args in arguments]
         shared = self._shared
         with shared.lock:
             self._check_open()
