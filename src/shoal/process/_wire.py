@@ -643,6 +643,7 @@ _RESULT_HEAD = struct.Struct("!iBq?d")
 # After the mark: the task id, ok and the duration; the pickle starts at RESULT_DATA_OFFSET.
 RESULT_BODY = struct.Struct("!q?d")
 RESULT_DATA_OFFSET = 1 + RESULT_BODY.size
+_RESULT_BYTES = _RESULT_HEAD.size - 4  # the payload before the pickle
 
 
 def send_result(conn: Any, task_id: int, ok: bool, blob: Blob, duration: float) -> None:
@@ -651,11 +652,13 @@ def send_result(conn: Any, task_id: int, ok: bool, blob: Blob, duration: float) 
     if segments:
         send(conn, (RESULTS, [(task_id, ok, blob, duration)]))
         return
-    frame = _RESULT_HEAD.pack(_RESULT_HEAD.size - 4 + len(data), RESULT_MARK, task_id, ok, duration)
+    frame = _RESULT_HEAD.pack(_RESULT_BYTES + len(data), RESULT_MARK, task_id, ok, duration) + data
     fd = conn.fileno()
-    view = memoryview(frame + data)
-    while view:
-        view = view[os.write(fd, view) :]
+    written = os.write(fd, frame)
+    if written < len(frame):  # a full socket buffer: the rest, as it drains
+        view = memoryview(frame)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def decode_result(payload: memoryview) -> tuple[int, bool, Blob, float]:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -149,7 +150,8 @@ def _run_one(
                 # Stored only once unpickled: a function that fails to unpickle
                 # fails each of its calls, with its own error.
                 fn = functions[index] = _wire.loads((fn, ()))
-            args = _wire.loads(entry[1])
+            blob = entry[1]
+            args = _wire.loads(blob) if blob[1] else pickle.loads(blob[0])
             kwargs = _NO_KWARGS
     except BaseException as exc:
         exc.add_note(f"(shoal: raised while unpickling the call in worker pid {os.getpid()})")
