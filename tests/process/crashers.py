@@ -85,6 +85,17 @@ def square(x: int) -> int:
     return x * x
 
 
+class Counter:
+    """Counts the calls of its method on this copy of it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def bump(self, _: object) -> int:
+        self.calls += 1
+        return self.calls
+
+
 def pid() -> int:
     return os.getpid()
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import os
+import random
 import signal
 import sys
 import time
@@ -39,6 +42,56 @@ def test_every_start_method(pool: shoal.ProcessPoolExecutor) -> None:
 def test_lambda_and_closure_travel(pool: shoal.ProcessPoolExecutor) -> None:
     offset = 5
     assert pool.submit(lambda x: x + offset, 1).result(TIMEOUT) == 6
+
+
+def test_map_gives_each_call_its_own_copy_of_the_callable(
+    pool: shoal.ProcessPoolExecutor,
+) -> None:
+    # Only a function that travels by name is unpickled once for many calls;
+    # a callable with state (a bound method, a builtin method of an object,
+    # a partial) is unpickled afresh for every call, as its arguments are.
+    assert list(pool.map(crashers.Counter().bump, range(40))) == [1] * 40
+    rng = random.Random(7)
+    assert set(pool.map(rng.getrandbits, [64] * 40)) == {rng.getrandbits(64)}
+    bump = functools.partial(crashers.Counter.bump, crashers.Counter())
+    assert list(pool.map(bump, range(40))) == [1] * 40
+    assert list(pool.map(crashers.square, range(40))) == [i * i for i in range(40)]
+
+
+def test_an_argument_that_does_not_unpickle_fails_only_its_call_of_a_map(
+    pool: shoal.ProcessPoolExecutor,
+) -> None:
+    arguments: list[object] = list(range(30))
+    arguments[10] = crashers.FailOnUnpickle("raise")
+    results = pool.map(crashers.take, arguments)
+    assert [next(results) for _ in range(10)] == ["ran"] * 10
+    with pytest.raises(crashers.Boom):
+        next(results)
+    mixed = [pool.submit(crashers.take, a) for a in arguments]
+    outcomes = [type(f.exception(TIMEOUT)) for f in mixed]
+    assert outcomes == [type(None)] * 10 + [crashers.Boom] + [type(None)] * 19
+
+
+def test_map_leaves_the_garbage_collector_as_it_found_it() -> None:
+    with shoal.ProcessPoolExecutor(max_workers=1) as pool:
+        seen = []
+
+        def arguments():
+            # The user's iterable runs with the collector as the user set it.
+            for i in range(5):
+                seen.append(gc.isenabled())
+                yield i
+
+        assert gc.isenabled()
+        assert list(pool.map(crashers.square, arguments())) == [0, 1, 4, 9, 16]
+        assert gc.isenabled() and seen == [True] * 5
+        gc.disable()
+        try:
+            seen.clear()
+            assert list(pool.map(crashers.square, arguments())) == [0, 1, 4, 9, 16]
+            assert not gc.isenabled() and seen == [False] * 5
+        finally:
+            gc.enable()
 
 
 def test_worker_exception_has_remote_traceback(pool: shoal.ProcessPoolExecutor) -> None:

@@ -194,6 +194,39 @@ def test_importable_function_goes_by_reference(prefix):
     assert fn is importable and fn(*args, **kwargs) == 3
 
 
+class Holder:
+    def method(self):
+        return self
+
+
+def test_dumps_function_only_for_functions_that_travel_by_name():
+    import functools
+    import math
+    import random
+
+    for fn in (importable, len, math.sqrt, os.path.join):
+        data = _wire.dumps_function(fn)
+        assert data is not None and pickle.loads(data) is fn
+    offset = 1
+
+    def closure(x):
+        return x + offset
+
+    # Each of these has state of its own (or needs cloudpickle): it must
+    # travel with each call, never be shared between calls.
+    for fn in (
+        lambda x: x,
+        closure,
+        Holder().method,  # a bound method
+        [].append,  # a builtin method of an object
+        random.Random(1).getrandbits,
+        functools.partial(importable, 1),
+        Holder(),
+        dict.fromkeys,  # a builtin method of a class
+    ):
+        assert _wire.dumps_function(fn) is None, fn
+
+
 def run_python(code, timeout=30):
     return subprocess.run(
         [sys.executable, "-X", "dev", "-W", "error", "-c", textwrap.dedent(code)],

@@ -237,6 +237,42 @@ def test_eof_from_the_parent_ends_the_worker_quietly(parents):
     assert parent.process.exitcode == _worker.EXIT_OK
 
 
+def test_functions_sent_once_per_message_and_calls_that_carry_only_arguments(parents, prefix):
+    parent = parents()
+    parent.ready()
+    add_data = _wire.dumps_function(add)
+    assert add_data is not None and b"\x8c\x03add" in add_data
+    # The pickle of a function the worker cannot find: each call of it fails
+    # on its own, and the others of the message run.
+    missing = add_data.replace(b"\x8c\x03add", b"\x8c\x03nop")
+    functions = [add_data, missing]
+
+    def args(*values):
+        return _wire.dumps(values, prefix)
+
+    tasks = [
+        (1, args(1, 2), 0),
+        (2, args(1, 2), 1),
+        parent.call(add, 10, b=20),  # a whole call blob, in the same message
+        (4, args(LoadFails()), 0),  # its arguments do not unpickle
+        (5, args(1, 2), 1),
+        (6, args(5, 6), 0),
+    ]
+    _wire.send(parent.conn, (_wire.RUN, tasks, functions))
+    results = parent.results(len(tasks))
+    assert [r[0] for r in results] == [1, 2, tasks[2][0], 4, 5, 6]
+    assert value_of(results[0]) == 3
+    for result in (results[1], results[4]):
+        error = error_of(result)
+        assert type(error) is AttributeError and "nop" in str(error)
+        assert any("unpickling the call" in note for note in error.__notes__)
+    assert value_of(results[2]) == 30
+    error = error_of(results[3])
+    assert type(error) is RuntimeError and "cannot be unpickled in the worker" in str(error)
+    assert value_of(results[5]) == 11
+    assert parent.exit() == _worker.EXIT_OK
+
+
 def test_a_mixed_batch_answers_every_task_in_order(parents, prefix):
     parent = parents()
     parent.ready()

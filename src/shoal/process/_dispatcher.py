@@ -106,6 +106,7 @@ EXIT_GRACE_SECONDS = 5.0
 READ_CHUNK = 1 << 20
 
 _HEADER = 4
+_NO_FUNCTION = object()  # no task's function
 _LENGTH = struct.Struct("!i")
 
 
@@ -127,7 +128,9 @@ class Task:
         self.fn = fn
         # The arguments until the call is pickled; then only the pickle, kept
         # while the call is in flight so that it can go to another worker if
-        # its worker dies before starting it.
+        # its worker dies before starting it. Once pickled, ``kwargs`` tells
+        # the blob's kind: None for a call blob (function and all), the empty
+        # dict for an args blob (its function travels with each RUN message).
         self.args: tuple[Any, ...] | None = args
         self.kwargs: dict[str, Any] | None = kwargs
         self.blob: _wire.Blob | None = None
@@ -256,6 +259,26 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _function_index(fn: object, functions: list[bytes], indexes: dict[int, int]) -> int:
+    """The index of ``fn``'s pickle in ``functions`` (added on first sight), or -1.
+
+    -1 when ``fn`` does not travel by reference: then each call carries it.
+    ``indexes`` remembers the answer by ``id(fn)``, valid while the tasks
+    holding ``fn`` are alive.
+    """
+    key = id(fn)
+    index = indexes.get(key)
+    if index is None:
+        data = _wire.dumps_function(fn)
+        if data is None:
+            index = -1
+        else:
+            index = len(functions)
+            functions.append(data)
+        indexes[key] = index
+    return index
+
+
 def _signal_name(exitcode: int | None) -> str:
     if exitcode is None:
         return "for an unknown reason"
@@ -324,6 +347,7 @@ class Dispatcher:
         # Exponentially weighted mean of task durations, seconds; None until measured.
         self._mean_duration: float | None = None
         self._selector.register(shared.wake_r, selectors.EVENT_READ, None)
+        self._read_buffer = bytearray(READ_CHUNK)
 
     # -- statistics (read from other threads) ------------------------------
 
@@ -571,29 +595,67 @@ class Dispatcher:
             starting += 1
 
     def _send(self, worker: _Worker, tasks: list[Task]) -> None:
-        batch: list[tuple[int, _wire.Blob]] = []
+        """Pickle the calls not pickled yet and write them to ``worker`` as one RUN message.
+
+        A function that travels by reference (``_wire.dumps_function``) is
+        pickled once per message and each of its calls without kwargs only
+        carries its arguments; see ``_wire.RUN``.
+        """
+        batch: list[tuple[Any, ...]] = []
+        functions: list[bytes] = []
+        indexes: dict[int, int] = {}  # id(fn) -> index in functions, or -1
         prefix = self._shm_prefix
+        dumps = _wire.dumps
+        append = batch.append
+        in_flight_append = worker.in_flight.append
+        last_fn: object = _NO_FUNCTION
+        index = -1
         for task in tasks:
+            fn = task.fn
+            if fn is not last_fn:
+                last_fn = fn
+                index = _function_index(fn, functions, indexes)
             blob = task.blob
             if blob is None:
                 future = task.future
                 if not future.set_running_or_notify_cancel():
                     continue  # cancelled while queued
+                kwargs = task.kwargs
                 try:
-                    blob = _wire.dumps_call(task.fn, task.args or (), task.kwargs or {}, prefix)
+                    if index >= 0 and not kwargs:
+                        blob = dumps(task.args, prefix)
+                    else:
+                        task.kwargs = None  # the blob holds the whole call
+                        blob = _wire.dumps_call(fn, task.args or (), kwargs or {}, prefix)
                 except BaseException as exc:
+                    task.args = task.kwargs = None
                     self._set_exception(future, exc)
                     self._shared.failed += 1
                     continue
-                finally:
-                    task.args = task.kwargs = None
+                task.args = None
                 task.blob = blob
-            batch.append((task.id, blob))
-            worker.in_flight.append(task)
+            elif task.kwargs is None:
+                append((task.id, blob))
+                in_flight_append(task)
+                continue
+            elif index < 0:  # pragma: no cover - pickled by reference once, not any more
+                _wire.discard(blob)
+                task.blob = None
+                self._set_exception(
+                    task.future,
+                    pickle.PicklingError(f"{task.describe()} could not be pickled any more"),
+                )
+                self._shared.failed += 1
+                continue
+            if task.kwargs is None:
+                append((task.id, blob))
+            else:
+                append((task.id, blob, index))
+            in_flight_append(task)
         if not batch:
             return
         worker.sent += len(batch)
-        self._write(worker, _frame((_wire.RUN, batch)))
+        self._write(worker, _frame((_wire.RUN, batch, functions)))
 
     def _write(self, worker: _Worker, frame: bytes) -> None:
         worker.outbox += frame
@@ -620,27 +682,45 @@ class Dispatcher:
 
     def _read(self, worker: _Worker) -> None:
         inbox = worker.inbox
+        # Into one buffer kept for all reads: os.read() would allocate (and
+        # then shrink) READ_CHUNK bytes per call, which costs more than the read.
+        buffer = self._read_buffer
         while True:
             try:
-                data = os.read(worker.fd, READ_CHUNK)
+                count = os.readv(worker.fd, (buffer,))
             except BlockingIOError:
                 break
             except OSError:
-                data = b""
-            if not data:
+                count = 0
+            if not count:
                 # End of stream: the worker is gone; its sentinel says how.
                 self._selector.unregister(worker.fd)
                 worker.closed = True
                 break
-            inbox += data
-            if len(data) < READ_CHUNK:
+            if count == READ_CHUNK:
+                inbox += buffer
+            else:
+                with memoryview(buffer) as view:
+                    inbox += view[:count]
                 break
         offset = 0
         end = len(inbox)
+        # Answers in their general form, completed by _complete(). The common
+        # answer (a result in band, none of those before it) is completed
+        # right here instead, straight from the inbox.
         answers: list[tuple[int, bool, _wire.Blob, float]] = []
+        in_flight = worker.in_flight
+        popleft = in_flight.popleft
+        loads = pickle.loads
+        unpack_length = _LENGTH.unpack_from
+        unpack_answer = _wire.RESULT_BODY.unpack_from
+        result_mark = _wire.RESULT_MARK
+        data_at = _wire.RESULT_DATA_OFFSET
+        answered = completed = 0
+        total = 0.0
         with memoryview(inbox) as view:
             while end - offset >= _HEADER:
-                size = _LENGTH.unpack_from(view, offset)[0]
+                size = unpack_length(view, offset)[0]
                 header = _HEADER
                 if size == -1:
                     if end - offset < 12:
@@ -653,10 +733,33 @@ class Dispatcher:
                 offset = start + size
                 # No slice of the view may outlive this loop: the inbox is
                 # resized below, which needs every export released.
-                if view[start] == _wire.RESULT_MARK:
-                    answers.append(_wire.decode_result(view[start:offset]))
+                if view[start] == result_mark:
+                    task_id, ok, duration = unpack_answer(view, start + 1)
+                    if ok and in_flight and not answers:
+                        task = popleft()
+                        if task.id != task_id:  # pragma: no cover - answers come in order
+                            raise RuntimeError(
+                                f"{worker.name} answered task {task_id}, expected {task.id}"
+                            )
+                        answered += 1
+                        total += duration
+                        try:
+                            value = loads(view[start + data_at : offset])
+                        except BaseException as exc:
+                            self._unpickling_failed(task, exc)
+                        else:
+                            try:
+                                task.future.set_result(value)
+                            except Exception:
+                                pass  # already done: a forced cancel got there first
+                            completed += 1
+                            del value
+                        del task
+                        continue
+                    blob = (bytes(view[start + data_at : offset]), ())
+                    answers.append((task_id, ok, blob, duration))
                     continue
-                message = pickle.loads(view[start:offset])
+                message = loads(view[start:offset])
                 if message[0] == _wire.RESULTS:
                     answers.extend(message[1])
                     continue
@@ -666,6 +769,9 @@ class Dispatcher:
                 self._handle(worker, message)
         if offset:
             del inbox[:offset]
+        if answered:
+            self._shared.completed += completed
+            self._account(worker, answered, total)
         if answers:
             self._complete(worker, answers)
 
@@ -707,14 +813,7 @@ class Dispatcher:
                 try:
                     value = loads(blob)
                 except BaseException as exc:
-                    error = pickle.UnpicklingError(
-                        f"the result of {task.describe()} could not be unpickled in the "
-                        f"parent process: {exc!r}. Return values must unpickle in the "
-                        "process that submitted the call."
-                    )
-                    error.__cause__ = exc
-                    self._set_exception(future, error)
-                    failed += 1
+                    self._unpickling_failed(task, exc)
                 else:
                     try:
                         future.set_result(value)
@@ -732,10 +831,25 @@ class Dispatcher:
             del future, task
         shared.completed += completed
         shared.failed += failed
-        mean = total / len(results)
+        self._account(worker, len(results), total)
+
+    def _unpickling_failed(self, task: Task, exc: BaseException) -> None:
+        """Fail ``task``, whose result arrived but does not unpickle here."""
+        error = pickle.UnpicklingError(
+            f"the result of {task.describe()} could not be unpickled in the "
+            f"parent process: {exc!r}. Return values must unpickle in the "
+            "process that submitted the call."
+        )
+        error.__cause__ = exc
+        self._set_exception(task.future, error)
+        self._shared.failed += 1
+
+    def _account(self, worker: _Worker, answered: int, total: float) -> None:
+        """After ``answered`` answers of ``worker`` that ran ``total`` seconds."""
+        mean = total / answered
         previous = self._mean_duration
         self._mean_duration = mean if previous is None else 0.7 * previous + 0.3 * mean
-        if not in_flight:
+        if not worker.in_flight:
             worker.since_idle = _clock.monotonic()
             if self._max_tasks is not None and worker.sent >= self._max_tasks:
                 self._retire(worker)

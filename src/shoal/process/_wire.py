@@ -14,6 +14,8 @@ Wire format::
                   data: a protocol-5 pickle of one object; its out-of-band
                   buffers live, in order, in the shared-memory segments
     call blob = Blob of (fn, args, kwargs)
+    args blob = Blob of args (a tuple), for a call whose function travels
+                  once per RUN message (see RUN below) and has no kwargs
     error blob= Blob whose data is a plain pickle of
                   (type_name, message, traceback_text, exception_data)
                   and whose segments are those of exception_data; read it
@@ -54,6 +56,7 @@ import os
 import pickle
 import struct
 import traceback
+import types
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -77,6 +80,7 @@ __all__ = (
     "dumps",
     "dumps_call",
     "dumps_error",
+    "dumps_function",
     "load_error",
     "loads",
     "recv",
@@ -86,7 +90,12 @@ __all__ = (
 )
 
 # Message tags (the first element of every message).
-RUN = 1  # parent -> worker: (RUN, [(task_id, call_blob), ...])
+# parent -> worker: (RUN, [(task_id, call_blob), ...])
+#   or (RUN, [entry, ...], functions), where an entry is (task_id, call_blob)
+#   or (task_id, args_blob, index): the call functions[index](*args), and
+#   functions is a list of function pickles (bytes) made by dumps_function().
+#   The worker unpickles each function once per message, on first use.
+RUN = 1
 EXIT = 2  # parent -> worker: (EXIT,)
 READY = 3  # worker -> parent: (READY, pid)
 INIT_FAILED = 4  # worker -> parent: (INIT_FAILED, error_blob)
@@ -464,6 +473,39 @@ def dumps_call(
     return dumps((fn, args, kwargs), shm_prefix)
 
 
+_BY_REFERENCE_TYPES = (types.FunctionType, types.BuiltinFunctionType)
+
+
+def dumps_function(fn: object) -> bytes | None:
+    """The pickle of ``fn`` if it travels by reference (by name), else None.
+
+    True for module-level functions and builtins that plain pickle takes by
+    name: unpickling them gives the same function every time, so a worker
+    may unpickle one once and use it for many calls. Anything with state of
+    its own (a closure, a bound method, a builtin method of an object, a
+    partial) gives None: it travels inside each call blob, so that every
+    call gets its own copy, as every call has its own arguments.
+    """
+    kind = type(fn)
+    if kind is not types.FunctionType and (
+        kind is not types.BuiltinFunctionType
+        or not isinstance(getattr(fn, "__self__", None), types.ModuleType)
+    ):
+        return None
+    try:
+        data = pickle.dumps(fn, protocol=5)
+    except Exception:  # a lambda, a closure, a function of __main__: cloudpickle's
+        return None
+    # Plain pickle writes such a function as a global (and checks that the name
+    # leads back to it); make sure nothing changed that (a dispatch_table entry).
+    try:
+        if pickle.loads(data) is not fn:
+            return None
+    except Exception:
+        return None
+    return data
+
+
 def loads(blob: Blob) -> Any:
     """Rebuild the object of a blob; its segments are unlinked, also when this fails."""
     data, segments = blob
@@ -619,7 +661,10 @@ def recv(conn: Any) -> Any:
 # whose blob has shared-memory segments go as a pickled RESULTS message.
 RESULT_MARK = 0x52  # "R"; a pickled message starts with 0x80 instead
 _RESULT_HEAD = struct.Struct("!iBq?d")
-_RESULT_BODY = struct.Struct("!q?d")
+# After the mark: the task id, ok and the duration; the pickle starts at RESULT_DATA_OFFSET.
+RESULT_BODY = struct.Struct("!q?d")
+RESULT_DATA_OFFSET = 1 + RESULT_BODY.size
+_RESULT_BYTES = _RESULT_HEAD.size - 4  # the payload before the pickle
 
 
 def send_result(conn: Any, task_id: int, ok: bool, blob: Blob, duration: float) -> None:
@@ -628,14 +673,16 @@ def send_result(conn: Any, task_id: int, ok: bool, blob: Blob, duration: float) 
     if segments:
         send(conn, (RESULTS, [(task_id, ok, blob, duration)]))
         return
-    frame = _RESULT_HEAD.pack(_RESULT_HEAD.size - 4 + len(data), RESULT_MARK, task_id, ok, duration)
+    frame = _RESULT_HEAD.pack(_RESULT_BYTES + len(data), RESULT_MARK, task_id, ok, duration) + data
     fd = conn.fileno()
-    view = memoryview(frame + data)
-    while view:
-        view = view[os.write(fd, view) :]
+    written = os.write(fd, frame)
+    if written < len(frame):  # a full socket buffer: the rest, as it drains
+        view = memoryview(frame)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def decode_result(payload: memoryview) -> tuple[int, bool, Blob, float]:
     """Read an answer framed by ``send_result`` (its payload, after the length)."""
-    task_id, ok, duration = _RESULT_BODY.unpack_from(payload, 1)
-    return task_id, ok, (bytes(payload[1 + _RESULT_BODY.size :]), ()), duration
+    task_id, ok, duration = RESULT_BODY.unpack_from(payload, 1)
+    return task_id, ok, (bytes(payload[RESULT_DATA_OFFSET:]), ()), duration

@@ -9,7 +9,10 @@ child's end of a duplex ``multiprocessing`` pipe, and speaks the protocol of
     ------                                   ------
                                              initializer (if any)
              <-- (READY, pid) or (INIT_FAILED, error_blob), then exit 0
-    (RUN, [(task_id, call_blob), ...]) -->   runs the calls in order
+    (RUN, [entry, ...], functions) -->       runs the calls in order; an entry
+                                             is (task_id, call_blob) or
+                                             (task_id, args_blob, index into
+                                             functions): see _wire.RUN
              <-- one answer per call, sent before the next call starts
                  (_wire.send_result; RESULTS when it has shared memory)
     (EXIT,) -->                              exits 0
@@ -46,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import select
 import signal
 import sys
@@ -72,6 +76,8 @@ EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE in sysexits.h
 # How long (seconds) an idle worker polls for its next message before it
 # blocks: the price of the saved wake-up, paid only when the worker falls idle.
 SPIN_SECONDS = 0.0002
+
+_NO_KWARGS: dict[str, Any] = {}
 
 # How often (seconds) the watchdog looks for the parent: the worst-case delay
 # before an orphaned worker exits, against a wake-up of an idle process.
@@ -129,20 +135,41 @@ def _from_user_frame(exc: BaseException) -> BaseException:
     return exc
 
 
-def _run_one(task_id: int, blob: _wire.Blob, prefix: str) -> tuple[int, bool, _wire.Blob, float]:
-    """Run one call and return its answer; never raises for the user's sake.
+# Stands for a function of a RUN message not unpickled yet.
+_NOT_LOADED: Any = object()
 
-    Everything the call touched (function, arguments, result, exception) is
-    local here and released when this returns.
+
+def _run_one(
+    entry: tuple[Any, ...], prefix: str, functions: list[Any]
+) -> tuple[int, bool, _wire.Blob, float]:
+    """Run one call of a RUN message and return its answer; never raises for the user's sake.
+
+    ``entry`` is ``(task_id, call_blob)`` or ``(task_id, args_blob, index)``
+    (see ``_wire.RUN``); ``functions`` holds the message's function pickles,
+    each replaced by its function when first unpickled. Everything else the
+    call touched (arguments, result, exception) is local here and released
+    when this returns.
     """
+    task_id = entry[0]
     try:
-        fn, args, kwargs = _wire.loads(blob)
+        if len(entry) == 2:
+            fn, args, kwargs = _wire.loads(entry[1])
+        else:
+            index = entry[2]
+            fn = functions[index]
+            if type(fn) is bytes:
+                # Stored only once unpickled: a function that fails to unpickle
+                # fails each of its calls, with its own error.
+                fn = functions[index] = _wire.loads((fn, ()))
+            blob = entry[1]
+            args = _wire.loads(blob) if blob[1] else pickle.loads(blob[0])
+            kwargs = _NO_KWARGS
     except BaseException as exc:
         exc.add_note(f"(shoal: raised while unpickling the call in worker pid {os.getpid()})")
         return task_id, False, _wire.dumps_error(exc, prefix), 0.0
     start = time.perf_counter()
     try:
-        result = fn(*args, **kwargs)
+        result = fn(*args, **kwargs) if kwargs else fn(*args)
     except BaseException as exc:
         duration = time.perf_counter() - start
         return task_id, False, _wire.dumps_error(_from_user_frame(exc), prefix), duration
@@ -242,12 +269,15 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
         tag = message[0]
         if tag == _wire.RUN:
             batch = message[1]
+            # The function pickles of the message; each is replaced by its
+            # function when first used, and dropped with the message.
+            functions = message[2] if len(message) > 2 else []
             del message
             batch.reverse()  # pop() from the end: each call blob is freed once run
             while batch:
-                task_id, blob = batch.pop()
-                answer = run_one(task_id, blob, prefix)
-                del blob
+                entry = batch.pop()
+                answer = run_one(entry, prefix, functions)
+                del entry
                 # Answer each call before starting the next: if this process
                 # dies, the parent knows exactly which call it was running
                 # (the first unanswered one) and that the calls behind it
