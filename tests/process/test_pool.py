@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import gc
 import os
 import random
 import signal
@@ -70,28 +69,6 @@ def test_an_argument_that_does_not_unpickle_fails_only_its_call_of_a_map(
     mixed = [pool.submit(crashers.take, a) for a in arguments]
     outcomes = [type(f.exception(TIMEOUT)) for f in mixed]
     assert outcomes == [type(None)] * 10 + [crashers.Boom] + [type(None)] * 19
-
-
-def test_map_leaves_the_garbage_collector_as_it_found_it() -> None:
-    with shoal.ProcessPoolExecutor(max_workers=1) as pool:
-        seen = []
-
-        def arguments():
-            # The user's iterable runs with the collector as the user set it.
-            for i in range(5):
-                seen.append(gc.isenabled())
-                yield i
-
-        assert gc.isenabled()
-        assert list(pool.map(crashers.square, arguments())) == [0, 1, 4, 9, 16]
-        assert gc.isenabled() and seen == [True] * 5
-        gc.disable()
-        try:
-            seen.clear()
-            assert list(pool.map(crashers.square, arguments())) == [0, 1, 4, 9, 16]
-            assert not gc.isenabled() and seen == [False] * 5
-        finally:
-            gc.enable()
 
 
 def test_worker_exception_has_remote_traceback(pool: shoal.ProcessPoolExecutor) -> None:

@@ -37,7 +37,6 @@ Concurrency:
 
 from __future__ import annotations
 
-import gc
 import itertools
 import multiprocessing
 import os
@@ -299,23 +298,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             raise TypeError(f"map() needs a callable as its first argument, not {fn!r}")
         ids = self._ids
         no_kwargs = _NO_KWARGS
-        # The user's iterable is read first, with the garbage collector as the
-        # user has it. Then the tasks are built with the collector paused:
-        # each of them holds a new future, and building many would set off
-        # full collections over and over, each walking every task built so
-        # far (about a third of the parent's time in map() of tiny calls).
-        # They are collected normally once built. No user code runs while
-        # the collector is paused.
-        arguments = list(arguments)
-        collecting = gc.isenabled()
-        if collecting:
-            gc.disable()
-        try:
-            tasks = [Task(next(ids), Future(), fn, args, no_kwargs) for args in arguments]
-        finally:
-            if collecting:
-                gc.enable()
-        del arguments
+        tasks = [Task(next(ids), Future(), fn, args, no_kwargs) for args in arguments]
         shared = self._shared
         with shared.lock:
             self._check_open()
