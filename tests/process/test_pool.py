@@ -307,3 +307,39 @@ def test_private_views_of_the_standard_pool() -> None:
         assert list(pool._processes) == [worker]
         assert pool._executor_manager_thread.is_alive()
         assert pool._broken is False
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dispatcher_failure_while_sending_fails_the_calls_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # caplog: the dispatcher logs its failure as CRITICAL; keep it out of the output.
+    from shoal.process import _wire
+
+    pool = shoal.ProcessPoolExecutor(max_workers=1)
+    try:
+        assert pool.submit(crashers.square, 2).result(TIMEOUT) == 4
+
+        def broken(fn: object) -> bytes | None:
+            raise RuntimeError("a bug in shoal, simulated")
+
+        monkeypatch.setattr(_wire, "dumps_function", broken)
+        futures = []
+        for i in range(50):
+            try:
+                futures.append(pool.submit(crashers.square, i))
+            except BrokenProcessPool:  # it broke already: later submits are refused
+                break
+        not_done = shoal.wait(futures, TIMEOUT).not_done
+        assert not not_done  # no future left pending forever
+        # The first call may have been handed to the idle worker by submit()
+        # itself (that path does not call dumps_function); the rest fail.
+        failed = [f.exception() for f in futures if f.exception() is not None]
+        assert len(failed) >= len(futures) - 1 >= 1
+        for error in failed:
+            assert isinstance(error, BrokenProcessPool)
+            assert "dispatcher thread failed" in str(error)
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(crashers.square, 3)
+    finally:
+        pool.shutdown(wait=True)

@@ -341,6 +341,8 @@ class Dispatcher:
         self._workers: dict[int, _Worker] = {}  # by socket fd
         # Calls taken from Shared.queue, not yet sent to a worker, in order.
         self._backlog: collections.deque[Task] = collections.deque()
+        # Calls taken from the backlog by the _send() under way.
+        self._sending: list[Task] = []
         # Workers gone (died or retired) and not replaced yet.
         self._departed = 0
         self._startup_deaths = 0
@@ -583,7 +585,11 @@ class Dispatcher:
                     room = min(room, self._max_tasks - worker.sent)
                 if room <= 0:
                     break
-                self._send(worker, [backlog.popleft() for _ in range(min(room, len(backlog)))])
+                # Held in _sending while _send runs: if the dispatcher fails
+                # there (a bug in shoal), _break still finds these calls.
+                self._sending = [backlog.popleft() for _ in range(min(room, len(backlog)))]
+                self._send(worker, self._sending)
+                self._sending = []
             if not backlog:
                 break
         # Start workers while calls wait and the pool is below its size.
@@ -1025,6 +1031,18 @@ class Dispatcher:
                 error = BrokenProcessPool(reason)
                 error.__cause__ = cause
                 self._set_exception(task.future, error)
+                shared.failed += 1
+        sending, self._sending = self._sending, []
+        for task in sending:
+            # Taken for a message that was never written; some may be in an
+            # in-flight queue (failed above) or running already.
+            future = task.future
+            if future.done():
+                continue
+            if future.running() or future.set_running_or_notify_cancel():
+                error = BrokenProcessPool(reason)
+                error.__cause__ = cause
+                self._set_exception(future, error)
                 shared.failed += 1
 
     def _stop_workers(self, how: str) -> None:
