@@ -15,6 +15,8 @@
                               reads RESULTS, completes futures <---------- RESULTS (one per call)
                               a sentinel fires: fail or retry that
                               worker's tasks only, start a new worker
+    submit() while the dispatcher is parked (the hand-over, below):
+      pickles the call, writes its RUN message ------------------------> an idle worker
 
 Each worker has its own socket pair, so the dispatcher always knows which
 task is on which worker: a crash touches exactly that worker's tasks.
@@ -36,9 +38,9 @@ when it can. Before it blocks in select() with nothing queued and a worker
 idle, the dispatcher *parks*: under ``Shared.lock`` it sets
 ``Shared.parked`` and lists the idle workers in ``Shared.idle``. A
 submitter that finds it parked pickles the call in its own thread and,
-under ``Shared.lock``, takes a worker from ``Shared.idle``, appends the
-task to that worker's in-flight queue and writes the RUN message to its
-socket (``send_now``). When select() returns, the dispatcher *unparks*
+under ``Shared.lock``, takes a worker from ``Shared.idle``, writes the RUN
+message to its socket and, once something went out, appends the task to
+that worker's in-flight queue (``send_now``). When select() returns, the dispatcher *unparks*
 under ``Shared.lock`` before it touches any table, and finds the handed
 calls in the in-flight queues, where answers and crashes are settled as for
 any other call.
