@@ -274,7 +274,11 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             blob = _wire.dumps_call(task.fn, task.args or (), task.kwargs or {}, self._shm_prefix)
         except Exception:
             return False
+        # The task as the dispatcher must find it once sent: a call blob
+        # (kwargs None says so), no arguments. Set before it can see the task.
+        args, kwargs = task.args, task.kwargs
         task.blob = blob
+        task.args = task.kwargs = None
         shared = self._shared
         sent = False
         try:
@@ -284,11 +288,9 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         finally:
             if not sent:
                 task.blob = None
+                task.args, task.kwargs = args, kwargs
                 _wire.discard(blob)
-        if not sent:
-            return False
-        task.args = task.kwargs = None
-        return True
+        return sent
 
     def _submit_many(
         self, fn: Callable[..., T], arguments: Iterable[tuple[Any, ...]]
