@@ -253,8 +253,11 @@ def _frame(message: tuple[Any, ...]) -> bytes:
     return size.to_bytes(4, "big", signed=True) + payload
 
 
-def _cpus() -> int:
-    """The CPUs this process may use."""
+def usable_cpus() -> int:
+    """The CPUs this process may use (the default number of workers, too)."""
+    count = getattr(os, "process_cpu_count", None)
+    if count is not None:  # Python 3.13+
+        return int(count() or 1)
     try:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # pragma: no cover - not Linux
@@ -334,7 +337,7 @@ class Dispatcher:
         # How long a worker polls for its next call before it blocks. It pays
         # only when every worker can have a CPU of its own: more workers than
         # CPUs would spin on CPU time the others need.
-        self.spin_seconds = _worker.SPIN_SECONDS if max_workers <= _cpus() else 0.0
+        self.spin_seconds = _worker.SPIN_SECONDS if max_workers <= usable_cpus() else 0.0
         self._idle_timeout = idle_timeout
         self._shm_prefix = shm_prefix
         self._serial = serial

@@ -53,7 +53,7 @@ from .._future import Future
 from .._process_errors import BrokenProcessPool
 from .._stats import ExecutorStatistics
 from . import _wire
-from ._dispatcher import Dispatcher, Shared, Task
+from ._dispatcher import Dispatcher, Shared, Task, usable_cpus
 
 __all__ = ("ProcessPoolExecutor", "default_context")
 
@@ -125,16 +125,6 @@ def _describe(fn: object) -> str:
     return repr(fn)
 
 
-def _default_workers() -> int:
-    count = getattr(os, "process_cpu_count", None)
-    if count is not None:
-        return count() or 1
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _shut_down_abandoned(shared: Shared) -> Callable[[object], None]:
     def callback(_: object) -> None:
         with shared.lock:
@@ -178,7 +168,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         idle_timeout: float | None = None,
     ) -> None:
         if max_workers is None:
-            max_workers = _default_workers()
+            max_workers = usable_cpus()
         elif isinstance(max_workers, bool) or not isinstance(max_workers, int):
             raise TypeError(f"max_workers must be an int or None, not {max_workers!r}")
         if max_workers <= 0:
@@ -245,16 +235,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         future: Future[T] = Future()
         shared = self._shared
         task = Task(next(self._ids), future, fn, args, kwargs)
-        if shared.parked and self._send_now(task):
-            return future
-        with shared.lock:
-            self._check_open()
-            shared.queue.append(task)
-            if self._dispatcher is None:
-                self._start_dispatcher()
-        # Outside the lock: a write to the pipe lets the dispatcher run, and
-        # it would only block on the lock we held.
-        shared.wake()
+        if not (shared.parked and self._send_now(task)):
+            self._enqueue((task,))
         return future
 
     def _send_now(self, task: Task) -> bool:
@@ -301,14 +283,20 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         ids = self._ids
         no_kwargs = _NO_KWARGS
         tasks = [Task(next(ids), Future(), fn, args, no_kwargs) for args in arguments]
+        self._enqueue(tasks)
+        return [task.future for task in tasks]
+
+    def _enqueue(self, tasks: Iterable[Task]) -> None:
+        """Queue ``tasks`` for the dispatcher (started on first use) and wake it."""
         shared = self._shared
         with shared.lock:
             self._check_open()
             shared.queue.extend(tasks)
             if self._dispatcher is None:
                 self._start_dispatcher()
+        # Outside the lock: a write to the pipe lets the dispatcher run, and
+        # it would only block on the lock we held.
         shared.wake()
-        return [task.future for task in tasks]
 
     def _check_open(self) -> None:
         """Raise if the pool takes no more calls. Hold ``Shared.lock``."""
