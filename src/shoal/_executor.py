@@ -228,20 +228,27 @@ class Executor(_base.Executor):
                 runner, ((fn, c) for c in chunks), deadline, buffersize, ordered
             )
             return _unchunk(results)
+        if len(iterables) == 1:
+            return self._map_calls(fn, iterables[0], deadline, buffersize, ordered, star=False)
         return self._map_calls(fn, arguments, deadline, buffersize, ordered)
 
     def _map_calls(
         self,
         fn: Callable[..., T],
-        arguments: Iterator[tuple[Any, ...]],
+        arguments: Iterable[Any],
         deadline: float | None,
         buffersize: int | None,
         ordered: bool,
+        *,
+        star: bool = True,
     ) -> Iterator[T]:
+        """Submit the calls ``fn(*args)`` for each ``args`` of ``arguments``
+        (``fn(item)`` for each item when not ``star``) and iterate over their results."""
+        calls: Iterator[tuple[Any, ...]] = iter(arguments) if star else zip(arguments)
         if buffersize is not None:
-            arguments_now: Iterable[tuple[Any, ...]] = itertools.islice(arguments, buffersize)
+            arguments_now: Iterable[tuple[Any, ...]] = itertools.islice(calls, buffersize)
         else:
-            arguments_now = arguments
+            arguments_now = calls
         futures = collections.deque(self._submit_many(fn, arguments_now))
         # The iterator holds the executor weakly so that an abandoned map does
         # not keep a pool alive; it stops refilling once the executor is gone.
@@ -250,8 +257,8 @@ class Executor(_base.Executor):
         if ordered:
             if executor_ref is None and deadline is None:
                 return _ordered_eager(futures)
-            return _ordered(fn, futures, arguments, executor_ref, deadline)
-        return _unordered(fn, futures, arguments, executor_ref, deadline)
+            return _ordered(fn, futures, calls, executor_ref, deadline)
+        return _unordered(fn, futures, calls, executor_ref, deadline)
 
 
 def _refill(

@@ -84,6 +84,7 @@ from .. import _clock
 from .._future import LOGGER, Future
 from .._process_errors import BrokenProcessPool, WorkerLostError
 from . import _wire, _worker
+from ._runs import Failed, MapRun, Slice
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -137,9 +138,26 @@ class Task:
         self.kwargs: dict[str, Any] | None = kwargs
         self.blob: _wire.Blob | None = None
 
+    def __len__(self) -> int:
+        """One call (a map's Slice or MapRun holds many)."""
+        return 1
+
     def describe(self) -> str:
         name = getattr(self.fn, "__qualname__", None) or repr(self.fn)
         return f"task {self.id} ({name})"
+
+
+# What the pool's queue and the dispatcher's backlog hold: single calls, the
+# calls of a map() not cut into slices yet, and slices back from a worker
+# that died before running them.
+Queued = Task | MapRun | Slice
+# What a worker's in-flight queue holds.
+Sent = Task | Slice
+
+
+def _calls(entries: Any) -> int:
+    """How many calls ``entries`` (Tasks, MapRuns, Slices) hold."""
+    return sum(len(entry) for entry in entries)
 
 
 @dataclass
@@ -148,7 +166,7 @@ class Shared:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Submitted calls not yet taken by the dispatcher.
-    queue: collections.deque[Task] = field(default_factory=collections.deque)
+    queue: collections.deque[Queued] = field(default_factory=collections.deque)
     shutdown: bool = False
     # shutdown(cancel_futures=True): cancel the dispatcher's backlog too.
     cancel_backlog: bool = False
@@ -213,6 +231,7 @@ class _Worker:
     """The dispatcher's record of one worker process."""
 
     __slots__ = (
+        "calls",
         "closed",
         "fd",
         "in_flight",
@@ -235,12 +254,13 @@ class _Worker:
         self.name = name
         self.inbox = bytearray()
         self.outbox = bytearray()
-        self.in_flight: collections.deque[Task] = collections.deque()
+        self.in_flight: collections.deque[Sent] = collections.deque()
+        self.calls = 0  # calls in in_flight (a Slice holds several)
         self.ready = False
         self.retiring = False
         self.closed = False  # end of stream seen; the sentinel will follow
         self.init_error: BaseException | None = None  # its initializer raised this
-        self.sent = 0  # tasks sent over this worker's life
+        self.sent = 0  # calls sent over this worker's life
         self.since_idle = _clock.monotonic()
 
 
@@ -345,9 +365,9 @@ class Dispatcher:
         self._selector = selectors.DefaultSelector()
         self._workers: dict[int, _Worker] = {}  # by socket fd
         # Calls taken from Shared.queue, not yet sent to a worker, in order.
-        self._backlog: collections.deque[Task] = collections.deque()
+        self._backlog: collections.deque[Queued] = collections.deque()
         # Calls taken from the backlog by the _send() under way.
-        self._sending: list[Task] = []
+        self._sending: list[Sent] = []
         # Workers gone (died or retired) and not replaced yet.
         self._departed = 0
         self._startup_deaths = 0
@@ -366,7 +386,7 @@ class Dispatcher:
         """(workers, idle workers, calls in the backlog, calls in flight)."""
         workers = list(self._workers.values())
         idle = sum(1 for w in workers if not w.in_flight)
-        return len(workers), idle, len(self._backlog), sum(len(w.in_flight) for w in workers)
+        return len(workers), idle, _calls(list(self._backlog)), sum(w.calls for w in workers)
 
     # -- the loop ----------------------------------------------------------
 
@@ -521,6 +541,7 @@ class Dispatcher:
         task.future.set_running_or_notify_cancel()  # a new future: no user code runs
         worker.in_flight.append(task)
         worker.sent += 1
+        worker.calls += 1
         if written < len(frame):
             worker.outbox += frame[written:]
             shared.flush = True
@@ -560,11 +581,15 @@ class Dispatcher:
         self._shared.cancel_backlog = False
         backlog = self._backlog
         # Calls sent once already (back after their worker died before
-        # starting them) are running: they stay.
-        self._backlog = collections.deque(t for t in backlog if t.blob is not None)
-        for task in backlog:
-            if task.blob is None:
-                task.future._cancel_queued()
+        # starting them: a Task with its blob, a Slice) are running: they stay.
+        self._backlog = collections.deque(
+            t for t in backlog if type(t) is Slice or (type(t) is Task and t.blob is not None)
+        )
+        for entry in backlog:
+            if type(entry) is MapRun:
+                entry.cancel_rest()
+            elif type(entry) is Task and entry.blob is None:
+                entry.future._cancel_queued()
 
     def _dispatch(self) -> None:
         backlog = self._backlog
@@ -576,43 +601,89 @@ class Dispatcher:
             (
                 w
                 for w in self._workers.values()
-                if not w.retiring and not w.closed and len(w.in_flight) < low
+                if not w.retiring and not w.closed and w.calls < low
             ),
-            key=lambda w: len(w.in_flight),
+            key=lambda w: w.calls,
         )
         for worker in workers:
             # Again until the worker has its share: calls cancelled while
             # queued are dropped by _send, and nothing else would wake us to
             # send the calls behind them.
             while backlog:
-                room = share - len(worker.in_flight)
+                room = share - worker.calls
                 if self._max_tasks is not None:
                     room = min(room, self._max_tasks - worker.sent)
                 if room <= 0:
                     break
                 # Held in _sending while _send runs: if the dispatcher fails
                 # there (a bug in shoal), _break still finds these calls.
-                self._sending = [backlog.popleft() for _ in range(min(room, len(backlog)))]
+                self._sending = self._take(room)
                 self._send(worker, self._sending)
                 self._sending = []
             if not backlog:
                 break
+        if len(self._workers) >= self._max_workers:
+            return
         # Start workers while calls wait and the pool is below its size.
         starting = sum(1 for w in self._workers.values() if not w.ready)
-        waiting = len(backlog)
+        waiting = 0
+        for entry in backlog:  # counted only as far as it matters
+            waiting += len(entry)
+            if waiting > self._max_workers * share:
+                break
         while waiting > starting * share and len(self._workers) < self._max_workers:
             if not self._spawn():
                 return
             starting += 1
 
-    def _send(self, worker: _Worker, tasks: list[Task]) -> None:
+    def _take(self, room: int) -> list[Sent]:
+        """Take up to ``room`` calls off the backlog: Tasks, and slices cut off map runs."""
+        backlog = self._backlog
+        taken: list[Sent] = []
+        while room > 0 and backlog:
+            head = backlog[0]
+            kind = type(head)
+            if kind is Task:
+                taken.append(backlog.popleft())  # type: ignore[arg-type]
+                room -= 1
+                continue
+            if kind is MapRun:
+                run = cast("MapRun", head)
+                if run.cancelled:  # its map() stopped early: the rest never runs
+                    backlog.popleft()
+                    run.cancel_rest()
+                    continue
+                if not len(run):  # every call cut, or settled by a failure
+                    backlog.popleft()
+                    continue
+                part = run.cut(room)
+                if not len(run):
+                    backlog.popleft()
+            else:  # a Slice back from a worker that died before running it
+                part = cast("Slice", head)
+                size = 1 if part.singly else room
+                if len(part) > size:
+                    piece = Slice(part.run, part.start, part.start + size)
+                    piece.singly = part.singly
+                    part.start = piece.stop
+                    part = piece
+                else:
+                    backlog.popleft()
+            taken.append(part)
+            room -= len(part)
+        return taken
+
+    def _send(self, worker: _Worker, tasks: list[Sent]) -> None:
         """Pickle the calls not pickled yet and write them to ``worker`` as one RUN message.
 
         A function that travels by reference (``_wire.dumps_function``) is
         pickled once per message and each of its calls without kwargs only
-        carries its arguments; see ``_wire.RUN``.
+        carries its arguments; see ``_wire.RUN``. A map's slice travels as
+        one entry: its items pickled as one object.
         """
         batch: list[tuple[Any, ...]] = []
+        calls = 0  # of the slices (a Task entry is one call)
+        slice_entries = 0
         functions: list[bytes] = []
         indexes: dict[int, int] = {}  # id(fn) -> index in functions, or -1
         prefix = self._shm_prefix
@@ -622,6 +693,14 @@ class Dispatcher:
         last_fn: object = _NO_FUNCTION
         index = -1
         for task in tasks:
+            if type(task) is Slice:
+                for part, entry in self._slice_entries(task, functions, indexes):
+                    append(entry)
+                    in_flight_append(part)
+                    calls += len(part)
+                    slice_entries += 1
+                continue
+            assert type(task) is Task
             fn = task.fn
             if fn is not last_fn:
                 last_fn = fn
@@ -665,8 +744,58 @@ class Dispatcher:
             in_flight_append(task)
         if not batch:
             return
-        worker.sent += len(batch)
+        calls += len(batch) - slice_entries
+        worker.sent += calls
+        worker.calls += calls
         self._write(worker, _frame((_wire.RUN, batch, functions)))
+
+    def _slice_entries(
+        self, part: Slice, functions: list[bytes], indexes: dict[int, int]
+    ) -> list[tuple[Slice, tuple[Any, ...]]]:
+        """The RUN entries of a map's slice: one, or one per call if its items do not pickle as one.
+
+        A call whose item (or function) does not pickle fails here, at its
+        own position, with the pickling error.
+        """
+        run = part.run
+        fn_ref = self._run_function(run, functions, indexes)
+        if isinstance(fn_ref, BaseException):
+            self._shared.failed += part.fail_all(fn_ref) + run.settle_rest(Failed(fn_ref))
+            return []
+        try:
+            blob = _wire.dumps(part.items(), self._shm_prefix)
+        except BaseException as exc:
+            if len(part) == 1:
+                part.fail_all(exc)
+                self._shared.failed += 1
+                return []
+            # Find the culprits: each call on its own.
+            entries = []
+            for start in range(part.start, part.stop):
+                entries.extend(
+                    self._slice_entries(Slice(run, start, start + 1), functions, indexes)
+                )
+            part.start = part.stop
+            return entries
+        part.blob = blob
+        return [(part, (part.start, len(part), blob, fn_ref, run.star))]
+
+    def _run_function(
+        self, run: MapRun, functions: list[bytes], indexes: dict[int, int]
+    ) -> int | bytes | BaseException:
+        """How a run's function travels in this message: an index into ``functions``
+        (by reference, once per message), else its pickle (the worker unpickles
+        it afresh for each call, as each call of ``submit`` gets its own copy),
+        else the error that pickling it raised."""
+        index = _function_index(run.fn, functions, indexes)
+        if index >= 0:
+            return index
+        if run.fn_pickle is None:
+            try:
+                run.fn_pickle = _wire.dumps_inband(run.fn)
+            except BaseException as exc:
+                run.fn_pickle = exc
+        return cast("bytes | BaseException", run.fn_pickle)
 
     def _write(self, worker: _Worker, frame: bytes) -> None:
         worker.outbox += frame
@@ -729,6 +858,7 @@ class Dispatcher:
         data_at = _wire.RESULT_DATA_OFFSET
         answered = completed = 0
         total = 0.0
+        last_run: MapRun | None = None  # to notify once it has its results
         with memoryview(inbox) as view:
             while end - offset >= _HEADER:
                 size = unpack_length(view, offset)[0]
@@ -747,24 +877,41 @@ class Dispatcher:
                 if view[start] == result_mark:
                     task_id, ok, duration = unpack_answer(view, start + 1)
                     if ok and in_flight and not answers:
-                        task = popleft()
+                        task = in_flight[0]
                         if task.id != task_id:  # pragma: no cover - answers come in order
                             raise RuntimeError(
                                 f"{worker.name} answered task {task_id}, expected {task.id}"
                             )
                         answered += 1
                         total += duration
-                        try:
-                            value = loads(view[start + data_at : offset])
-                        except BaseException as exc:
-                            self._unpickling_failed(task, exc)
-                        else:
+                        if isinstance(task, Task):
+                            popleft()
                             try:
-                                task.future.set_result(value)
-                            except Exception:
-                                pass  # already done: a forced cancel got there first
-                            completed += 1
-                            del value
+                                value = loads(view[start + data_at : offset])
+                            except BaseException as exc:
+                                self._unpickling_failed(task, exc)
+                            else:
+                                try:
+                                    task.future.set_result(value)
+                                except Exception:
+                                    pass  # already done: a forced cancel got there first
+                                completed += 1
+                                del value
+                        else:  # a map's slice: its next call
+                            run = task.run
+                            if run is not last_run:
+                                if last_run is not None:
+                                    last_run.notify()
+                                last_run = run
+                            try:
+                                task.settle(loads(view[start + data_at : offset]))
+                            except BaseException as exc:
+                                self._unpickling_failed(task, exc)
+                            else:
+                                completed += 1
+                            if task.start == task.stop:
+                                popleft()
+                            del run
                         del task
                         continue
                     blob = (bytes(view[start + data_at : offset]), ())
@@ -780,6 +927,8 @@ class Dispatcher:
                 self._handle(worker, message)
         if offset:
             del inbox[:offset]
+        if last_run is not None:
+            last_run.notify()
         if answered:
             self._shared.completed += completed
             self._account(worker, answered, total)
@@ -800,6 +949,22 @@ class Dispatcher:
             # by then it has flushed what it had to say, such as the record of
             # this failure logged to a multiprocessing Queue.
             worker.init_error = error
+        elif tag == _wire.RESLICE:  # answers come in order: it is the next in flight
+            # The worker could not unpickle a slice's items as one list: send
+            # them again one call per entry, so each fails (or not) on its own.
+            part = worker.in_flight[0] if worker.in_flight else None
+            if type(part) is not Slice or part.start != message[1]:  # pragma: no cover
+                raise RuntimeError(f"{worker.name} cannot take slice {message[1]}: not its next")
+            worker.in_flight.popleft()
+            worker.calls -= len(part)
+            worker.sent -= len(part)
+            if part.blob is not None:
+                _wire.discard(part.blob)
+                part.blob = None
+            part.singly = True
+            self._backlog.appendleft(part)
+            if not worker.in_flight:
+                worker.since_idle = _clock.monotonic()
 
     def _complete(
         self, worker: _Worker, results: list[tuple[int, bool, _wire.Blob, float]]
@@ -810,15 +975,17 @@ class Dispatcher:
         loads = _wire.loads
         total = 0.0
         completed = failed = 0
+        runs: dict[int, MapRun] = {}  # to notify once they have their results
+        answered = 0
         for task_id, ok, blob, duration in results:
             if not in_flight:
                 _wire.discard(blob)
                 continue  # the pool broke and failed this call already
-            task = popleft()
+            task = in_flight[0]
             if task.id != task_id:  # pragma: no cover - the worker answers in order
                 raise RuntimeError(f"{worker.name} answered task {task_id}, expected {task.id}")
+            answered += 1
             total += duration
-            future = task.future
             error: BaseException
             if ok:
                 try:
@@ -826,10 +993,7 @@ class Dispatcher:
                 except BaseException as exc:
                     self._unpickling_failed(task, exc)
                 else:
-                    try:
-                        future.set_result(value)
-                    except Exception:
-                        pass  # already done: a forced cancel got there first
+                    self._settle(task, value)
                     completed += 1
                     del value
             else:
@@ -837,14 +1001,37 @@ class Dispatcher:
                     error = _wire.load_error(blob)
                 except BaseException as exc:
                     error = exc
-                self._set_exception(future, error)
+                self._settle(task, Failed(error))
                 failed += 1
-            del future, task
+                del error
+            if isinstance(task, Slice):
+                runs[id(task.run)] = task.run
+                if task.start < task.stop:
+                    continue
+            popleft()
+            del task
+        for run in runs.values():
+            run.notify()
         shared.completed += completed
         shared.failed += failed
-        self._account(worker, len(results), total)
+        if answered:
+            self._account(worker, answered, total)
 
-    def _unpickling_failed(self, task: Task, exc: BaseException) -> None:
+    def _settle(self, task: Sent, outcome: Any) -> None:
+        """The next call of ``task`` ended with ``outcome`` (a result, or Failed)."""
+        if type(task) is Slice:
+            task.settle(outcome)
+            return
+        assert type(task) is Task
+        try:
+            if type(outcome) is Failed:
+                task.future.set_exception(outcome.error)
+            else:
+                task.future.set_result(outcome)
+        except Exception:
+            pass  # already done: a forced cancel got there first
+
+    def _unpickling_failed(self, task: Sent, exc: BaseException) -> None:
         """Fail ``task``, whose result arrived but does not unpickle here."""
         error = pickle.UnpicklingError(
             f"the result of {task.describe()} could not be unpickled in the "
@@ -852,11 +1039,12 @@ class Dispatcher:
             "process that submitted the call."
         )
         error.__cause__ = exc
-        self._set_exception(task.future, error)
+        self._settle(task, Failed(error))
         self._shared.failed += 1
 
     def _account(self, worker: _Worker, answered: int, total: float) -> None:
         """After ``answered`` answers of ``worker`` that ran ``total`` seconds."""
+        worker.calls -= answered
         mean = total / answered
         previous = self._mean_duration
         self._mean_duration = mean if previous is None else 0.7 * previous + 0.3 * mean
@@ -948,6 +1136,12 @@ class Dispatcher:
         _wire.unlink_prefix(f"{self._shm_prefix}-w{process.pid}")
         held = list(worker.in_flight)
         worker.in_flight.clear()
+        worker.calls = 0
+        for part in held:
+            if type(part) is Slice and part.blob is not None:
+                # Pickled again when it goes out again (from the call it has got to).
+                _wire.discard(part.blob)
+                part.blob = None
         how = _signal_name(exitcode)
         if worker.init_error is not None:
             error = worker.init_error
@@ -984,6 +1178,10 @@ class Dispatcher:
         # call without an answer is the one it was running when it died; the
         # calls behind it never started, and go back to the front of the queue.
         lost, unstarted = held[0], held[1:]
+        if type(lost) is Slice and len(lost) > 1:
+            # The calls of its slice behind the one it was running never started.
+            unstarted.insert(0, Slice(lost.run, lost.start + 1, lost.stop))
+            lost.stop = lost.start + 1
         self._backlog.extendleft(reversed(unstarted))
         if lost.blob is not None:
             _wire.discard(lost.blob)
@@ -996,7 +1194,9 @@ class Dispatcher:
             task=lost.describe(),
             pid=process.pid,
         )
-        self._set_exception(lost.future, error)
+        self._settle(lost, Failed(error))
+        if type(lost) is Slice:
+            lost.run.notify()
         self._shared.failed += 1
 
     def _forget(self, worker: _Worker) -> None:
@@ -1011,7 +1211,7 @@ class Dispatcher:
     # -- breaking and stopping ---------------------------------------------
 
     def _break(
-        self, reason: str, cause: BaseException | None, orphans: list[Task] | None = None
+        self, reason: str, cause: BaseException | None, orphans: list[Sent] | None = None
     ) -> None:
         """Refuse all work from now on; fail every queued and in-flight call.
 
@@ -1028,26 +1228,41 @@ class Dispatcher:
         running = [t for w in self._workers.values() for t in w.in_flight] + (orphans or [])
         for worker in self._workers.values():
             worker.in_flight.clear()
+            worker.calls = 0
+
+        def broken() -> BrokenProcessPool:
+            error = BrokenProcessPool(reason)
+            error.__cause__ = cause
+            return error
+
         for task in queued + running:
-            # A queued future may have been cancelled: then it only needs notifying.
+            # A map's calls: those of a slice were sent (or are about to be),
+            # those of a run were not; a run whose map() stopped early has no
+            # reader left.
+            if isinstance(task, Slice):
+                shared.failed += task.fail_all(broken())
+            elif isinstance(task, MapRun):
+                if task.cancelled:
+                    task.cancel_rest()
+                else:
+                    shared.failed += task.settle_rest(Failed(broken()))
             # A dispatched call (it has a blob) is running already; a queued
             # one may have been cancelled, and then only needs notifying.
-            if task.blob is not None or task.future.set_running_or_notify_cancel():
-                error = BrokenProcessPool(reason)
-                error.__cause__ = cause
-                self._set_exception(task.future, error)
+            elif task.blob is not None or task.future.set_running_or_notify_cancel():
+                self._set_exception(task.future, broken())
                 shared.failed += 1
         sending, self._sending = self._sending, []
         for task in sending:
             # Taken for a message that was never written; some may be in an
             # in-flight queue (failed above) or running already.
+            if isinstance(task, Slice):
+                shared.failed += task.fail_all(broken())
+                continue
             future = task.future
             if future.done():
                 continue
             if future.running() or future.set_running_or_notify_cancel():
-                error = BrokenProcessPool(reason)
-                error.__cause__ = cause
-                self._set_exception(future, error)
+                self._set_exception(future, broken())
                 shared.failed += 1
 
     def _stop_workers(self, how: str) -> None:
@@ -1067,18 +1282,27 @@ class Dispatcher:
         for worker in list(self._workers.values()):
             worker.process.join(EXIT_GRACE_SECONDS)
             for task in worker.in_flight:
-                self._set_exception(task.future, BrokenProcessPool(reason))
-                self._shared.failed += 1
+                if isinstance(task, Slice):
+                    self._shared.failed += task.fail_all(BrokenProcessPool(reason))
+                else:
+                    self._set_exception(task.future, BrokenProcessPool(reason))
+                    self._shared.failed += 1
             worker.in_flight.clear()
+            worker.calls = 0
             self._forget(worker)
         with self._shared.lock:
             queued = list(self._backlog) + list(self._shared.queue)
             self._shared.queue.clear()
         self._backlog.clear()
-        for task in queued:
-            if not task.future._cancel_queued() and task.blob is not None:
+        for entry in queued:
+            if isinstance(entry, MapRun):
+                entry.cancel_rest()
+            elif isinstance(entry, Slice):
                 # Sent once, back in the queue after a crash: it is running.
-                self._set_exception(task.future, BrokenProcessPool(reason))
+                self._shared.failed += entry.fail_all(BrokenProcessPool(reason))
+            elif not entry.future._cancel_queued() and entry.blob is not None:
+                # Sent once, back in the queue after a crash: it is running.
+                self._set_exception(entry.future, BrokenProcessPool(reason))
                 self._shared.failed += 1
 
     def _kill_all(self) -> None:

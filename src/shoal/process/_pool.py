@@ -43,7 +43,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import process as _std_process
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar
@@ -52,8 +52,8 @@ from .._executor import Executor
 from .._future import Future
 from .._process_errors import BrokenProcessPool
 from .._stats import ExecutorStatistics
-from . import _wire
-from ._dispatcher import Dispatcher, Shared, Task, usable_cpus
+from . import _runs, _wire
+from ._dispatcher import Dispatcher, Queued, Shared, Task, usable_cpus
 
 __all__ = ("ProcessPoolExecutor", "default_context")
 
@@ -286,7 +286,32 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._enqueue(tasks)
         return [task.future for task in tasks]
 
-    def _enqueue(self, tasks: Iterable[Task]) -> None:
+    def _map_calls(
+        self,
+        fn: Callable[..., T],
+        arguments: Iterable[Any],
+        deadline: float | None,
+        buffersize: int | None,
+        ordered: bool,
+        *,
+        star: bool = True,
+    ) -> Iterator[T]:
+        """An eager, ordered map (the usual one) as one MapRun; see ``_runs``.
+
+        Lazy (``buffersize``) and unordered maps submit their calls one by one.
+        """
+        if buffersize is not None or not ordered:
+            return super()._map_calls(fn, arguments, deadline, buffersize, ordered, star=star)
+        if not callable(fn):
+            raise TypeError(f"map() needs a callable as its first argument, not {fn!r}")
+        # Read now, as the standard pool does; a range or tuple cannot
+        # change, anything else is copied.
+        items = arguments if type(arguments) in (range, tuple) else list(arguments)
+        run = _runs.MapRun(fn, items, star)  # type: ignore[arg-type]
+        self._enqueue((run,) if len(items) else ())  # type: ignore[arg-type]
+        return _runs.results(run, deadline)
+
+    def _enqueue(self, tasks: Iterable[Queued]) -> None:
         """Queue ``tasks`` for the dispatcher (started on first use) and wake it."""
         shared = self._shared
         with shared.lock:
@@ -370,7 +395,10 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             shared.wake()
             dispatcher = self._dispatcher
         for task in cancelled:
-            task.future._cancel_queued()
+            if type(task) is Task:
+                task.future._cancel_queued()
+            elif type(task) is _runs.MapRun:
+                task.cancel_rest()
         if wait and dispatcher is not None and dispatcher.thread is not threading.current_thread():
             dispatcher.join()
         if wait or dispatcher is None:
@@ -423,7 +451,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         return ExecutorStatistics(
             workers=workers,
             idle=idle,
-            queued=len(shared.queue) + backlog,
+            queued=sum(len(entry) for entry in list(shared.queue)) + backlog,
             running=running,
             completed=shared.completed,
             failed=shared.failed,

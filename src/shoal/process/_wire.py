@@ -16,6 +16,7 @@ Wire format::
     call blob = Blob of (fn, args, kwargs)
     args blob = Blob of args (a tuple), for a call whose function travels
                   once per RUN message (see RUN below) and has no kwargs
+    items blob= Blob of a sequence of a map's items (a slice of its calls)
     error blob= Blob whose data is a plain pickle of
                   (type_name, message, traceback_text, exception_data)
                   and whose segments are those of exception_data; read it
@@ -69,6 +70,7 @@ __all__ = (
     "EXIT",
     "INIT_FAILED",
     "READY",
+    "RESLICE",
     "RESULTS",
     "RUN",
     "SHM_THRESHOLD",
@@ -81,6 +83,7 @@ __all__ = (
     "dumps_call",
     "dumps_error",
     "dumps_function",
+    "dumps_inband",
     "load_error",
     "loads",
     "recv",
@@ -95,11 +98,18 @@ __all__ = (
 #   or (task_id, args_blob, index): the call functions[index](*args), and
 #   functions is a list of function pickles (bytes) made by dumps_function().
 #   The worker unpickles each function once per message, on first use.
+#   An entry (first_id, count, items_blob, fn, star) is a slice of a map: the
+#   calls fn(item) (fn(*item) if star) for the count items of items_blob,
+#   answered as first_id, first_id + 1, ...; fn is an index into functions, or
+#   a pickle (dumps_inband) unpickled afresh for each call.
 RUN = 1
 EXIT = 2  # parent -> worker: (EXIT,)
 READY = 3  # worker -> parent: (READY, pid)
 INIT_FAILED = 4  # worker -> parent: (INIT_FAILED, error_blob)
 RESULTS = 5  # worker -> parent: (RESULTS, [(task_id, ok, blob, duration_s), ...])
+# worker -> parent: (RESLICE, first_id): the items of that slice do not
+# unpickle as one list; send its calls again one per entry.
+RESLICE = 6
 
 # Buffers of at least this many bytes go through shared memory. A segment
 # costs a fixed few tens of microseconds (shm_open, write, close and unlink on
@@ -504,6 +514,12 @@ def dumps_function(fn: object) -> bytes | None:
     except Exception:
         return None
     return data
+
+
+def dumps_inband(obj: object) -> bytes:
+    """Pickle ``obj`` with every buffer in band (cloudpickle if need be): bytes that
+    can be unpickled any number of times."""
+    return _pickle(obj, out_of_band=False)[0]
 
 
 def loads(blob: Blob) -> Any:

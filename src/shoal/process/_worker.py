@@ -184,6 +184,64 @@ def _run_one(
         return task_id, False, _wire.dumps_error(exc, prefix), duration
 
 
+def _run_slice(conn: Any, entry: tuple[Any, ...], prefix: str, functions: list[Any]) -> None:
+    """Run the calls of a map's slice (see ``_wire.RUN``), answering each before the next.
+
+    Raises OSError when the parent is gone.
+    """
+    first_id, count, blob, fn_ref, star = entry
+    try:
+        items = _wire.loads(blob)
+    except BaseException as exc:
+        if count > 1:
+            # One of the items, maybe, does not unpickle here: the parent
+            # sends the calls again one by one, so only that call fails.
+            _wire.send(conn, (_wire.RESLICE, first_id))
+            return
+        exc.add_note(f"(shoal: raised while unpickling the call in worker pid {os.getpid()})")
+        _wire.send_result(conn, first_id, False, _wire.dumps_error(exc, prefix), 0.0)
+        return
+    del blob, entry
+    if type(items) is not list:
+        items = list(items)  # a range or tuple slice
+    items.reverse()  # pop() from the end: each item is freed once its call ran
+    send_result = _wire.send_result
+    clock = time.perf_counter
+    for task_id in range(first_id, first_id + count):
+        item = items.pop()
+        try:
+            if type(fn_ref) is int:
+                fn = functions[fn_ref]
+                if type(fn) is bytes:
+                    fn = functions[fn_ref] = _wire.loads((fn, ()))
+            else:
+                fn = pickle.loads(fn_ref)  # afresh for each call, as with submit()
+        except BaseException as exc:
+            exc.add_note(f"(shoal: raised while unpickling the call in worker pid {os.getpid()})")
+            send_result(conn, task_id, False, _wire.dumps_error(exc, prefix), 0.0)
+            continue
+        start = clock()
+        try:
+            result = fn(*item) if star else fn(item)
+        except BaseException as exc:
+            duration = clock() - start
+            del item
+            answer = (False, _wire.dumps_error(_from_user_frame(exc), prefix), duration)
+        else:
+            duration = clock() - start
+            del item
+            try:
+                answer = (True, _wire.dumps(result, prefix), duration)
+            except BaseException as exc:
+                exc.add_note(f"(shoal: the result of {_describe(fn)} could not be pickled)")
+                answer = (False, _wire.dumps_error(exc, prefix), duration)
+            del result
+        del fn
+        # Sent before the next call starts: see _serve().
+        send_result(conn, task_id, *answer)
+        del answer
+
+
 def _initialize(conn: Any, config: dict[str, Any], prefix: str) -> bool:
     """Run the initializer; send READY or INIT_FAILED. True when ready.
 
@@ -276,6 +334,13 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
             batch.reverse()  # pop() from the end: each call blob is freed once run
             while batch:
                 entry = batch.pop()
+                if len(entry) == 5:
+                    try:
+                        _run_slice(conn, entry, prefix, functions)
+                    except OSError:
+                        return  # the parent is gone
+                    del entry
+                    continue
                 answer = run_one(entry, prefix, functions)
                 del entry
                 # Answer each call before starting the next: if this process

@@ -1,0 +1,235 @@
+"""Map runs: the calls of one ``map()`` as one record, cut into slices as they go out.
+
+An eager, ordered ``map()`` on the process pool (its default form) does not
+make a Task and a Future per call: 200,000 calls would be 400,000 objects
+for the cyclic garbage collector to walk again and again while they are
+built, and a lock, a state change and a wake-up per call. It makes one
+:class:`MapRun`, which goes through the pool's queue as a single entry.
+The dispatcher cuts :class:`Slice` objects off its head, as many calls as
+the worker it is about to feed should hold (the same measured share as for
+single calls, so long calls still go one at a time), pickles the slice's
+items as one list and sends it as one RUN entry. The worker still runs the
+calls one by one and answers each before it starts the next, so each call
+keeps its own outcome:
+
+* a call that raises fails at its own position, the results before it are
+  yielded first;
+* a worker that dies fails only the call it was running (``WorkerLostError``);
+  the calls of its slices behind that one go to another worker;
+* ``max_tasks_per_child`` counts calls: a slice is cut to fit what the
+  worker may still run.
+
+The results go into ``MapRun.results`` by position; :func:`results` yields
+them in order and releases each slot as it goes.
+
+Concurrency:
+  A run is shared by the thread iterating ``map()``'s results (the
+  *consumer*) and the dispatcher thread.
+  * ``next`` and ``items`` are the dispatcher's; ``next`` only grows.
+  * Each slot of ``results`` is written once by the dispatcher (or by a
+    thread cancelling the run under ``Shared.lock`` in ``shutdown``, for
+    slots not cut yet), then read and cleared by the consumer.
+  * ``lock`` guards ``wanted`` and the ``gate`` hand-shake: the consumer
+    that finds its slot empty sets ``wanted`` under ``lock`` and sleeps on
+    ``gate``; the dispatcher, after writing results, looks under ``lock``
+    whether the wanted slot is filled and opens the gate. A result is
+    always written before that look, so no wake-up is lost.
+  * ``cancelled`` is a plain flag: set by the consumer when it stops early,
+    read by the dispatcher before it cuts the next slice.
+  Lock order: ``Shared.lock``, then ``MapRun.lock``. No user code runs
+  under either.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from .. import _clock
+from .._errors import CancelledError
+
+__all__ = ("MapRun", "Slice", "results")
+
+# An empty result slot.
+PENDING: Any = object()
+
+
+class Failed:
+    """A result slot's outcome for a call that raised (no call's own result is one)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class MapRun:
+    """The calls ``fn(item)`` (or ``fn(*item)`` when ``star``) for each item, in order."""
+
+    __slots__ = (
+        "cancelled",
+        "fn",
+        "fn_pickle",
+        "gate",
+        "items",
+        "lock",
+        "next",
+        "results",
+        "star",
+        "wanted",
+    )
+
+    def __init__(self, fn: Callable[..., Any], items: Sequence[Any], star: bool) -> None:
+        self.fn = fn
+        self.items = items
+        self.star = star
+        self.results: list[Any] = [PENDING] * len(items)
+        self.next = 0  # the first item not cut into a slice yet
+        self.cancelled = False
+        # How the function travels, decided by the dispatcher on the first
+        # slice: None until then.
+        self.fn_pickle: object = None
+        self.lock = threading.Lock()
+        self.wanted = -1  # the slot the consumer sleeps on, or -1
+        self.gate = threading.Lock()
+        self.gate.acquire()
+
+    def __len__(self) -> int:
+        """The calls not cut into a slice yet."""
+        return len(self.results) - self.next
+
+    def describe(self, index: int) -> str:
+        name = getattr(self.fn, "__qualname__", None) or repr(self.fn)
+        return f"call {index} of map({name})"
+
+    def cut(self, count: int) -> Slice:
+        """The next ``count`` calls (at most what is left), as a slice."""
+        start = self.next
+        stop = min(len(self.results), start + count)
+        self.next = stop
+        return Slice(self, start, stop)
+
+    # -- outcomes (dispatcher) --------------------------------------------------
+
+    def notify(self) -> None:
+        """Wake the consumer if the slot it waits for is filled. After writing results."""
+        wanted = self.wanted
+        if wanted < 0 or self.results[wanted] is PENDING:
+            return
+        with self.lock:
+            if self.wanted >= 0 and self.results[self.wanted] is not PENDING:
+                self.wanted = -1
+                self.gate.release()
+
+    def settle_rest(self, outcome: Any) -> int:
+        """Give every call not cut yet ``outcome``; return how many there were."""
+        start, stop = self.next, len(self.results)
+        self.next = stop
+        results = self.results
+        for index in range(start, stop):
+            results[index] = outcome
+        self.notify()
+        return stop - start
+
+    def cancel_rest(self) -> int:
+        """Cancel the calls not cut yet (shutdown(cancel_futures=True))."""
+        return self.settle_rest(Failed(CancelledError()))
+
+    # -- the consumer's side ---------------------------------------------------
+
+    def wait_for(self, index: int, deadline: float | None) -> None:
+        """Block until slot ``index`` is filled; TimeoutError at ``deadline``."""
+        with self.lock:
+            if self.results[index] is not PENDING:
+                return
+            self.wanted = index
+        timeout = _clock.remaining(deadline)
+        if self.gate.acquire(timeout=-1 if timeout is None else timeout):
+            return
+        with self.lock:
+            if self.wanted == index:
+                self.wanted = -1
+                left = sum(1 for r in self.results[index:] if r is PENDING)
+                raise TimeoutError(f"{left} calls of map() unfinished when its timeout ran out")
+        # The dispatcher opened the gate as the time ran out: take it.
+        self.gate.acquire()
+
+
+class Slice:
+    """Calls ``start`` to ``stop`` of a run, sent (or about to be sent) to one worker.
+
+    In a worker's in-flight queue, ``start`` moves past each call answered.
+    ``blob`` is the pickle of the items while it is on its way. ``singly``:
+    send these calls one per slice (the worker could not unpickle them as
+    one list, so each must fail or pass on its own).
+    """
+
+    __slots__ = ("blob", "run", "singly", "start", "stop")
+
+    def __init__(self, run: MapRun, start: int, stop: int) -> None:
+        self.run = run
+        self.start = start
+        self.stop = stop
+        self.blob: Any = None
+        self.singly = False
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def id(self) -> int:
+        return self.start
+
+    def describe(self) -> str:
+        return self.run.describe(self.start)
+
+    def items(self) -> Sequence[Any]:
+        """This slice's items (a range slice of a range: three numbers to pickle)."""
+        return self.run.items[self.start : self.stop]
+
+    def settle(self, outcome: Any) -> None:
+        """The call at ``start`` ended with ``outcome`` (a result, or Failed)."""
+        self.run.results[self.start] = outcome
+        self.start += 1
+
+    def fail_all(self, error: BaseException) -> int:
+        """Fail every call left in this slice; return how many."""
+        count = self.stop - self.start
+        results = self.run.results
+        outcome = Failed(error)
+        for index in range(self.start, self.stop):
+            results[index] = outcome
+        self.start = self.stop
+        self.run.notify()
+        return count
+
+
+def results(run: MapRun, deadline: float | None) -> Iterator[Any]:
+    """Yield the run's results in order; stop at (and raise) the first failure.
+
+    Stopping early in any way (an error, the timeout, ``close()``, the
+    iterator dropped after it started) cancels the calls not sent yet.
+    """
+    try:
+        for index in range(len(run.results)):
+            # Yielded straight from the call: a local name would keep the
+            # result alive for as long as the consumer holds the iterator.
+            yield _take(run, index, deadline)
+    finally:
+        run.cancelled = True
+
+
+def _take(run: MapRun, index: int, deadline: float | None) -> Any:
+    results = run.results
+    if results[index] is PENDING:
+        run.wait_for(index, deadline)
+    outcome = results[index]
+    results[index] = None
+    if type(outcome) is Failed:
+        error = outcome.error
+        try:
+            raise error
+        finally:
+            del error, outcome
+    return outcome
