@@ -323,7 +323,8 @@ register(
     n=40,
     quick_n=8,
     impls=for_pools(PROCESS_POOLS, cpu_speedup),
-    max_rounds=PROCESS_ROUNDS,
+    # A ratio of two timings on a shared machine: five rounds for a steady median.
+    max_rounds=5,
     legend=_legend,
 )
 register(

@@ -224,3 +224,65 @@ def log_to_queue_then(queue: object, action: str, *_carried: object) -> None:
     queue.put(("initializer ran", os.getpid()))  # type: ignore[attr-defined]
     if action != "none":
         _do(action)
+
+
+# -- map runs (test_map_runs.py) -------------------------------------------------
+
+
+def act_at(x: int, at: int, action: str) -> int:
+    """Return ``x``, except for ``x == at``: run the action (crash, exit, raise)."""
+    if x == at:
+        _do(action)
+    return x
+
+
+class Item:
+    """A map item; the one with ``fails`` set does not unpickle in a worker."""
+
+    def __init__(self, value: int, fails: bool = False) -> None:
+        self.value = value
+        self.fails = fails
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_make_item, (self.value, self.fails, os.getpid()))
+
+
+def _make_item(value: int, fails: bool, made_in: int) -> Item:
+    if fails and os.getpid() != made_in:
+        raise Boom(f"item {value} does not unpickle here")
+    return Item(value, fails)
+
+
+def item_value(item: Item) -> int:
+    return item.value
+
+
+class Weakly:
+    """A result that can be watched with a weak reference."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def make_weakly(x: int) -> Weakly:
+    return Weakly(x)
+
+
+def count_and_wait(x: int, log_dir: str, gate_path: str, first_takes: float = 0.0) -> int:
+    """Leave a file named ``x`` in ``log_dir`` (the call ran), then wait for ``gate_path``.
+
+    Call 0 instead runs for ``first_takes`` seconds, if given, and returns:
+    a call that long makes the pool send the next calls one at a time.
+    """
+    open(os.path.join(log_dir, str(x)), "w").close()
+    if x == 0 and first_takes:
+        import time
+
+        time.sleep(first_takes)
+        return x
+    wait_for_file(gate_path)
+    return x
+
+
+def worker_pid(_: object) -> int:
+    return os.getpid()

@@ -32,6 +32,12 @@ long ones go one at a time and are not hoarded by one worker while another
 idles. A worker is topped up when it falls below half of its share, so its
 next batch is already in its socket when it finishes the current one.
 
+An eager, ordered ``map()`` comes as one :class:`~._runs.MapRun` in the
+queue rather than a Task per call; ``_take`` cuts slices off it to fill a
+worker's share, and a slice travels as one RUN entry. Its calls are counted
+one by one everywhere (shares, ``max_tasks_per_child``, statistics), and
+answered one by one, so a crash or an error touches one call (see ``_runs``).
+
 The hand-over (the latency path): a sequential caller pays for every
 thread wake-up on its call's round trip, so ``submit`` skips the dispatcher
 when it can. Before it blocks in select() with nothing queued and a worker
@@ -58,7 +64,10 @@ Concurrency:
   No lock guards the dispatcher's own state: no other thread reads it,
   except ``statistics()``, which reads plain ints and lengths (a snapshot,
   possibly a moment old).
-  Lock order: ``Shared.lock``, then a future's ``_condition``; the
+  A MapRun is shared with the thread reading its results; ``_runs`` says
+  who writes what of it.
+  Lock order: ``Shared.lock``, then a future's ``_condition`` or a
+  ``MapRun.lock`` (never both); the
   dispatcher completes futures (which runs done-callbacks, user code) with
   no lock held, and a submitter pickles a call (which may run user code in
   ``__reduce__``) before it takes ``Shared.lock``.

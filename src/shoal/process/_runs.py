@@ -30,10 +30,10 @@ Concurrency:
     thread cancelling the run under ``Shared.lock`` in ``shutdown``, for
     slots not cut yet), then read and cleared by the consumer.
   * ``lock`` guards ``wanted`` and the ``gate`` hand-shake: the consumer
-    that finds its slot empty sets ``wanted`` under ``lock`` and sleeps on
-    ``gate``; the dispatcher, after writing results, looks under ``lock``
-    whether the wanted slot is filled and opens the gate. A result is
-    always written before that look, so no wake-up is lost.
+    that finds its slot empty (looking under ``lock``) sets ``wanted`` and
+    sleeps on ``gate``; the dispatcher, after writing results, looks under
+    ``lock`` whether the wanted slot is filled and opens the gate. A result
+    is always written before that look, so no wake-up is lost.
   * ``cancelled`` is a plain flag: set by the consumer when it stops early,
     read by the dispatcher before it cuts the next slice.
   Lock order: ``Shared.lock``, then ``MapRun.lock``. No user code runs
@@ -113,12 +113,15 @@ class MapRun:
     # -- outcomes (dispatcher) --------------------------------------------------
 
     def notify(self) -> None:
-        """Wake the consumer if the slot it waits for is filled. After writing results."""
-        wanted = self.wanted
-        if wanted < 0 or self.results[wanted] is PENDING:
-            return
+        """Wake the consumer if the slot it waits for is filled. After writing results.
+
+        Called once per batch of answers, not per result: the lock is cheap
+        at that rate, and a look without it could miss a consumer that has
+        just begun to wait.
+        """
         with self.lock:
-            if self.wanted >= 0 and self.results[self.wanted] is not PENDING:
+            wanted = self.wanted
+            if wanted >= 0 and self.results[wanted] is not PENDING:
                 self.wanted = -1
                 self.gate.release()
 
@@ -143,6 +146,8 @@ class MapRun:
         with self.lock:
             if self.results[index] is not PENDING:
                 return
+            # Under the lock, so notify() sees either the result before this
+            # look or this wish after it.
             self.wanted = index
         timeout = _clock.remaining(deadline)
         if self.gate.acquire(timeout=-1 if timeout is None else timeout):

@@ -1,0 +1,268 @@
+"""map() on the process pool: one MapRun cut into slices, each call still on its own.
+
+The dispatcher sends a map's calls many to an entry once it has measured that
+they are short (``_runs``). These tests warm the pool up first where it
+matters, so that the call they aim at sits inside a slice of many calls, and
+check that each call keeps its own outcome: its position, its error, its
+worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import itertools
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+import crashers
+import pytest
+
+import shoal
+from shoal.process import BrokenProcessPool
+
+TIMEOUT = 60
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _warm(pool: shoal.ProcessPoolExecutor) -> int:
+    """Run short calls until the pool sends the next ones many to a slice; return how many."""
+    assert list(pool.map(crashers.square, range(600))) == [i * i for i in range(600)]
+    return 600
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def _generator(n: int) -> object:
+    return (i for i in range(n))
+
+
+@pytest.mark.parametrize(
+    ("make", "fn"),
+    [
+        (lambda: (range(3000),), crashers.square),
+        (lambda: (list(range(3000)),), crashers.square),
+        (lambda: (tuple(range(3000)),), crashers.square),
+        (lambda: (_generator(3000),), crashers.square),
+        (lambda: ("abcdefghij" * 30,), repr),
+        (lambda: (range(3000), range(5, 2000)), pow),  # stops at the shortest
+        (lambda: ([],), crashers.square),
+    ],
+    ids=["range", "list", "tuple", "generator", "str", "two-iterables", "empty"],
+)
+def test_results_in_order_for_every_kind_of_input(
+    pool: shoal.ProcessPoolExecutor,
+    make: Callable[[], tuple[object, ...]],
+    fn: Callable[..., object],
+) -> None:
+    _warm(pool)
+    assert list(pool.map(fn, *make())) == list(map(fn, *make()))
+
+
+def test_the_input_is_read_when_map_is_called(pool: shoal.ProcessPoolExecutor) -> None:
+    items = [1, 2, 3]
+    results = pool.map(crashers.square, items)
+    items[:] = [9, 9, 9]
+    assert list(results) == [1, 4, 9]
+
+
+@pytest.mark.parametrize("action", ["crash", "exit"])
+def test_a_worker_dying_inside_a_slice_fails_only_that_call(
+    pool: shoal.ProcessPoolExecutor, action: str
+) -> None:
+    done = _warm(pool)
+    n, at = 3000, 1000
+    results = pool.map(crashers.act_at, range(n), itertools.repeat(at), itertools.repeat(action))
+    # Not advanced yet, so nothing is cancelled: every other call must complete,
+    # including those that were behind the dead one in its slice.
+    _until(
+        lambda: pool.statistics().completed == done + n - 1 and pool.statistics().failed == 1,
+        "every call but one to complete",
+    )
+    assert [next(results) for _ in range(at)] == list(range(at))
+    with pytest.raises(shoal.WorkerLostError) as caught:
+        next(results)
+    assert f"call {at} of map(act_at)" in str(caught.value)
+    assert caught.value.exitcode == (13 if action == "exit" else -11)
+    with pytest.raises(StopIteration):
+        next(results)
+    assert list(pool.map(crashers.square, range(50))) == [i * i for i in range(50)]
+    assert pool.statistics().respawned >= 1
+
+
+def test_a_raising_call_fails_at_its_position_with_the_workers_traceback(
+    pool: shoal.ProcessPoolExecutor,
+) -> None:
+    _warm(pool)
+    at = 1500
+    results = pool.map(
+        crashers.act_at, range(3000), itertools.repeat(at), itertools.repeat("raise")
+    )
+    assert [next(results) for _ in range(at)] == list(range(at))
+    with pytest.raises(crashers.Boom) as caught:
+        next(results)
+    assert "act_at" in str(caught.value.__cause__)  # the worker's traceback
+    assert list(pool.map(crashers.square, range(5))) == [0, 1, 4, 9, 16]
+
+
+def test_an_item_that_does_not_pickle_fails_only_its_call(pool: shoal.ProcessPoolExecutor) -> None:
+    _warm(pool)
+    items: list[object] = list(range(1000))
+    items[600] = threading.Lock()
+    results = pool.map(crashers.take, items)
+    assert [next(results) for _ in range(600)] == ["ran"] * 600
+    with pytest.raises(TypeError, match="pickle"):
+        next(results)
+
+
+def test_an_item_that_does_not_unpickle_in_the_worker_fails_only_its_call(
+    pool: shoal.ProcessPoolExecutor,
+) -> None:
+    done = _warm(pool)
+    n, at = 1500, 700
+    items = [crashers.Item(i, fails=i == at) for i in range(n)]
+    results = pool.map(crashers.item_value, items)
+    _until(
+        lambda: pool.statistics().completed == done + n - 1 and pool.statistics().failed == 1,
+        "every call but one to complete",
+    )
+    assert [next(results) for _ in range(at)] == list(range(at))
+    with pytest.raises(crashers.Boom, match=f"item {at} does not unpickle here"):
+        next(results)
+
+
+def test_a_function_that_does_not_pickle_fails_the_map_not_the_pool(
+    pool: shoal.ProcessPoolExecutor,
+) -> None:
+    lock = threading.Lock()
+    results = pool.map(lambda x: (lock, x), range(100))
+    with pytest.raises(TypeError, match="lock"):
+        next(results)
+    assert list(pool.map(crashers.square, range(5))) == [0, 1, 4, 9, 16]
+
+
+def test_each_call_gets_its_own_copy_of_a_callable_with_state(
+    pool: shoal.ProcessPoolExecutor,
+) -> None:
+    _warm(pool)
+    assert list(pool.map(crashers.Counter().bump, range(2000))) == [1] * 2000
+    bump = functools.partial(crashers.Counter.bump, crashers.Counter())
+    assert list(pool.map(bump, range(2000))) == [1] * 2000
+
+
+def test_max_tasks_per_child_counts_the_calls_of_a_map(start_method: str) -> None:
+    with shoal.ProcessPoolExecutor(2, mp_context=start_method, max_tasks_per_child=1) as pool:
+        pids = list(pool.map(crashers.worker_pid, range(8)))
+    assert len(set(pids)) == 8
+
+
+def test_a_yielded_result_is_not_kept_alive(pool: shoal.ProcessPoolExecutor) -> None:
+    results = pool.map(crashers.make_weakly, range(2000))
+    first = next(results)
+    ref = weakref.ref(first)
+    del first
+    gc.collect()
+    assert ref() is None
+    assert next(results).value == 1
+
+
+def test_timeout_raises_and_cancels_the_calls_not_sent(tmp_path) -> None:
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    log.mkdir()
+    with shoal.ProcessPoolExecutor(max_workers=1) as pool:
+        results = pool.map(
+            crashers.count_and_wait,
+            range(50),
+            itertools.repeat(str(log)),
+            itertools.repeat(str(gate)),
+            timeout=0.5,
+        )
+        with pytest.raises(TimeoutError, match="map"):
+            next(results)
+        gate.touch()
+    # The one call on its way to the worker ran; the other 49 never started.
+    assert sorted(os.listdir(log)) == ["0"]
+
+
+def test_closing_the_iterator_cancels_the_calls_not_sent(tmp_path) -> None:
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    log.mkdir()
+    with shoal.ProcessPoolExecutor(max_workers=1) as pool:
+        # Call 0 takes 50 ms, so the pool holds one call at a time in the
+        # worker: call 1 is there, waiting for the gate, when the map closes.
+        results = pool.map(
+            crashers.count_and_wait,
+            range(50),
+            itertools.repeat(str(log)),
+            itertools.repeat(str(gate)),
+            itertools.repeat(0.05),
+        )
+        assert next(results) == 0
+        _until(lambda: len(os.listdir(log)) == 2, "call 1 to start")
+        results.close()
+        gate.touch()
+    assert sorted(os.listdir(log)) == ["0", "1"]
+    assert pool.statistics().completed == 2
+
+
+def test_statistics_count_the_calls_of_a_map(tmp_path) -> None:
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    log.mkdir()
+    with shoal.ProcessPoolExecutor(max_workers=1) as pool:
+        results = pool.map(
+            crashers.count_and_wait,
+            range(30),
+            itertools.repeat(str(log)),
+            itertools.repeat(str(gate)),
+        )
+        _until(lambda: os.listdir(log) == ["0"], "the first call to start")
+        stats = pool.statistics()
+        assert (stats.running, stats.queued) == (1, 29)
+        gate.touch()
+        assert list(results) == list(range(30))
+        stats = pool.statistics()
+        assert (stats.running, stats.queued, stats.completed) == (0, 0, 30)
+
+
+def test_shutdown_cancel_futures_cancels_the_calls_of_a_map_not_sent(tmp_path) -> None:
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    log.mkdir()
+    pool = shoal.ProcessPoolExecutor(max_workers=1)
+    results = pool.map(
+        crashers.count_and_wait, range(20), itertools.repeat(str(log)), itertools.repeat(str(gate))
+    )
+    _until(lambda: os.listdir(log) == ["0"], "the first call to start")
+    pool.shutdown(wait=False, cancel_futures=True)
+    gate.touch()
+    assert next(results) == 0
+    with pytest.raises(shoal.CancelledError):
+        next(results)
+    pool.shutdown(wait=True)
+    assert os.listdir(log) == ["0"]
+
+
+def test_a_broken_pool_fails_the_calls_of_a_map(start_method: str) -> None:
+    pool = shoal.ProcessPoolExecutor(
+        max_workers=2, mp_context=start_method, initializer=crashers.run, initargs=("raise",)
+    )
+    results = pool.map(crashers.square, range(100))
+    with pytest.raises(BrokenProcessPool, match="initializer"):
+        next(results)
+    pool.shutdown(wait=True)
+
+
+def test_big_items_of_a_slice_travel_through_shared_memory(pool: shoal.ProcessPoolExecutor) -> None:
+    numpy = pytest.importorskip("numpy")
+    _warm(pool)
+    arrays = [numpy.full(200_000, float(i)) for i in range(12)]  # 1.6 MB each
+    assert list(pool.map(crashers.array_sum, arrays)) == [200_000.0 * i for i in range(12)]
+    # The autouse fixture checks that no segment is left in /dev/shm.
