@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-# Iterations of spin() that take 30-50 ms of pure-Python work on the machine
+# Iterations of spin() that take 25-50 ms of pure-Python work on the machine
 # the suite was written on (Python 3.11, a 2-vcpu VM); the note says how long.
 SPIN_50MS = 400_000
 
