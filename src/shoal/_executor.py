@@ -34,6 +34,7 @@ Concurrency:
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import math
 import os
@@ -224,8 +225,11 @@ class Executor(_base.Executor):
             else:
                 runner = _run_chunk
                 chunks = iter(lambda: list(itertools.islice(arguments, chunksize)), [])
+            # One call per chunk; a process pool pickles the partial (and so
+            # fn) once per chunk, as the standard pool does: each chunk gets
+            # its own copy of a callable with state.
             results = self._map_calls(
-                runner, ((fn, c) for c in chunks), deadline, buffersize, ordered
+                functools.partial(runner, fn), chunks, deadline, buffersize, ordered, star=False
             )
             return _unchunk(results)
         if len(iterables) == 1:

@@ -159,6 +159,15 @@ def test_each_call_gets_its_own_copy_of_a_callable_with_state(
     assert list(pool.map(bump, range(2000))) == [1] * 2000
 
 
+def test_each_chunk_gets_its_own_copy_of_a_callable_with_state(
+    pool: shoal.ProcessPoolExecutor,
+) -> None:
+    _warm(pool)
+    # As in the standard pool: one copy per chunk, shared by the calls in it.
+    counts = list(pool.map(crashers.Counter().bump, range(400), chunksize=10))
+    assert counts == list(range(1, 11)) * 40
+
+
 def test_max_tasks_per_child_counts_the_calls_of_a_map(start_method: str) -> None:
     with shoal.ProcessPoolExecutor(2, mp_context=start_method, max_tasks_per_child=1) as pool:
         pids = list(pool.map(crashers.worker_pid, range(8)))
