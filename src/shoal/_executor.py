@@ -80,6 +80,9 @@ def _run_chunk_single(
     return results, None
 
 
+# What runs a chunk of a chunked map (bound to the user's function by a partial).
+CHUNK_RUNNERS = (_run_chunk, _run_chunk_single)
+
 # Inputs a one-iterable chunked map cuts by slicing (exact types: a subclass
 # may slice differently, or expensively).
 _SLICED = (list, tuple, range)

@@ -168,6 +168,15 @@ def test_each_chunk_gets_its_own_copy_of_a_callable_with_state(
     assert counts == list(range(1, 11)) * 40
 
 
+def test_a_worker_dying_in_a_chunk_names_the_chunk(pool: shoal.ProcessPoolExecutor) -> None:
+    results = pool.map(
+        crashers.act_at, range(100), itertools.repeat(35), itertools.repeat("exit"), chunksize=10
+    )
+    assert [next(results) for _ in range(30)] == list(range(30))
+    with pytest.raises(shoal.WorkerLostError, match=r"running chunk 3 of map\(act_at\) died"):
+        next(results)
+
+
 def test_max_tasks_per_child_counts_the_calls_of_a_map(start_method: str) -> None:
     with shoal.ProcessPoolExecutor(2, mp_context=start_method, max_tasks_per_child=1) as pool:
         pids = list(pool.map(crashers.worker_pid, range(8)))

@@ -42,12 +42,14 @@ Concurrency:
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .. import _clock
 from .._errors import CancelledError
+from .._executor import CHUNK_RUNNERS
 
 __all__ = ("MapRun", "Slice", "results")
 
@@ -100,8 +102,12 @@ class MapRun:
         return len(self.results) - self.next
 
     def describe(self, index: int) -> str:
-        name = getattr(self.fn, "__qualname__", None) or repr(self.fn)
-        return f"call {index} of map({name})"
+        """ "call 12 of map(score)", or "chunk 3 of map(score)" for a chunked map."""
+        fn, what = self.fn, "call"
+        if isinstance(fn, functools.partial) and fn.func in CHUNK_RUNNERS:
+            fn, what = fn.args[0], "chunk"
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        return f"{what} {index} of map({name})"
 
     def cut(self, count: int) -> Slice:
         """The next ``count`` calls (at most what is left), as a slice."""
