@@ -284,3 +284,43 @@ def test_big_items_of_a_slice_travel_through_shared_memory(pool: shoal.ProcessPo
     arrays = [numpy.full(200_000, float(i)) for i in range(12)]  # 1.6 MB each
     assert list(pool.map(crashers.array_sum, arrays)) == [200_000.0 * i for i in range(12)]
     # The autouse fixture checks that no segment is left in /dev/shm.
+
+
+def test_maps_and_submits_from_many_threads_at_once(pool: shoal.ProcessPoolExecutor) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def mapper(seed: int) -> None:
+        try:
+            start.wait(TIMEOUT)
+            for round_ in range(5):
+                n = 200 + 300 * ((seed + round_) % 4)
+                if round_ % 2:
+                    at = n // 3
+                    results = pool.map(
+                        crashers.act_at, range(n), itertools.repeat(at), itertools.repeat("raise")
+                    )
+                    assert [next(results) for _ in range(at)] == list(range(at))
+                    with pytest.raises(crashers.Boom):
+                        next(results)
+                else:
+                    assert list(pool.map(crashers.square, range(n))) == [i * i for i in range(n)]
+        except BaseException as exc:
+            errors.append(exc)
+
+    def submitter() -> None:
+        try:
+            start.wait(TIMEOUT)
+            for i in range(300):
+                assert pool.submit(crashers.square, i).result(TIMEOUT) == i * i
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=mapper, args=(seed,)) for seed in range(3)]
+    threads.append(threading.Thread(target=submitter))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not errors, errors
