@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import random
 import signal
@@ -343,3 +344,19 @@ def test_a_dispatcher_failure_while_sending_fails_the_calls_instead_of_hanging(
             pool.submit(crashers.square, 3)
     finally:
         pool.shutdown(wait=True)
+
+
+def test_the_forkserver_preloads_the_worker_module_and_keeps_the_users_modules() -> None:
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # type: ignore[attr-defined]
+    saved = list(server._preload_modules)
+    try:
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["__main__", "json"])
+        with shoal.ProcessPoolExecutor(max_workers=1, mp_context="forkserver") as pool:
+            assert pool.submit(crashers.square, 3).result(TIMEOUT) == 9
+        assert server._preload_modules == ["__main__", "json", "shoal.process._worker"]
+        shoal.ProcessPoolExecutor(max_workers=1, mp_context="forkserver").shutdown()
+        assert server._preload_modules.count("shoal.process._worker") == 1
+    finally:
+        server.set_forkserver_preload(saved)

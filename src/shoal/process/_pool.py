@@ -117,6 +117,29 @@ def default_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+_WORKER_MODULE = "shoal.process._worker"
+
+
+def _preload_in_forkserver(ctx: multiprocessing.context.BaseContext) -> None:
+    """Have the forkserver import shoal's worker module once, before it forks any worker.
+
+    Each worker then starts with shoal imported (about 50 ms less here per
+    worker): a new pool, a worker replacing one that died, and every
+    recycling under ``max_tasks_per_child`` start that much sooner. The
+    modules already listed (``__main__`` by default, or the user's choice)
+    stay. It has an effect only when the forkserver has not started yet; it
+    reads a private attribute, and does nothing if that ever changes.
+    """
+    if ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    modules = getattr(server, "_preload_modules", None)
+    if isinstance(modules, list) and _WORKER_MODULE not in modules:
+        server.set_forkserver_preload([*modules, _WORKER_MODULE])  # type: ignore[union-attr]
+
+
 def _describe(fn: object) -> str:
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
@@ -190,6 +213,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._max_workers = max_workers
         self._mp_context = mp_context
         self._context: multiprocessing.context.BaseContext = mp_context
+        _preload_in_forkserver(mp_context)
         self._max_tasks_per_child = max_tasks_per_child
         self._idle_timeout = idle_timeout
         self._serial = next(_serials)
