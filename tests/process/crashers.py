@@ -286,3 +286,10 @@ def count_and_wait(x: int, log_dir: str, gate_path: str, first_takes: float = 0.
 
 def worker_pid(_: object) -> int:
     return os.getpid()
+
+
+def result_at(x: int, at: int, kind: str, action: str) -> object:
+    """Return ``x``, except for ``x == at``: a result that fails to pickle or unpickle."""
+    if x != at:
+        return x
+    return FailOnPickle(action) if kind == "pickle" else FailOnUnpickle(action)

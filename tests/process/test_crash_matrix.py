@@ -7,7 +7,9 @@ parent itself is not a case (it would take the test run down with it).
 
 from __future__ import annotations
 
+import itertools
 import pickle
+import time
 
 import crashers
 import pytest
@@ -96,4 +98,73 @@ def test_crash_matrix(case: tuple[str, str], shared_pool: shoal.ProcessPoolExecu
     if expected is shoal.WorkerLostError:
         assert "died" in str(info.value)
     assert [f.result(TIMEOUT) for f in before + after] == [i * i for i in range(20)] * 2
+    assert pool.submit(crashers.square, 9).result(TIMEOUT) == 81
+
+
+# -- the same inside a map's slice ------------------------------------------------
+
+N, AT = 1500, 700
+
+
+def _items_failing(moment: str, action: str) -> list[object]:
+    items: list[object] = list(range(N))
+    items[AT] = (crashers.FailOnPickle if moment == "pickle-call" else crashers.FailOnUnpickle)(
+        action
+    )
+    return items
+
+
+MAP_CASES = {
+    case: (
+        (
+            lambda p, m=moment, a=action: p.map(crashers.take, _items_failing(m, a)),
+            lambda i: "ran",
+        )
+        if moment in ("pickle-call", "unpickle-call")
+        else (
+            lambda p, a=action: p.map(
+                crashers.act_at, range(N), itertools.repeat(AT), itertools.repeat(a)
+            ),
+            lambda i: i,
+        )
+        if moment == "run"
+        else (
+            lambda p, m=moment, a=action: p.map(
+                crashers.result_at,
+                range(N),
+                itertools.repeat(AT),
+                itertools.repeat(m.split("-")[0]),
+                itertools.repeat(a),
+            ),
+            lambda i: i,
+        )
+    )
+    for case in CASES
+    for moment, action in [case]
+}
+
+
+@pytest.mark.parametrize("case", sorted(MAP_CASES), ids=lambda c: "-".join(c))
+def test_crash_matrix_inside_a_map(
+    case: tuple[str, str], shared_pool: shoal.ProcessPoolExecutor
+) -> None:
+    """The failing call sits inside a slice of many: only it fails, at its position."""
+    start_map, value = MAP_CASES[case]
+    _, expected = CASES[case]
+    pool = shared_pool
+    assert list(pool.map(crashers.square, range(600))) == [i * i for i in range(600)]
+    results = start_map(pool)
+    # Not advanced yet, so nothing is cancelled: every other call completes.
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        stats = pool.statistics()
+        if stats.completed == 600 + N - 1 and stats.failed == 1:
+            break
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.005)
+    assert [next(results) for _ in range(AT)] == [value(i) for i in range(AT)]
+    with pytest.raises(expected) as info:
+        next(results)
+    if expected is shoal.WorkerLostError:
+        assert f"call {AT} of map(" in str(info.value)
     assert pool.submit(crashers.square, 9).result(TIMEOUT) == 81

@@ -958,6 +958,11 @@ class Dispatcher:
             # by then it has flushed what it had to say, such as the record of
             # this failure logged to a multiprocessing Queue.
             worker.init_error = error
+        elif tag == _wire.LOADED:  # answers come in order: it is the next in flight
+            part = worker.in_flight[0] if worker.in_flight else None
+            if type(part) is not Slice or part.start != message[1]:  # pragma: no cover
+                raise RuntimeError(f"{worker.name} loaded slice {message[1]}: not its next")
+            part.loaded = True
         elif tag == _wire.RESLICE:  # answers come in order: it is the next in flight
             # The worker could not unpickle a slice's items as one list: send
             # them again one call per entry, so each fails (or not) on its own.
@@ -1147,10 +1152,13 @@ class Dispatcher:
         worker.in_flight.clear()
         worker.calls = 0
         for part in held:
-            if type(part) is Slice and part.blob is not None:
-                # Pickled again when it goes out again (from the call it has got to).
-                _wire.discard(part.blob)
-                part.blob = None
+            if type(part) is Slice:
+                # Pickled again when it goes out again (from the call it has got
+                # to). Only the first can have been loaded, and it does not go
+                # out again as it is.
+                if part.blob is not None:
+                    _wire.discard(part.blob)
+                    part.blob = None
         how = _signal_name(exitcode)
         if worker.init_error is not None:
             error = worker.init_error
@@ -1187,6 +1195,13 @@ class Dispatcher:
         # call without an answer is the one it was running when it died; the
         # calls behind it never started, and go back to the front of the queue.
         lost, unstarted = held[0], held[1:]
+        if type(lost) is Slice and len(lost) > 1 and not lost.loaded:
+            # It died unpickling the slice's items (one of them crashes the
+            # process, say), before any of its calls started: no call failed.
+            # They go again one per entry, so only the culprit's call fails.
+            lost.singly = True
+            self._backlog.extendleft(reversed(held))
+            return
         if type(lost) is Slice and len(lost) > 1:
             # The calls of its slice behind the one it was running never started.
             unstarted.insert(0, Slice(lost.run, lost.start + 1, lost.stop))

@@ -171,18 +171,20 @@ class Slice:
     """Calls ``start`` to ``stop`` of a run, sent (or about to be sent) to one worker.
 
     In a worker's in-flight queue, ``start`` moves past each call answered.
-    ``blob`` is the pickle of the items while it is on its way. ``singly``:
-    send these calls one per slice (the worker could not unpickle them as
-    one list, so each must fail or pass on its own).
+    ``blob`` is the pickle of the items while it is on its way; ``loaded``
+    says the worker has unpickled them (``_wire.LOADED``). ``singly``: send
+    these calls one per slice (the worker could not unpickle them as one
+    list, or died trying, so each must fail or pass on its own).
     """
 
-    __slots__ = ("blob", "run", "singly", "start", "stop")
+    __slots__ = ("blob", "loaded", "run", "singly", "start", "stop")
 
     def __init__(self, run: MapRun, start: int, stop: int) -> None:
         self.run = run
         self.start = start
         self.stop = stop
         self.blob: Any = None
+        self.loaded = False
         self.singly = False
 
     def __len__(self) -> int:

@@ -69,6 +69,7 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = (
     "EXIT",
     "INIT_FAILED",
+    "LOADED",
     "READY",
     "RESLICE",
     "RESULTS",
@@ -110,6 +111,10 @@ RESULTS = 5  # worker -> parent: (RESULTS, [(task_id, ok, blob, duration_s), ...
 # worker -> parent: (RESLICE, first_id): the items of that slice do not
 # unpickle as one list; send its calls again one per entry.
 RESLICE = 6
+# worker -> parent: (LOADED, first_id): the items of that slice (of more than
+# one call) are unpickled; its calls start. A worker that dies before saying
+# so died unpickling them, not in a call.
+LOADED = 7
 
 # Buffers of at least this many bytes go through shared memory. A segment
 # costs a fixed few tens of microseconds (shm_open, write, close and unlink on

@@ -202,6 +202,9 @@ def _run_slice(conn: Any, entry: tuple[Any, ...], prefix: str, functions: list[A
         _wire.send_result(conn, first_id, False, _wire.dumps_error(exc, prefix), 0.0)
         return
     del blob, entry
+    if count > 1:
+        # From here on a death is one call's (see _wire.LOADED).
+        _wire.send(conn, (_wire.LOADED, first_id))
     if type(items) is not list:
         items = list(items)  # a range or tuple slice
     items.reverse()  # pop() from the end: each item is freed once its call ran
