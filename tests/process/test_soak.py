@@ -484,6 +484,56 @@ def test_soak_map_small(tmp_path: Path, chunksize: int | str) -> None:
     )
 
 
+@pytest.mark.timeout(90)
+def test_soak_one_map_loses_at_most_one_call_per_kill(tmp_path: Path) -> None:
+    """One map (its calls go many to a slice) while workers are killed, not advanced until the end.
+
+    Every call resolves; no call starts twice; at most one call fails per
+    kill, with WorkerLostError; the results up to the first failure are right.
+    """
+    seed = _seed()
+    log_dir = tmp_path / "starts"
+    log_dir.mkdir()
+    n = 6000
+    killer = Killer(log_dir, 5, (0.03, 0.08), seed)
+    pool = shoal.ProcessPoolExecutor(max_workers=2)
+    try:
+        results = pool.map(
+            crashers.soak_task, range(n), [str(log_dir)] * n, [0.0002] * n, [0.0] * n
+        )
+        killer.start()
+        deadline = time.monotonic() + 60
+        try:
+            while True:
+                stats = pool.statistics()
+                if stats.completed + stats.failed == n:
+                    break
+                assert time.monotonic() < deadline, stats
+                time.sleep(0.01)
+        finally:
+            killed = killer.finish()
+        assert stats.failed <= len(killed), (stats, killed)
+        starts = _starts(log_dir)
+        twice = {i: pids for i, pids in starts.items() if len(pids) > 1}
+        assert not twice, f"calls started more than once: {twice}"
+        position = 0
+        try:
+            for index, square, pid in results:
+                assert (index, square) == (position, position * position)
+                assert starts[index] == [pid]
+                position += 1
+        except shoal.WorkerLostError as error:
+            assert error.exitcode == SIGKILL_EXIT, error
+            assert _pid_in(error) in killed
+            assert f"call {position} of map(soak_task)" in str(error)
+        else:
+            assert stats.failed == 0
+        print(f"\nsoak one map: {n} calls, {len(killed)} kills, {stats.failed} lost")
+        assert killed, "no worker was killed: the soak tested nothing"
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @pytest.mark.timeout(60)
 def test_soak_kills_during_shutdown(tmp_path: Path) -> None:
     """Workers killed while shutdown(wait=True) waits for the queued calls."""
