@@ -16,7 +16,9 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import crashers
 import pytest
@@ -193,17 +195,27 @@ def test_a_yielded_result_is_not_kept_alive(pool: shoal.ProcessPoolExecutor) -> 
     assert next(results).value == 1
 
 
-def test_timeout_raises_and_cancels_the_calls_not_sent(tmp_path) -> None:
+def _gated_map(
+    pool: shoal.ProcessPoolExecutor, tmp_path: Path, n: int, first_takes: float = 0.0, **kwargs: Any
+) -> tuple[Iterator[int], Path, Path]:
+    """map(count_and_wait) over range(n): each call leaves its number in ``log``
+    and waits for ``gate`` (call 0 runs ``first_takes`` seconds instead, if given)."""
     log, gate = tmp_path / "log", tmp_path / "gate"
     log.mkdir()
+    results = pool.map(
+        crashers.count_and_wait,
+        range(n),
+        itertools.repeat(str(log)),
+        itertools.repeat(str(gate)),
+        itertools.repeat(first_takes),
+        **kwargs,
+    )
+    return results, log, gate
+
+
+def test_timeout_raises_and_cancels_the_calls_not_sent(tmp_path: Path) -> None:
     with shoal.ProcessPoolExecutor(max_workers=1) as pool:
-        results = pool.map(
-            crashers.count_and_wait,
-            range(50),
-            itertools.repeat(str(log)),
-            itertools.repeat(str(gate)),
-            timeout=0.5,
-        )
+        results, log, gate = _gated_map(pool, tmp_path, 50, timeout=0.5)
         with pytest.raises(TimeoutError, match="map"):
             next(results)
         gate.touch()
@@ -211,37 +223,22 @@ def test_timeout_raises_and_cancels_the_calls_not_sent(tmp_path) -> None:
     assert sorted(os.listdir(log)) == ["0"]
 
 
-def test_closing_the_iterator_cancels_the_calls_not_sent(tmp_path) -> None:
-    log, gate = tmp_path / "log", tmp_path / "gate"
-    log.mkdir()
+def test_closing_the_iterator_cancels_the_calls_not_sent(tmp_path: Path) -> None:
     with shoal.ProcessPoolExecutor(max_workers=1) as pool:
         # Call 0 takes 50 ms, so the pool holds one call at a time in the
         # worker: call 1 is there, waiting for the gate, when the map closes.
-        results = pool.map(
-            crashers.count_and_wait,
-            range(50),
-            itertools.repeat(str(log)),
-            itertools.repeat(str(gate)),
-            itertools.repeat(0.05),
-        )
+        results, log, gate = _gated_map(pool, tmp_path, 50, first_takes=0.05)
         assert next(results) == 0
         _until(lambda: len(os.listdir(log)) == 2, "call 1 to start")
-        results.close()
+        results.close()  # type: ignore[attr-defined]
         gate.touch()
     assert sorted(os.listdir(log)) == ["0", "1"]
     assert pool.statistics().completed == 2
 
 
-def test_statistics_count_the_calls_of_a_map(tmp_path) -> None:
-    log, gate = tmp_path / "log", tmp_path / "gate"
-    log.mkdir()
+def test_statistics_count_the_calls_of_a_map(tmp_path: Path) -> None:
     with shoal.ProcessPoolExecutor(max_workers=1) as pool:
-        results = pool.map(
-            crashers.count_and_wait,
-            range(30),
-            itertools.repeat(str(log)),
-            itertools.repeat(str(gate)),
-        )
+        results, log, gate = _gated_map(pool, tmp_path, 30)
         _until(lambda: os.listdir(log) == ["0"], "the first call to start")
         stats = pool.statistics()
         assert (stats.running, stats.queued) == (1, 29)
@@ -251,13 +248,9 @@ def test_statistics_count_the_calls_of_a_map(tmp_path) -> None:
         assert (stats.running, stats.queued, stats.completed) == (0, 0, 30)
 
 
-def test_shutdown_cancel_futures_cancels_the_calls_of_a_map_not_sent(tmp_path) -> None:
-    log, gate = tmp_path / "log", tmp_path / "gate"
-    log.mkdir()
+def test_shutdown_cancel_futures_cancels_the_calls_of_a_map_not_sent(tmp_path: Path) -> None:
     pool = shoal.ProcessPoolExecutor(max_workers=1)
-    results = pool.map(
-        crashers.count_and_wait, range(20), itertools.repeat(str(log)), itertools.repeat(str(gate))
-    )
+    results, log, gate = _gated_map(pool, tmp_path, 20)
     _until(lambda: os.listdir(log) == ["0"], "the first call to start")
     pool.shutdown(wait=False, cancel_futures=True)
     gate.touch()
