@@ -1152,13 +1152,11 @@ class Dispatcher:
         worker.in_flight.clear()
         worker.calls = 0
         for part in held:
-            if type(part) is Slice:
-                # Pickled again when it goes out again (from the call it has got
-                # to). Only the first can have been loaded, and it does not go
-                # out again as it is.
-                if part.blob is not None:
-                    _wire.discard(part.blob)
-                    part.blob = None
+            # A slice is pickled again when it goes out again (from the call it
+            # has got to).
+            if type(part) is Slice and part.blob is not None:
+                _wire.discard(part.blob)
+                part.blob = None
         how = _signal_name(exitcode)
         if worker.init_error is not None:
             error = worker.init_error

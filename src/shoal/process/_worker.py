@@ -184,12 +184,14 @@ def _run_one(
         return task_id, False, _wire.dumps_error(exc, prefix), duration
 
 
-def _run_slice(conn: Any, entry: tuple[Any, ...], prefix: str, functions: list[Any]) -> None:
-    """Run the calls of a map's slice (see ``_wire.RUN``), answering each before the next.
+def _run_slice(conn: Any, batch: list[Any], prefix: str, functions: list[Any]) -> None:
+    """Run the calls of the map's slice at the end of ``batch`` (see ``_wire.RUN``).
 
-    Raises OSError when the parent is gone.
+    Takes the entry off ``batch``, so that its pickle is freed once
+    unpickled, and answers each call before starting the next. Raises
+    OSError when the parent is gone.
     """
-    first_id, count, blob, fn_ref, star = entry
+    first_id, count, blob, fn_ref, star = batch.pop()
     try:
         items = _wire.loads(blob)
     except BaseException as exc:
@@ -201,7 +203,7 @@ def _run_slice(conn: Any, entry: tuple[Any, ...], prefix: str, functions: list[A
         exc.add_note(f"(shoal: raised while unpickling the call in worker pid {os.getpid()})")
         _wire.send_result(conn, first_id, False, _wire.dumps_error(exc, prefix), 0.0)
         return
-    del blob, entry
+    del blob
     if count > 1:
         # From here on a death is one call's (see _wire.LOADED).
         _wire.send(conn, (_wire.LOADED, first_id))
@@ -336,14 +338,13 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
             del message
             batch.reverse()  # pop() from the end: each call blob is freed once run
             while batch:
-                entry = batch.pop()
-                if len(entry) == 5:
+                if len(batch[-1]) == 5:
                     try:
-                        _run_slice(conn, entry, prefix, functions)
+                        _run_slice(conn, batch, prefix, functions)
                     except OSError:
                         return  # the parent is gone
-                    del entry
                     continue
+                entry = batch.pop()
                 answer = run_one(entry, prefix, functions)
                 del entry
                 # Answer each call before starting the next: if this process
