@@ -66,8 +66,8 @@ Concurrency:
   possibly a moment old).
   A MapRun is shared with the thread reading its results; ``_runs`` says
   who writes what of it.
-  Lock order: ``Shared.lock``, then a future's ``_condition`` or a
-  ``MapRun.lock`` (never both); the
+  Lock order: ``Shared.lock``, then a future's ``_condition``; a
+  ``MapRun.lock`` is taken with no other lock held. The
   dispatcher completes futures (which runs done-callbacks, user code) with
   no lock held, and a submitter pickles a call (which may run user code in
   ``__reduce__``) before it takes ``Shared.lock``.

@@ -25,10 +25,12 @@ them in order and releases each slot as it goes.
 Concurrency:
   A run is shared by the thread iterating ``map()``'s results (the
   *consumer*) and the dispatcher thread.
-  * ``next`` and ``items`` are the dispatcher's; ``next`` only grows.
-  * Each slot of ``results`` is written once by the dispatcher (or by a
-    thread cancelling the run under ``Shared.lock`` in ``shutdown``, for
-    slots not cut yet), then read and cleared by the consumer.
+  * ``next`` and ``items`` belong to whoever holds the run: the dispatcher
+    once it has taken the run from the pool's queue, else the thread that
+    takes it out of that queue (under ``Shared.lock``) to cancel it in
+    ``shutdown(cancel_futures=True)``. ``next`` only grows.
+  * Each slot of ``results`` is written once, by the run's holder, then
+    read and cleared by the consumer.
   * ``lock`` guards ``wanted`` and the ``gate`` hand-shake: the consumer
     that finds its slot empty (looking under ``lock``) sets ``wanted`` and
     sleeps on ``gate``; the dispatcher, after writing results, looks under
@@ -36,8 +38,8 @@ Concurrency:
     is always written before that look, so no wake-up is lost.
   * ``cancelled`` is a plain flag: set by the consumer when it stops early,
     read by the dispatcher before it cuts the next slice.
-  Lock order: ``Shared.lock``, then ``MapRun.lock``. No user code runs
-  under either.
+  Lock order: ``MapRun.lock`` is never taken with another shoal lock held,
+  and no user code runs under it.
 """
 
 from __future__ import annotations
