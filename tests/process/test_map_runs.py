@@ -22,6 +22,8 @@ from typing import Any
 
 import crashers
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import shoal
 from shoal.process import BrokenProcessPool
@@ -317,3 +319,51 @@ def test_maps_and_submits_from_many_threads_at_once(pool: shoal.ProcessPoolExecu
         thread.join(TIMEOUT)
     assert not any(thread.is_alive() for thread in threads)
     assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def warm_pool() -> Iterator[shoal.ProcessPoolExecutor]:
+    pool = shoal.ProcessPoolExecutor(max_workers=2)
+    _warm(pool)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _item(i: int, bad_at: int, how: str) -> object:
+    if i != bad_at:
+        return i
+    if how == "pickle":
+        return threading.Lock()  # does not pickle in the parent
+    if how == "unpickle":
+        return crashers.FailOnUnpickle("raise")  # does not unpickle in the worker
+    return crashers.FailOnPickle("raise") if how == "pickle-raise" else i
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(0, 3000),
+    bad=st.one_of(st.none(), st.floats(0, 1)),
+    how=st.sampled_from(["pickle", "unpickle", "pickle-raise", "raise"]),
+    kind=st.sampled_from([list, tuple]),
+)
+def test_a_map_of_many_calls_matches_the_builtin_map(
+    warm_pool: shoal.ProcessPoolExecutor, n: int, bad: float | None, how: str, kind: type
+) -> None:
+    """Results in order up to the one bad call, which raises; or all of them."""
+    bad_at = -1 if bad is None or n == 0 else min(n - 1, int(bad * n))
+    if how == "raise":
+        results = warm_pool.map(
+            crashers.act_at, kind(range(n)), itertools.repeat(bad_at), itertools.repeat("raise")
+        )
+    else:
+        results = warm_pool.map(crashers.take, kind(_item(i, bad_at, how) for i in range(n)))
+    value = (lambda i: i) if how == "raise" else (lambda i: "ran")
+    if bad_at < 0:
+        assert list(results) == [value(i) for i in range(n)]
+        return
+    assert [next(results) for _ in range(bad_at)] == [value(i) for i in range(bad_at)]
+    with pytest.raises((TypeError, crashers.Boom)):
+        next(results)
+    results.close()  # type: ignore[attr-defined]
