@@ -77,8 +77,6 @@ EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE in sysexits.h
 # blocks: the price of the saved wake-up, paid only when the worker falls idle.
 SPIN_SECONDS = 0.0002
 
-_NO_KWARGS: dict[str, Any] = {}
-
 # How often (seconds) the watchdog looks for the parent: the worst-case delay
 # before an orphaned worker exits, against a wake-up of an idle process.
 WATCHDOG_INTERVAL = 0.25
@@ -139,6 +137,49 @@ def _from_user_frame(exc: BaseException) -> BaseException:
 _NOT_LOADED: Any = object()
 
 
+def _function(functions: list[Any], index: int) -> Any:
+    """The function at ``index`` of a RUN message, unpickled on first use.
+
+    Stored only once unpickled: a function that fails to unpickle fails each
+    of its calls, with its own error.
+    """
+    fn = functions[index]
+    if type(fn) is bytes:
+        fn = functions[index] = _wire.loads((fn, ()))
+    return fn
+
+
+def _unpickling_failed(exc: BaseException, prefix: str) -> _wire.Blob:
+    """The error blob of a call whose function or arguments did not unpickle here."""
+    exc.add_note(f"(shoal: raised while unpickling the call in worker pid {os.getpid()})")
+    return _wire.dumps_error(exc, prefix)
+
+
+def _invoke(
+    fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None
+) -> tuple[bool, Any, float]:
+    """Call ``fn``: (True, its result, seconds) or (False, what it raised, seconds)."""
+    start = time.perf_counter()
+    try:
+        result = fn(*args, **kwargs) if kwargs else fn(*args)
+    except BaseException as exc:
+        return False, _from_user_frame(exc), time.perf_counter() - start
+    return True, result, time.perf_counter() - start
+
+
+def _pickle_outcome(ok: bool, outcome: Any, fn: Any, prefix: str) -> tuple[bool, _wire.Blob]:
+    """The answer's (ok, blob) for what ``_invoke`` gave; never raises for the user's sake."""
+    if not ok:
+        return False, _wire.dumps_error(outcome, prefix)
+    try:
+        return True, _wire.dumps(outcome, prefix)
+    except BaseException as exc:
+        # The pickling error itself, as the standard pool raises it (an
+        # ``except TypeError`` keeps working), with a note saying what failed.
+        exc.add_note(f"(shoal: the result of {_describe(fn)} could not be pickled)")
+        return False, _wire.dumps_error(exc, prefix)
+
+
 def _run_one(
     entry: tuple[Any, ...], prefix: str, functions: list[Any]
 ) -> tuple[int, bool, _wire.Blob, float]:
@@ -148,40 +189,23 @@ def _run_one(
     (see ``_wire.RUN``); ``functions`` holds the message's function pickles,
     each replaced by its function when first unpickled. Everything else the
     call touched (arguments, result, exception) is local here and released
-    when this returns.
+    when this returns; the arguments before the result is pickled.
     """
     task_id = entry[0]
     try:
         if len(entry) == 2:
             fn, args, kwargs = _wire.loads(entry[1])
         else:
-            index = entry[2]
-            fn = functions[index]
-            if type(fn) is bytes:
-                # Stored only once unpickled: a function that fails to unpickle
-                # fails each of its calls, with its own error.
-                fn = functions[index] = _wire.loads((fn, ()))
+            fn = _function(functions, entry[2])
             blob = entry[1]
             args = _wire.loads(blob) if blob[1] else pickle.loads(blob[0])
-            kwargs = _NO_KWARGS
+            kwargs = None
     except BaseException as exc:
-        exc.add_note(f"(shoal: raised while unpickling the call in worker pid {os.getpid()})")
-        return task_id, False, _wire.dumps_error(exc, prefix), 0.0
-    start = time.perf_counter()
-    try:
-        result = fn(*args, **kwargs) if kwargs else fn(*args)
-    except BaseException as exc:
-        duration = time.perf_counter() - start
-        return task_id, False, _wire.dumps_error(_from_user_frame(exc), prefix), duration
-    duration = time.perf_counter() - start
+        return task_id, False, _unpickling_failed(exc, prefix), 0.0
+    ok, outcome, duration = _invoke(fn, args, kwargs)
     del args, kwargs
-    try:
-        return task_id, True, _wire.dumps(result, prefix), duration
-    except BaseException as exc:
-        # The pickling error itself, as the standard pool raises it (an
-        # ``except TypeError`` keeps working), with a note saying what failed.
-        exc.add_note(f"(shoal: the result of {_describe(fn)} could not be pickled)")
-        return task_id, False, _wire.dumps_error(exc, prefix), duration
+    ok, answer = _pickle_outcome(ok, outcome, fn, prefix)
+    return task_id, ok, answer, duration
 
 
 def _run_slice(conn: Any, batch: list[Any], prefix: str, functions: list[Any]) -> None:
@@ -200,8 +224,7 @@ def _run_slice(conn: Any, batch: list[Any], prefix: str, functions: list[Any]) -
             # sends the calls again one by one, so only that call fails.
             _wire.send(conn, (_wire.RESLICE, first_id))
             return
-        exc.add_note(f"(shoal: raised while unpickling the call in worker pid {os.getpid()})")
-        _wire.send_result(conn, first_id, False, _wire.dumps_error(exc, prefix), 0.0)
+        _wire.send_result(conn, first_id, False, _unpickling_failed(exc, prefix), 0.0)
         return
     del blob
     if count > 1:
@@ -211,39 +234,21 @@ def _run_slice(conn: Any, batch: list[Any], prefix: str, functions: list[Any]) -
         items = list(items)  # a range or tuple slice
     items.reverse()  # pop() from the end: each item is freed once its call ran
     send_result = _wire.send_result
-    clock = time.perf_counter
     for task_id in range(first_id, first_id + count):
         item = items.pop()
         try:
-            if type(fn_ref) is int:
-                fn = functions[fn_ref]
-                if type(fn) is bytes:
-                    fn = functions[fn_ref] = _wire.loads((fn, ()))
-            else:
-                fn = pickle.loads(fn_ref)  # afresh for each call, as with submit()
+            # By reference: once per message; else afresh for each call, as
+            # each call of submit() gets its own copy.
+            fn = _function(functions, fn_ref) if type(fn_ref) is int else pickle.loads(fn_ref)
         except BaseException as exc:
-            exc.add_note(f"(shoal: raised while unpickling the call in worker pid {os.getpid()})")
-            send_result(conn, task_id, False, _wire.dumps_error(exc, prefix), 0.0)
+            send_result(conn, task_id, False, _unpickling_failed(exc, prefix), 0.0)
             continue
-        start = clock()
-        try:
-            result = fn(*item) if star else fn(item)
-        except BaseException as exc:
-            duration = clock() - start
-            del item
-            answer = (False, _wire.dumps_error(_from_user_frame(exc), prefix), duration)
-        else:
-            duration = clock() - start
-            del item
-            try:
-                answer = (True, _wire.dumps(result, prefix), duration)
-            except BaseException as exc:
-                exc.add_note(f"(shoal: the result of {_describe(fn)} could not be pickled)")
-                answer = (False, _wire.dumps_error(exc, prefix), duration)
-            del result
-        del fn
+        ok, outcome, duration = _invoke(fn, item if star else (item,), None)
+        del item
+        ok, answer = _pickle_outcome(ok, outcome, fn, prefix)
+        del fn, outcome
         # Sent before the next call starts: see _serve().
-        send_result(conn, task_id, *answer)
+        send_result(conn, task_id, ok, answer, duration)
         del answer
 
 
