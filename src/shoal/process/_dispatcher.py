@@ -1258,34 +1258,39 @@ class Dispatcher:
             return error
 
         for task in queued + running:
-            # A map's calls: those of a slice were sent (or are about to be),
-            # those of a run were not; a run whose map() stopped early has no
-            # reader left.
-            if isinstance(task, Slice):
-                shared.failed += task.fail_all(broken())
-            elif isinstance(task, MapRun):
+            if isinstance(task, MapRun):
+                # A map's calls not sent yet; a run whose map() stopped early
+                # has no reader left.
                 if task.cancelled:
                     task.cancel_rest()
                 else:
                     shared.failed += task.settle_rest(Failed(broken()))
-            # A dispatched call (it has a blob) is running already; a queued
-            # one may have been cancelled, and then only needs notifying.
-            elif task.blob is not None or task.future.set_running_or_notify_cancel():
-                self._set_exception(task.future, broken())
-                shared.failed += 1
+            # A slice, or a dispatched call (it has a blob), is running
+            # already; a queued call may have been cancelled, and then only
+            # needs notifying.
+            elif (
+                isinstance(task, Slice)
+                or task.blob is not None
+                or task.future.set_running_or_notify_cancel()
+            ):
+                self._fail_running(task, broken())
         sending, self._sending = self._sending, []
         for task in sending:
             # Taken for a message that was never written; some may be in an
             # in-flight queue (failed above) or running already.
-            if isinstance(task, Slice):
-                shared.failed += task.fail_all(broken())
-                continue
-            future = task.future
-            if future.done():
-                continue
-            if future.running() or future.set_running_or_notify_cancel():
-                self._set_exception(future, broken())
-                shared.failed += 1
+            if isinstance(task, Task):
+                future = task.future
+                if future.done() or not (future.running() or future.set_running_or_notify_cancel()):
+                    continue
+            self._fail_running(task, broken())
+
+    def _fail_running(self, task: Sent, error: BaseException) -> None:
+        """Fail a call that was sent (or taken to be), or every call left of a slice."""
+        if isinstance(task, Slice):
+            self._shared.failed += task.fail_all(error)
+        else:
+            self._set_exception(task.future, error)
+            self._shared.failed += 1
 
     def _stop_workers(self, how: str) -> None:
         """terminate_workers() / kill_workers() / Ctrl-C: stop now, fail what ran."""
@@ -1304,11 +1309,7 @@ class Dispatcher:
         for worker in list(self._workers.values()):
             worker.process.join(EXIT_GRACE_SECONDS)
             for task in worker.in_flight:
-                if isinstance(task, Slice):
-                    self._shared.failed += task.fail_all(BrokenProcessPool(reason))
-                else:
-                    self._set_exception(task.future, BrokenProcessPool(reason))
-                    self._shared.failed += 1
+                self._fail_running(task, BrokenProcessPool(reason))
             worker.in_flight.clear()
             worker.calls = 0
             self._forget(worker)
@@ -1319,13 +1320,12 @@ class Dispatcher:
         for entry in queued:
             if isinstance(entry, MapRun):
                 entry.cancel_rest()
-            elif isinstance(entry, Slice):
-                # Sent once, back in the queue after a crash: it is running.
-                self._shared.failed += entry.fail_all(BrokenProcessPool(reason))
-            elif not entry.future._cancel_queued() and entry.blob is not None:
-                # Sent once, back in the queue after a crash: it is running.
-                self._set_exception(entry.future, BrokenProcessPool(reason))
-                self._shared.failed += 1
+            # A slice, or a call sent once (it has a blob), is back in the
+            # queue after a crash: it is running.
+            elif isinstance(entry, Slice) or (
+                not entry.future._cancel_queued() and entry.blob is not None
+            ):
+                self._fail_running(entry, BrokenProcessPool(reason))
 
     def _kill_all(self) -> None:
         for worker in list(self._workers.values()):
