@@ -164,7 +164,7 @@ Queued = Task | MapRun | Slice
 Sent = Task | Slice
 
 
-def _calls(entries: Any) -> int:
+def count_calls(entries: Any) -> int:
     """How many calls ``entries`` (Tasks, MapRuns, Slices) hold."""
     return sum(len(entry) for entry in entries)
 
@@ -395,7 +395,7 @@ class Dispatcher:
         """(workers, idle workers, calls in the backlog, calls in flight)."""
         workers = list(self._workers.values())
         idle = sum(1 for w in workers if not w.in_flight)
-        return len(workers), idle, _calls(list(self._backlog)), sum(w.calls for w in workers)
+        return len(workers), idle, count_calls(list(self._backlog)), sum(w.calls for w in workers)
 
     # -- the loop ----------------------------------------------------------
 

@@ -43,17 +43,17 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import process as _std_process
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 from .._executor import Executor
 from .._future import Future
 from .._process_errors import BrokenProcessPool
 from .._stats import ExecutorStatistics
 from . import _runs, _wire
-from ._dispatcher import Dispatcher, Queued, Shared, Task, usable_cpus
+from ._dispatcher import Dispatcher, Queued, Shared, Task, count_calls, usable_cpus
 
 __all__ = ("ProcessPoolExecutor", "default_context")
 
@@ -330,9 +330,13 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             raise TypeError(f"map() needs a callable as its first argument, not {fn!r}")
         # Read now, as the standard pool does; a range or tuple cannot
         # change, anything else is copied.
-        items = arguments if type(arguments) in (range, tuple) else list(arguments)
-        run = _runs.MapRun(fn, items, star)  # type: ignore[arg-type]
-        self._enqueue((run,) if len(items) else ())  # type: ignore[arg-type]
+        items = (
+            cast("Sequence[Any]", arguments)
+            if type(arguments) in (range, tuple)
+            else list(arguments)
+        )
+        run = _runs.MapRun(fn, items, star)
+        self._enqueue((run,) if items else ())
         return _runs.results(run, deadline)
 
     def _enqueue(self, tasks: Iterable[Queued]) -> None:
@@ -475,7 +479,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         return ExecutorStatistics(
             workers=workers,
             idle=idle,
-            queued=sum(len(entry) for entry in list(shared.queue)) + backlog,
+            queued=count_calls(list(shared.queue)) + backlog,
             running=running,
             completed=shared.completed,
             failed=shared.failed,
