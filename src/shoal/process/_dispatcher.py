@@ -76,6 +76,7 @@ Concurrency:
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import math
 import os
@@ -83,9 +84,10 @@ import pickle
 import selectors
 import signal
 import struct
+import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -282,6 +284,45 @@ def _frame(message: tuple[Any, ...]) -> bytes:
     return size.to_bytes(4, "big", signed=True) + payload
 
 
+_main_file_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_file_checked() -> Iterator[None]:
+    """Hide a ``__main__.__file__`` that names no file while a worker starts.
+
+    ``multiprocessing`` has a spawned child run the file that
+    ``__main__.__file__`` names; for a script read from stdin that is
+    ``"<stdin>"``, and every worker dies starting (FileNotFoundError). The
+    name means nothing to anyone, and shoal's workers need nothing of
+    ``__main__`` (its functions travel by value), so it is taken away while
+    the process starts and put back after. Other pools' dispatchers start
+    their workers under the same lock, so none sees it missing for good.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not isinstance(path, str) or os.path.exists(path):
+        yield
+        return
+    with _main_file_lock:
+        path = main.__dict__.pop("__file__", None)
+        try:
+            yield
+        finally:
+            if path is not None:
+                main.__dict__.setdefault("__file__", path)
+
+
+def main_by_value(ctx: BaseContext) -> bool:
+    """Whether ``ctx``'s workers need ``__main__``'s functions and classes by value.
+
+    A forked worker has a copy of our ``__main__``; a spawned one (spawn,
+    forkserver) imports the main script again, if it can be found, and
+    nothing under its ``if __name__ == "__main__":``.
+    """
+    return ctx.get_start_method() != "fork"
+
+
 def usable_cpus() -> int:
     """The CPUs this process may use (the default number of workers, too)."""
     count = getattr(os, "process_cpu_count", None)
@@ -293,7 +334,9 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _function_index(fn: object, functions: list[bytes], indexes: dict[int, int]) -> int:
+def _function_index(
+    fn: object, functions: list[bytes], indexes: dict[int, int], main_by_value: bool
+) -> int:
     """The index of ``fn``'s pickle in ``functions`` (added on first sight), or -1.
 
     -1 when ``fn`` does not travel by reference: then each call carries it.
@@ -303,7 +346,7 @@ def _function_index(fn: object, functions: list[bytes], indexes: dict[int, int])
     key = id(fn)
     index = indexes.get(key)
     if index is None:
-        data = _wire.dumps_function(fn)
+        data = _wire.dumps_function(fn, main_by_value)
         if data is None:
             index = -1
         else:
@@ -369,6 +412,9 @@ class Dispatcher:
         self.spin_seconds = _worker.SPIN_SECONDS if max_workers <= usable_cpus() else 0.0
         self._idle_timeout = idle_timeout
         self._shm_prefix = shm_prefix
+        # Whether the functions and classes of __main__ travel by value: they
+        # must where a worker does not share our __main__ (see _by_value).
+        self.main_by_value = main_by_value(ctx)
         self._serial = serial
         self._names = itertools.count()
         self._selector = selectors.DefaultSelector()
@@ -696,6 +742,7 @@ class Dispatcher:
         functions: list[bytes] = []
         indexes: dict[int, int] = {}  # id(fn) -> index in functions, or -1
         prefix = self._shm_prefix
+        by_value = self.main_by_value
         dumps = _wire.dumps
         append = batch.append
         in_flight_append = worker.in_flight.append
@@ -713,7 +760,7 @@ class Dispatcher:
             fn = task.fn
             if fn is not last_fn:
                 last_fn = fn
-                index = _function_index(fn, functions, indexes)
+                index = _function_index(fn, functions, indexes, by_value)
             blob = task.blob
             if blob is None:
                 future = task.future
@@ -722,10 +769,10 @@ class Dispatcher:
                 kwargs = task.kwargs
                 try:
                     if index >= 0 and not kwargs:
-                        blob = dumps(task.args, prefix)
+                        blob = dumps(task.args, prefix, by_value)
                     else:
                         task.kwargs = None  # the blob holds the whole call
-                        blob = _wire.dumps_call(fn, task.args or (), kwargs or {}, prefix)
+                        blob = _wire.dumps_call(fn, task.args or (), kwargs or {}, prefix, by_value)
                 except BaseException as exc:
                     task.args = task.kwargs = None
                     self._set_exception(future, exc)
@@ -772,7 +819,7 @@ class Dispatcher:
             self._shared.failed += part.fail_all(fn_ref) + run.settle_rest(Failed(fn_ref))
             return []
         try:
-            blob = _wire.dumps(part.items(), self._shm_prefix)
+            blob = _wire.dumps(part.items(), self._shm_prefix, self.main_by_value)
         except BaseException as exc:
             if len(part) == 1:
                 part.fail_all(exc)
@@ -796,12 +843,12 @@ class Dispatcher:
         (by reference, once per message), else its pickle (the worker unpickles
         it afresh for each call, as each call of ``submit`` gets its own copy),
         else the error that pickling it raised."""
-        index = _function_index(run.fn, functions, indexes)
+        index = _function_index(run.fn, functions, indexes, self.main_by_value)
         if index >= 0:
             return index
         if run.fn_pickle is None:
             try:
-                run.fn_pickle = _wire.dumps_inband(run.fn)
+                run.fn_pickle = _wire.dumps_inband(run.fn, self.main_by_value)
             except BaseException as exc:
                 run.fn_pickle = exc
         return cast("bytes | BaseException", run.fn_pickle)
@@ -1102,7 +1149,8 @@ class Dispatcher:
             process = cast("Any", self._ctx).Process(
                 target=_worker.worker_main, args=(child_sock, config), name=name
             )
-            process.start()
+            with _main_file_checked():
+                process.start()
         except BaseException as exc:
             parent_sock.close()
             child_sock.close()

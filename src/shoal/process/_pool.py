@@ -53,7 +53,15 @@ from .._future import Future
 from .._process_errors import BrokenProcessPool
 from .._stats import ExecutorStatistics
 from . import _runs, _wire
-from ._dispatcher import Dispatcher, Queued, Shared, Task, count_calls, usable_cpus
+from ._dispatcher import (
+    Dispatcher,
+    Queued,
+    Shared,
+    Task,
+    count_calls,
+    main_by_value,
+    usable_cpus,
+)
 
 __all__ = ("ProcessPoolExecutor", "default_context")
 
@@ -214,6 +222,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._mp_context = mp_context
         self._context: multiprocessing.context.BaseContext = mp_context
         _preload_in_forkserver(mp_context)
+        self._by_value = main_by_value(mp_context)
         self._max_tasks_per_child = max_tasks_per_child
         self._idle_timeout = idle_timeout
         self._serial = next(_serials)
@@ -225,7 +234,11 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             try:
                 # By our pickle (cloudpickle takes a lambda) when it can ...
                 self._initializer_blob = _wire.dumps_call(
-                    initializer, self._initargs, {}, f"shoal-{os.getpid()}-{self._serial}i"
+                    initializer,
+                    self._initargs,
+                    {},
+                    f"shoal-{os.getpid()}-{self._serial}i",
+                    self._by_value,
                 )
             except Exception:
                 # ... else as objects handed to each new process, which is how
@@ -277,7 +290,9 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         if dispatcher is None:
             return False
         try:
-            blob = _wire.dumps_call(task.fn, task.args or (), task.kwargs or {}, self._shm_prefix)
+            blob = _wire.dumps_call(
+                task.fn, task.args or (), task.kwargs or {}, self._shm_prefix, self._by_value
+            )
         except Exception:
             return False
         # The task as the dispatcher must find it once sent: a call blob

@@ -61,6 +61,8 @@ import types
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
+from . import _by_value
+
 try:
     import _posixshmem  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - Windows
@@ -329,12 +331,13 @@ def _reduce_memoryview(view: memoryview) -> tuple[Any, ...]:
 
 
 class _Pickler(pickle.Pickler):
-    """Plain pickle that also handles memoryviews (which pickle refuses)."""
+    """Plain pickle that also handles memoryviews (which pickle refuses), and
+    sends functions and classes of ``__main__`` by value (see ``_by_value``)."""
 
     def reducer_override(self, obj: object) -> Any:
         if type(obj) is memoryview:
             return _reduce_memoryview(obj)
-        return NotImplemented
+        return _by_value.reduce(obj) or NotImplemented
 
 
 _cloud_pickler: type[pickle.Pickler] | None = None
@@ -350,7 +353,9 @@ def _cloud_pickler_class() -> type[pickle.Pickler]:
             def reducer_override(self, obj: object) -> Any:
                 if type(obj) is memoryview:
                     return _reduce_memoryview(obj)
-                return super().reducer_override(obj)
+                # Kept pickles of __main__'s functions and classes (it would
+                # pickle them by value too, each time afresh).
+                return _by_value.reduce(obj) or super().reducer_override(obj)
 
         _cloud_pickler = _CloudPickler
     return _cloud_pickler
@@ -386,18 +391,28 @@ def _collector(
     return callback
 
 
-def _pickle(obj: object, out_of_band: bool = True) -> tuple[bytes, list[pickle.PickleBuffer]]:
+def _pickle(
+    obj: object, out_of_band: bool = True, main_by_value: bool = False
+) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickle ``obj``; return the data and its out-of-band buffers (nothing stored yet).
 
     Three attempts, cheapest first. (1) ``pickle.dumps``: the fast path, and
     all that an importable function with plain arguments needs. Its result
     is final when smaller than SHM_THRESHOLD (it cannot hold a big bytes in
-    band then) or when _wrap_big_bytes() finds nothing to wrap. (2) A Pickler
-    that also handles memoryviews, on the wrapped object. (3) cloudpickle, for
-    lambdas, closures and functions of ``__main__``. When every attempt fails,
-    cloudpickle's error is raised: where the two differ, plain pickle failed
-    on something cloudpickle handles (a lambda) and cloudpickle names the
-    real culprit (a lock among the arguments, say).
+    band then) or when _wrap_big_bytes() finds nothing to wrap, and, with
+    ``main_by_value``, when it refers to nothing of ``__main__``. (2) A
+    Pickler that also handles memoryviews and sends the functions and
+    classes of ``__main__`` by value (kept per function: ``_by_value``), on
+    the wrapped object. (3) cloudpickle, for lambdas and closures. When every
+    attempt fails, cloudpickle's error is raised: where the two differ, plain
+    pickle failed on something cloudpickle handles (a lambda) and cloudpickle
+    names the real culprit (a lock among the arguments, say).
+
+    ``main_by_value`` is for the parent of workers that do not share its
+    ``__main__`` (spawn, forkserver): there plain pickle succeeds by
+    reference and the worker cannot find the function. A worker needs no
+    such look: its own by-reference pickle of something sent to it by value
+    fails (it is not what its ``__main__`` holds), and (2) takes over.
     """
     buffers: list[pickle.PickleBuffer] = []
     try:
@@ -406,12 +421,16 @@ def _pickle(obj: object, out_of_band: bool = True) -> tuple[bytes, list[pickle.P
         if out_of_band:
             obj = _wrap_big_bytes(obj)
     else:
-        if len(data) < SHM_THRESHOLD or not out_of_band:
-            return data, buffers
-        wrapped = _wrap_big_bytes(obj)
-        if wrapped is obj:
-            return data, buffers
-        obj = wrapped
+        if main_by_value and _by_value.MAIN_BYTES in data:
+            if out_of_band:
+                obj = _wrap_big_bytes(obj)
+        else:
+            if len(data) < SHM_THRESHOLD or not out_of_band:
+                return data, buffers
+            wrapped = _wrap_big_bytes(obj)
+            if wrapped is obj:
+                return data, buffers
+            obj = wrapped
     error: Exception | None = None
     try:
         for cloud in (False, True):
@@ -457,12 +476,13 @@ def _store(data: bytes, buffers: list[pickle.PickleBuffer], shm_prefix: str) -> 
     return data, tuple(segments)
 
 
-def dumps(obj: object, shm_prefix: str) -> Blob:
+def dumps(obj: object, shm_prefix: str, main_by_value: bool = False) -> Blob:
     """Pickle ``obj`` into a Blob, its big buffers into segments named ``{shm_prefix}-{n}``.
 
     When shared memory cannot take the buffers (``/dev/shm`` full, too many
     open files) they travel in band instead. Raises what pickling raised
     (cloudpickle's error when both failed), with no segment left behind.
+    ``main_by_value``: see ``_pickle``.
     """
     # The fast path, for what nearly every call and result is: small, plain
     # pickle takes it, no buffer worth shared memory.
@@ -471,33 +491,59 @@ def dumps(obj: object, shm_prefix: str) -> Blob:
     except Exception:  # a big buffer, or plain pickle cannot: the full path decides
         pass
     else:
-        if len(data) < SHM_THRESHOLD:
+        if len(data) < SHM_THRESHOLD and not (main_by_value and _by_value.MAIN_BYTES in data):
             return data, ()
-    data, buffers = _pickle(obj)
+    data, buffers = _pickle(obj, main_by_value=main_by_value)
     try:
         return _store(data, buffers, shm_prefix)
     except OSError:
         pass  # not inside the except block: no chained OSError in user tracebacks
-    return _pickle(obj, out_of_band=False)[0], ()
+    return _pickle(obj, out_of_band=False, main_by_value=main_by_value)[0], ()
 
 
 def dumps_call(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], shm_prefix: str
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    shm_prefix: str,
+    main_by_value: bool = False,
 ) -> Blob:
     """Pickle the call ``fn(*args, **kwargs)``; importable functions go by reference."""
-    return dumps((fn, args, kwargs), shm_prefix)
+    return dumps((fn, args, kwargs), shm_prefix, main_by_value)
 
 
-_BY_REFERENCE_TYPES = (types.FunctionType, types.BuiltinFunctionType)
+class _Reduced:
+    """Pickles as the reduction it holds."""
+
+    __slots__ = ("reduction",)
+
+    def __init__(self, reduction: tuple[Any, ...]) -> None:
+        self.reduction = reduction
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.reduction
 
 
-def dumps_function(fn: object) -> bytes | None:
-    """The pickle of ``fn`` if it travels by reference (by name), else None.
+def _dumps_main_function(fn: Any) -> bytes | None:
+    """dumps_function() of a function of ``__main__``, by value."""
+    if fn.__closure__:
+        return None
+    try:
+        reduced = _by_value.reduce(fn)
+    except Exception:  # it fails again, with its error, in the call's own pickle
+        return None
+    return pickle.dumps(_Reduced(reduced), protocol=5) if reduced is not None else None
+
+
+def dumps_function(fn: object, main_by_value: bool = False) -> bytes | None:
+    """The pickle of ``fn`` if a worker may unpickle it once for many calls, else None.
 
     True for module-level functions and builtins that plain pickle takes by
-    name: unpickling them gives the same function every time, so a worker
-    may unpickle one once and use it for many calls. Anything with state of
-    its own (a closure, a bound method, a builtin method of an object, a
+    name: unpickling them gives the same function every time. With
+    ``main_by_value``, also for the functions of ``__main__`` without a
+    closure: they travel by value (see ``_by_value``), and a worker rebuilds
+    one function from the same bytes every time. Anything with state of its
+    own (a closure, a bound method, a builtin method of an object, a
     partial) gives None: it travels inside each call blob, so that every
     call gets its own copy, as every call has its own arguments.
     """
@@ -507,9 +553,11 @@ def dumps_function(fn: object) -> bytes | None:
         or not isinstance(getattr(fn, "__self__", None), types.ModuleType)
     ):
         return None
+    if main_by_value and kind is types.FunctionType and fn.__module__ == _by_value.MAIN:
+        return _dumps_main_function(fn)
     try:
         data = pickle.dumps(fn, protocol=5)
-    except Exception:  # a lambda, a closure, a function of __main__: cloudpickle's
+    except Exception:  # a lambda, a closure: cloudpickle's
         return None
     # Plain pickle writes such a function as a global (and checks that the name
     # leads back to it); make sure nothing changed that (a dispatch_table entry).
@@ -521,10 +569,10 @@ def dumps_function(fn: object) -> bytes | None:
     return data
 
 
-def dumps_inband(obj: object) -> bytes:
+def dumps_inband(obj: object, main_by_value: bool = False) -> bytes:
     """Pickle ``obj`` with every buffer in band (cloudpickle if need be): bytes that
     can be unpickled any number of times."""
-    return _pickle(obj, out_of_band=False)[0]
+    return _pickle(obj, out_of_band=False, main_by_value=main_by_value)[0]
 
 
 def loads(blob: Blob) -> Any:
