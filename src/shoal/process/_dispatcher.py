@@ -186,6 +186,11 @@ class Shared:
     broken_cause: BaseException | None = None
     # "terminate" or "kill": stop the workers now (terminate_workers(), Ctrl-C).
     stop: str | None = None
+    # The interpreter is exiting: the dispatcher notes, in ``left_at_exit``,
+    # the calls still to run that nobody is left to watch (no done-callback),
+    # so that the exit hook can report those that fail (see _pool).
+    exiting: bool = False
+    left_at_exit: list[tuple[str, Future[Any]] | MapRun] | None = None  # the dispatcher's
     # The wake pipe: a byte written tells the dispatcher to look at the queue
     # and the flags. ``woken`` avoids a write per submit while it is pending.
     wake_r: int = -1
@@ -487,6 +492,8 @@ class Dispatcher:
                 return
             if shared.queue:
                 self._take_queue()
+            if shared.exiting and shared.left_at_exit is None:
+                shared.left_at_exit = self._unwatched()
             if shared.cancel_backlog:
                 self._cancel_backlog()
             self._retire_idle()
@@ -494,6 +501,25 @@ class Dispatcher:
             if shared.shutdown and not shared.queue and not self._backlog and not self._busy():
                 self._exit_workers()
                 return
+
+    def _unwatched(self) -> list[tuple[str, Future[Any]] | MapRun]:
+        """The calls not done yet whose futures have no done-callback, and the map runs."""
+        found: list[tuple[str, Future[Any]] | MapRun] = []
+        runs: set[int] = set()
+        entries: list[Queued] = [*self._backlog, *self._sending]
+        for worker in self._workers.values():
+            entries.extend(worker.in_flight)
+        for entry in entries:
+            if type(entry) is Task:
+                future = entry.future
+                if not future.done() and future._callbacks is None:
+                    found.append((entry.describe(), future))
+                continue
+            run = entry if type(entry) is MapRun else cast("Slice", entry).run
+            if id(run) not in runs:
+                runs.add(id(run))
+                found.append(run)
+        return found
 
     def _handle_events(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
         for key, mask in events:
