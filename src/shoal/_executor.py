@@ -43,7 +43,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import _base
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, Self, TypeVar
 
 from . import _clock
 from ._future import Future
@@ -162,7 +162,7 @@ class Executor(_base.Executor):
             cancel_futures: cancel the calls that have not started.
         """
 
-    def __enter__(self) -> Executor:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

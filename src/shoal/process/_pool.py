@@ -70,9 +70,6 @@ P = ParamSpec("P")
 
 _global_lock = threading.Lock()
 _exiting = False  # guarded by: _global_lock
-_live: weakref.WeakValueDictionary[int, ProcessPoolExecutor] = (
-    weakref.WeakValueDictionary()
-)  # guarded by: _global_lock
 _dispatchers: dict[int, tuple[Shared, Dispatcher]] = {}  # guarded by: _global_lock
 _serials = itertools.count(1)
 # The kwargs of every call of map(): shared, never changed (the dispatcher only reads it).
@@ -161,10 +158,9 @@ def _one_line(error: BaseException) -> str:
 
 
 def _after_fork_in_child() -> None:
-    global _global_lock, _dispatchers, _live
+    global _global_lock, _dispatchers
     _global_lock = threading.Lock()
     _dispatchers = {}
-    _live = weakref.WeakValueDictionary()
 
 
 threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
@@ -305,8 +301,6 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._shm_prefix = f"shoal-{os.getpid()}-{self._serial}"
         self._ids = itertools.count()
         self._dispatcher: Dispatcher | None = None
-        with _global_lock:
-            _live[self._serial] = self
 
     # -- submitting ----------------------------------------------------------
 
