@@ -4,7 +4,8 @@ This module is mechanism only: it turns objects into bytes and back and moves
 big buffers through shared memory. What to send, when, and what a failure
 means for a task is decided by the dispatcher (parent) and the worker loop
 (child), which both import this module. It imports only the standard
-library, and ``cloudpickle`` when plain pickle cannot do the job.
+library, ``_by_value`` (how functions and classes of ``__main__`` travel),
+and ``cloudpickle`` when plain pickle cannot do the job.
 
 Wire format::
 
