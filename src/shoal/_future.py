@@ -17,6 +17,9 @@ States and transitions (the standard library's constants, so that its
     PENDING --cancel()--> CANCELLED --set_running_or_notify_cancel()--> CANCELLED_AND_NOTIFIED
 
 ``cancel()`` on a RUNNING or FINISHED future returns False and changes nothing.
+A PENDING future with a gate (a call a process pool sent ahead to a worker)
+asks the gate first: if the worker has just started the call, the future
+moves to RUNNING and ``cancel()`` returns False.
 A future in CANCELLED counts as done for ``done()`` but not for ``wait()``
 until the executor has seen the cancellation (CANCELLED_AND_NOTIFIED), as in
 the standard library.
@@ -24,15 +27,17 @@ the standard library.
 Concurrency:
   Any thread may call any method. ``_condition`` (a plain ``threading.Lock``,
   named for the standard library's ``wait``, which acquires it) guards
-  ``_state``, ``_result``, ``_exception``, ``_waiters_``, ``_callbacks`` and
-  ``_blocked``. Reads that need one field only (``done()``, ``cancelled()``,
-  ``running()``, and ``result()`` of a finished future) take no lock: the
+  ``_state``, ``_result``, ``_exception``, ``_waiters_``, ``_callbacks``,
+  ``_blocked``, ``_gate`` and ``_gate_slot``. Reads that need one field only
+  (``done()``, ``cancelled()``, ``running()``, and ``result()`` of a finished
+  future) take no lock: the
   state is written last, after the result, and a finished future never
   changes again. That matters beyond speed: the standard ``wait`` calls
   ``cancelled()`` and ``exception()`` while holding ``_condition``, and the
   lock is not reentrant.
   Lock order: a future's ``_condition``, then a waiter's own lock
-  (``_Waiter.add_*``). The standard ``wait`` takes several futures' locks
+  (``_Waiter.add_*``) or its gate's lock (``cancel()`` of a call sent ahead
+  to a process worker: ``process/_board.py``). The standard ``wait`` takes several futures' locks
   in ``id`` order.
   Callbacks: user callbacks run after ``_condition`` is released, in the
   thread that completed the future (or the one that added the callback to a
@@ -45,7 +50,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import _base
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._errors import CancelledError, InvalidStateError
 
@@ -77,6 +82,13 @@ _DONE_STATES = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 LOGGER = logging.getLogger("concurrent.futures")
 
 
+class _Gate(Protocol):
+    """Where a call sent ahead to a worker is kept from starting (see ``cancel()``)."""
+
+    def close(self, slot: int) -> bool:
+        """True: the call will never start. False: it has started."""
+
+
 class Future(_base.Future[T]):
     """The result of a call that may not have finished yet.
 
@@ -90,6 +102,8 @@ class Future(_base.Future[T]):
         "_callbacks",
         "_condition",
         "_exception",
+        "_gate",
+        "_gate_slot",
         "_result",
         "_state",
         "_waiters_",
@@ -107,6 +121,10 @@ class Future(_base.Future[T]):
         self._waiters_: list[Any] | None = None
         self._callbacks: list[Callable[[Future[T]], object]] | None = None
         self._blocked: list[threading.Lock] | None = None
+        # An executor that sent the call ahead to a worker, not started yet,
+        # attaches a gate (see _attach_gate); None otherwise.
+        self._gate: _Gate | None = None
+        self._gate_slot = -1
 
     # The standard wait() and as_completed() append to and remove from
     # ``_waiters`` under ``_condition``; a property lets shoal allocate the list
@@ -258,10 +276,35 @@ class Future(_base.Future[T]):
             state = self._state
             if state != PENDING:
                 return state in _CANCELLED_STATES
+            gate = self._gate
+            if gate is not None and not gate.close(self._gate_slot):
+                # Sent ahead to a worker, which has just started it.
+                self._state = RUNNING
+                return False
             self._state = CANCELLED
             blocked, self._blocked = self._blocked, None
         self._wake(blocked)
         return True
+
+    def _detach_gate(self) -> None:
+        """For executors: the call went back to the queue; ``cancel()`` needs no gate now."""
+        with self._condition:
+            self._gate = None
+            self._gate_slot = -1
+
+    def _attach_gate(self, gate: _Gate, slot: int) -> bool:
+        """For executors: the call goes to a worker that may start it at any time.
+
+        From now on ``cancel()`` asks ``gate.close(slot)`` whether the call
+        can still be kept from starting. False (nothing attached) if the
+        future is not pending any more: cancelled, or marked running.
+        """
+        with self._condition:
+            if self._state != PENDING:
+                return False
+            self._gate = gate
+            self._gate_slot = slot
+            return True
 
     def _cancel_queued(self) -> bool:
         """For executors dropping a call that will never run (shutdown, a stop).

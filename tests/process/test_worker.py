@@ -151,10 +151,10 @@ class Parent:
         assert self.recv() == (_wire.READY, self.process.pid)
 
     def call(self, fn, *args, **kwargs):
-        return next(self.task_ids), _wire.dumps_call(fn, args, kwargs, self.prefix)
+        return next(self.task_ids), _wire.dumps_call(fn, args, kwargs, self.prefix), -1, -1
 
     def run(self, *tasks):
-        _wire.send(self.conn, (_wire.RUN, list(tasks)))
+        _wire.send(self.conn, (_wire.RUN, list(tasks), []))
 
     def results(self, count):
         """Read RESULTS messages until ``count`` results came; return them in order."""
@@ -251,12 +251,12 @@ def test_functions_sent_once_per_message_and_calls_that_carry_only_arguments(par
         return _wire.dumps(values, prefix)
 
     tasks = [
-        (1, args(1, 2), 0),
-        (2, args(1, 2), 1),
+        (1, args(1, 2), 0, -1),
+        (2, args(1, 2), 1, -1),
         parent.call(add, 10, b=20),  # a whole call blob, in the same message
-        (4, args(LoadFails()), 0),  # its arguments do not unpickle
-        (5, args(1, 2), 1),
-        (6, args(5, 6), 0),
+        (4, args(LoadFails()), 0, -1),  # its arguments do not unpickle
+        (5, args(1, 2), 1, -1),
+        (6, args(5, 6), 0, -1),
     ]
     _wire.send(parent.conn, (_wire.RUN, tasks, functions))
     results = parent.results(len(tasks))
@@ -478,7 +478,7 @@ def test_a_whole_conversation_prints_nothing_on_stderr(ctx, tmp_path):
                 assert _wire.recv(here)[0] == _wire.READY
                 array = np.arange(1_000_000, dtype=np.float64)
                 call = _wire.dumps_call(double, (array,), {}, prefix)
-                _wire.send(here, (_wire.RUN, [(1, call)]))
+                _wire.send(here, (_wire.RUN, [(1, call, -1, -1)], []))
                 tag, [(task_id, ok, blob, duration)] = _wire.recv(here)
                 assert ok and (_wire.loads(blob) == array * 2).all()
                 _wire.send(here, (_wire.EXIT,))

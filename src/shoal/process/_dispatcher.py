@@ -78,6 +78,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import logging
 import math
 import os
 import pickle
@@ -92,9 +93,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import _clock
-from .._future import LOGGER, Future
+from .._future import CANCELLED, LOGGER, PENDING, RUNNING, Future
 from .._process_errors import BrokenProcessPool, WorkerLostError
-from . import _wire, _worker
+from . import _board, _wire, _worker
 from ._runs import Failed, MapRun, Slice
 
 if TYPE_CHECKING:
@@ -102,6 +103,8 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
 __all__ = ("Dispatcher", "Shared", "Task")
+
+LOGGER_PROCESS = logging.getLogger("shoal.process")
 
 # Tunables.
 # More seconds of work per worker means fewer, larger messages (higher
@@ -127,7 +130,7 @@ _LENGTH = struct.Struct("!i")
 class Task:
     """One submitted call, from ``submit`` until its future is done."""
 
-    __slots__ = ("args", "blob", "fn", "future", "id", "kwargs")
+    __slots__ = ("args", "blob", "fn", "future", "id", "kwargs", "slot")
 
     def __init__(
         self,
@@ -148,6 +151,8 @@ class Task:
         self.args: tuple[Any, ...] | None = args
         self.kwargs: dict[str, Any] | None = kwargs
         self.blob: _wire.Blob | None = None
+        # Its slot on its worker's start board while sent ahead (see _board), else -1.
+        self.slot = -1
 
     def __len__(self) -> int:
         """One call (a map's Slice or MapRun holds many)."""
@@ -247,9 +252,11 @@ class _Worker:
     """The dispatcher's record of one worker process."""
 
     __slots__ = (
+        "board",
         "calls",
         "closed",
         "fd",
+        "free",
         "in_flight",
         "inbox",
         "init_error",
@@ -261,9 +268,10 @@ class _Worker:
         "sent",
         "since_idle",
         "sock",
+        "stolen",
     )
 
-    def __init__(self, process: BaseProcess, sock: Any, name: str) -> None:
+    def __init__(self, process: BaseProcess, sock: Any, name: str, board: _board.Board) -> None:
         self.process = process
         self.sock = sock
         self.fd: int = sock.fileno()
@@ -278,6 +286,11 @@ class _Worker:
         self.init_error: BaseException | None = None  # its initializer raised this
         self.sent = 0  # calls sent over this worker's life
         self.since_idle = _clock.monotonic()
+        self.board = board
+        self.free = list(range(_board.SLOTS - 1, -1, -1))  # board slots not in use
+        # Calls taken by another worker, still in in_flight until this one
+        # answers SKIPPED for them: task id -> the slot they hold here.
+        self.stolen: dict[int, int] = {}
 
 
 def _frame(message: tuple[Any, ...]) -> bytes:
@@ -359,6 +372,28 @@ def _function_index(
             functions.append(data)
         indexes[key] = index
     return index
+
+
+def _mark_running(future: Future[Any]) -> bool:
+    """Mark a call's future running as its worker is about to start it.
+
+    False when it was cancelled (its waiters are told so); True when it is
+    running (or was already).
+    """
+    state = future._state
+    if state == RUNNING:
+        return True
+    if state not in (PENDING, CANCELLED):
+        return False  # notified already, or done (a forced cancel)
+    return future.set_running_or_notify_cancel()
+
+
+def _drop(task: Task) -> None:
+    """Let go of a call that will not go out (cancelled): its segments too."""
+    if task.blob is not None:
+        _wire.discard(task.blob)
+        task.blob = None
+    task.args = task.kwargs = None
 
 
 def _signal_name(exitcode: int | None) -> str:
@@ -443,10 +478,16 @@ class Dispatcher:
         return {w.process.pid: w.process for w in list(self._workers.values()) if w.process.pid}
 
     def counts(self) -> tuple[int, int, int, int]:
-        """(workers, idle workers, calls in the backlog, calls in flight)."""
+        """(workers, idle workers, calls waiting, calls running): a snapshot.
+
+        A busy worker runs one call; the calls it holds behind that one wait,
+        as the backlog's do.
+        """
         workers = list(self._workers.values())
-        idle = sum(1 for w in workers if not w.in_flight)
-        return len(workers), idle, count_calls(list(self._backlog)), sum(w.calls for w in workers)
+        busy = sum(1 for w in workers if w.in_flight)
+        held = sum(w.calls - len(w.stolen) for w in workers)
+        waiting = count_calls(list(self._backlog)) + max(0, held - busy)
+        return len(workers), len(workers) - busy, waiting, busy
 
     # -- the loop ----------------------------------------------------------
 
@@ -608,7 +649,7 @@ class Dispatcher:
             return False
         worker = shared.idle.pop()
         assert task.blob is not None
-        frame = _frame((_wire.RUN, [(task.id, task.blob)]))
+        frame = _frame((_wire.RUN, [(task.id, task.blob, -1, -1)], []))
         # Write first: if nothing went out, nothing changed. The worker's
         # answer cannot be read before the task is in its in-flight queue:
         # the dispatcher reads only after it has unparked, under the lock
@@ -671,10 +712,18 @@ class Dispatcher:
                 entry.cancel_rest()
             elif type(entry) is Task and entry.blob is None:
                 entry.future._cancel_queued()
+        # Calls sent ahead and not started are still the caller's: cancelled
+        # on their workers' start boards, the workers skip them.
+        for worker in self._workers.values():
+            for entry in worker.in_flight:
+                if type(entry) is Task and entry.slot >= 0 and entry.future._state == PENDING:
+                    entry.future._cancel_queued()
 
     def _dispatch(self) -> None:
         backlog = self._backlog
-        if not backlog or self._shared.broken is not None:
+        if self._shared.broken is not None:
+            return
+        if not backlog and not self._steal():
             return
         share = self._share()
         low = max(1, share // 2)
@@ -716,6 +765,56 @@ class Dispatcher:
             if not self._spawn():
                 return
             starting += 1
+
+    def _steal(self) -> bool:
+        """Give an idle worker calls that a busy one holds and has not started.
+
+        Nothing is queued, so a worker with nothing to do would otherwise wait
+        while calls sent ahead to another wait behind that one's long call.
+        The thief takes the later half of the victim's calls still open on
+        its start board (closed there, the victim skips them), and they go out
+        again, first in the queue. True if any were taken.
+        """
+        limit = self._max_tasks
+        workers = list(self._workers.values())
+        thieves = sum(
+            1
+            for w in workers
+            if w.ready
+            and not w.in_flight
+            and not w.retiring
+            and not w.closed
+            and (limit is None or w.sent < limit)
+        )
+        taken = False
+        for _ in range(thieves):
+            victim = max(workers, key=lambda w: w.calls - len(w.stolen))
+            budget = (victim.calls - len(victim.stolen)) // 2
+            if budget < 1 or victim.board.dead:
+                break
+            stolen = victim.stolen
+            candidates: list[Task] = []
+            for entry in reversed(victim.in_flight):
+                if type(entry) is not Task or entry.slot < 0:
+                    break  # a map's slice, or the call it runs: the rest is older
+                if entry.id in stolen or entry.future._state != PENDING:
+                    continue  # taken already, or cancelled: it will skip those
+                candidates.append(entry)
+                if len(candidates) >= budget:
+                    break
+            closed = set(victim.board.close_many([t.slot for t in candidates]))
+            got = [t for t in candidates if t.slot in closed]
+            if not got:
+                break
+            for task in got:
+                stolen[task.id] = task.slot
+                task.slot = -1
+                task.future._detach_gate()
+            got.reverse()  # the victim's order
+            self._backlog.extendleft(reversed(got))
+            taken = True
+            LOGGER_PROCESS.debug("%d calls taken from %s by an idle worker", len(got), victim.name)
+        return taken
 
     def _take(self, room: int) -> list[Sent]:
         """Take up to ``room`` calls off the backlog: Tasks, and slices cut off map runs."""
@@ -774,24 +873,42 @@ class Dispatcher:
         in_flight_append = worker.in_flight.append
         last_fn: object = _NO_FUNCTION
         index = -1
+        board = worker.board
+        free = worker.free
+        held = worker.calls  # calls the worker holds before each one goes out
         for task in tasks:
             if type(task) is Slice:
                 for part, entry in self._slice_entries(task, functions, indexes):
                     append(entry)
                     in_flight_append(part)
                     calls += len(part)
+                    held += len(part)
                     slice_entries += 1
                 continue
             assert type(task) is Task
+            future = task.future
+            # The worker starts a call at once when it holds nothing else;
+            # any other goes on the start board, to stay cancellable until
+            # the worker starts it.
+            slot = -1
+            if held and free:
+                slot = free.pop()
+                board.reset(slot)
+                if not future._attach_gate(board, slot):
+                    free.append(slot)
+                    slot = -1
+                    if future._state != RUNNING and not _mark_running(future):
+                        _drop(task)  # cancelled
+                        continue
+            elif not _mark_running(future):
+                _drop(task)
+                continue
             fn = task.fn
             if fn is not last_fn:
                 last_fn = fn
                 index = _function_index(fn, functions, indexes, by_value)
             blob = task.blob
             if blob is None:
-                future = task.future
-                if not future.set_running_or_notify_cancel():
-                    continue  # cancelled while queued
                 kwargs = task.kwargs
                 try:
                     if index >= 0 and not kwargs:
@@ -801,29 +918,29 @@ class Dispatcher:
                         blob = _wire.dumps_call(fn, task.args or (), kwargs or {}, prefix, by_value)
                 except BaseException as exc:
                     task.args = task.kwargs = None
+                    if slot >= 0:
+                        free.append(slot)
                     self._set_exception(future, exc)
                     self._shared.failed += 1
                     continue
                 task.args = None
                 task.blob = blob
-            elif task.kwargs is None:
-                append((task.id, blob))
-                in_flight_append(task)
-                continue
-            elif index < 0:  # pragma: no cover - pickled by reference once, not any more
+            elif task.kwargs is not None and index < 0:  # pragma: no cover
+                # Pickled by reference once, not any more.
                 _wire.discard(blob)
                 task.blob = None
+                if slot >= 0:
+                    free.append(slot)
                 self._set_exception(
-                    task.future,
+                    future,
                     pickle.PicklingError(f"{task.describe()} could not be pickled any more"),
                 )
                 self._shared.failed += 1
                 continue
-            if task.kwargs is None:
-                append((task.id, blob))
-            else:
-                append((task.id, blob, index))
+            task.slot = slot
+            append((task.id, blob, -1 if task.kwargs is None else index, slot))
             in_flight_append(task)
+            held += 1
         if not batch:
             return
         calls += len(batch) - slice_entries
@@ -979,6 +1096,9 @@ class Dispatcher:
                                     pass  # already done: a forced cancel got there first
                                 completed += 1
                                 del value
+                            if task.slot >= 0:  # free once its future is done
+                                worker.free.append(task.slot)
+                                task.slot = -1
                         else:  # a map's slice: its next call
                             run = task.run
                             if run is not last_run:
@@ -1016,6 +1136,32 @@ class Dispatcher:
             self._account(worker, answered, total)
         if answers:
             self._complete(worker, answers)
+        if not worker.closed:
+            self._mark_head(worker)
+
+    def _mark_head(self, worker: _Worker) -> None:
+        """Mark running the call ``worker`` runs now: the first of its calls not answered.
+
+        The worker answers each call before it starts the next, so once the
+        answers before it are in, the first call left is running, or about to
+        start (the one call per worker that ``running()`` may show early).
+        Calls cancelled on the start board are passed over: the worker skips them.
+        """
+        stolen = worker.stolen
+        for entry in worker.in_flight:
+            if type(entry) is not Task:
+                return  # a map's slice: its calls have no futures of their own
+            if stolen and entry.id in stolen:
+                continue
+            future = entry.future
+            state = future._state
+            if state == RUNNING:
+                return
+            if state == PENDING:
+                if future.set_running_or_notify_cancel():
+                    return
+            elif state == CANCELLED:
+                future.set_running_or_notify_cancel()  # tells its waiters
 
     def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
         tag = message[0]
@@ -1036,6 +1182,23 @@ class Dispatcher:
             if type(part) is not Slice or part.start != message[1]:  # pragma: no cover
                 raise RuntimeError(f"{worker.name} loaded slice {message[1]}: not its next")
             part.loaded = True
+        elif tag == _wire.SKIPPED:  # answers come in order: it is the next in flight
+            task = worker.in_flight[0] if worker.in_flight else None
+            if type(task) is not Task or task.id != message[1]:  # pragma: no cover
+                raise RuntimeError(f"{worker.name} skipped task {message[1]}: not its next")
+            worker.in_flight.popleft()
+            worker.calls -= 1
+            worker.sent -= 1  # it did not run there
+            slot = worker.stolen.pop(task.id, None)
+            if slot is None:  # cancelled by its caller
+                slot = task.slot
+                task.slot = -1
+                _drop(task)
+                if task.future._state == CANCELLED:
+                    task.future.set_running_or_notify_cancel()  # tells its waiters
+            worker.free.append(slot)
+            if not worker.in_flight:
+                worker.since_idle = _clock.monotonic()
         elif tag == _wire.RESLICE:  # answers come in order: it is the next in flight
             # The worker could not unpickle a slice's items as one list: send
             # them again one call per entry, so each fails (or not) on its own.
@@ -1095,6 +1258,9 @@ class Dispatcher:
                 runs[id(task.run)] = task.run
                 if task.start < task.stop:
                     continue
+            elif task.slot >= 0:  # free once its future is done
+                worker.free.append(task.slot)
+                task.slot = -1
             popleft()
             del task
         for run in runs.values():
@@ -1160,6 +1326,12 @@ class Dispatcher:
             "name": name,
             "spin_seconds": self.spin_seconds,
         }
+        try:
+            board = _board.Board(self._ctx)
+        except BaseException as exc:  # no semaphores or shared memory left
+            self._break(f"shoal could not set up a worker process: {exc!r}", exc)
+            return False
+        config["board"] = board.for_worker()
         parent_sock, child_sock = self._ctx.Pipe(duplex=True)
         if self._ctx.get_start_method() == "fork":
             # A forked child holds copies of our descriptors: it closes our
@@ -1184,7 +1356,7 @@ class Dispatcher:
             return False
         child_sock.close()
         os.set_blocking(parent_sock.fileno(), False)
-        worker = _Worker(process, parent_sock, name)
+        worker = _Worker(process, parent_sock, name, board)
         self._workers[worker.fd] = worker
         self._selector.register(worker.fd, selectors.EVENT_READ, ("sock", worker))
         self._selector.register(process.sentinel, selectors.EVENT_READ, ("sentinel", worker))
@@ -1222,15 +1394,7 @@ class Dispatcher:
         process.join(1.0)
         exitcode = process.exitcode
         _wire.unlink_prefix(f"{self._shm_prefix}-w{process.pid}")
-        held = list(worker.in_flight)
-        worker.in_flight.clear()
-        worker.calls = 0
-        for part in held:
-            # A slice is pickled again when it goes out again (from the call it
-            # has got to).
-            if type(part) is Slice and part.blob is not None:
-                _wire.discard(part.blob)
-                part.blob = None
+        held, started = self._unanswered(worker)
         how = _signal_name(exitcode)
         if worker.init_error is not None:
             error = worker.init_error
@@ -1266,6 +1430,11 @@ class Dispatcher:
         # The worker answers each call before it starts the next, so the first
         # call without an answer is the one it was running when it died; the
         # calls behind it never started, and go back to the front of the queue.
+        # A call on the start board that it had not started yet says so: then
+        # it died between two calls, and none was lost.
+        if not started:
+            self._backlog.extendleft(reversed(held))
+            return
         lost, unstarted = held[0], held[1:]
         if type(lost) is Slice and len(lost) > 1 and not lost.loaded:
             # It died unpickling the slice's items (one of them crashes the
@@ -1294,6 +1463,52 @@ class Dispatcher:
         if type(lost) is Slice:
             lost.run.notify()
         self._shared.failed += 1
+
+    def _unanswered(self, worker: _Worker) -> tuple[list[Sent], bool]:
+        """Take the calls of a dead worker, off its start board, and whether the first started.
+
+        Leaves out the calls that were cancelled or taken by another worker
+        on its start board (the board is final: nothing changes it now). The
+        first call left may have started (a slice, a call sent to the idle
+        worker, a call marked started on the board), or not (a call still
+        open on the board: the worker died between two calls).
+        """
+        board = worker.board
+        board.dead = True
+        stolen = worker.stolen
+        held: list[Sent] = []
+        for entry in worker.in_flight:
+            if type(entry) is Slice:
+                # A slice is pickled again when it goes out again (from the
+                # call it has got to).
+                if entry.blob is not None:
+                    _wire.discard(entry.blob)
+                    entry.blob = None
+                held.append(entry)
+                continue
+            task = cast("Task", entry)
+            if task.id in stolen:
+                continue  # it went to another worker
+            if task.slot >= 0 and board.states[task.slot] == _board.CLOSED:
+                _drop(task)  # cancelled: it never ran
+                task.slot = -1
+                if task.future._state == CANCELLED:
+                    task.future.set_running_or_notify_cancel()
+                continue
+            held.append(task)
+        started = True
+        if held:
+            first = held[0]
+            if type(first) is Task and first.slot >= 0:
+                started = board.states[first.slot] == _board.STARTED
+        for entry in held:
+            if type(entry) is Task and entry.slot >= 0:
+                entry.slot = -1
+                entry.future._detach_gate()
+        worker.in_flight.clear()
+        worker.stolen.clear()
+        worker.calls = 0
+        return held, started
 
     def _forget(self, worker: _Worker) -> None:
         self._workers.pop(worker.fd, None)
@@ -1382,10 +1597,17 @@ class Dispatcher:
         )
         for worker in list(self._workers.values()):
             worker.process.join(EXIT_GRACE_SECONDS)
-            for task in worker.in_flight:
+            held, started = self._unanswered(worker)
+            for index, task in enumerate(held):
+                if (
+                    type(task) is Task
+                    and (index or not started)
+                    and task.blob is not None
+                    and task.future._cancel_queued()
+                ):
+                    _drop(task)  # sent ahead, never started: cancelled, as a queued call is
+                    continue
                 self._fail_running(task, BrokenProcessPool(reason))
-            worker.in_flight.clear()
-            worker.calls = 0
             self._forget(worker)
         with self._shared.lock:
             queued = list(self._backlog) + list(self._shared.queue)

@@ -78,6 +78,7 @@ __all__ = (
     "RESULTS",
     "RUN",
     "SHM_THRESHOLD",
+    "SKIPPED",
     "Blob",
     "RemoteTraceback",
     "UnpicklableError",
@@ -97,10 +98,12 @@ __all__ = (
 )
 
 # Message tags (the first element of every message).
-# parent -> worker: (RUN, [(task_id, call_blob), ...])
-#   or (RUN, [entry, ...], functions), where an entry is (task_id, call_blob)
-#   or (task_id, args_blob, index): the call functions[index](*args), and
-#   functions is a list of function pickles (bytes) made by dumps_function().
+# parent -> worker: (RUN, [entry, ...], functions), where an entry is
+#   (task_id, blob, index, slot): the call of a call blob (index -1) or
+#   functions[index](*args) of an args blob, and functions is a list of
+#   function pickles (bytes) made by dumps_function(); slot is the call's
+#   slot on the worker's start board (see _board), or -1 for a call the
+#   worker may start without asking (it was sent to an idle worker).
 #   The worker unpickles each function once per message, on first use.
 #   An entry (first_id, count, items_blob, fn, star) is a slice of a map: the
 #   calls fn(item) (fn(*item) if star) for the count items of items_blob,
@@ -118,6 +121,9 @@ RESLICE = 6
 # one call) are unpickled; its calls start. A worker that dies before saying
 # so died unpickling them, not in a call.
 LOADED = 7
+# worker -> parent: (SKIPPED, task_id): that call's slot was closed (it was
+# cancelled, or taken by another worker); it did not run.
+SKIPPED = 8
 
 # Buffers of at least this many bytes go through shared memory. A segment
 # costs a fixed few tens of microseconds (shm_open, write, close and unlink on

@@ -58,7 +58,7 @@ import time
 import traceback
 from typing import Any
 
-from . import _wire
+from . import _board, _wire
 
 __all__ = (
     "EXIT_INTERNAL_ERROR",
@@ -181,27 +181,31 @@ def _pickle_outcome(ok: bool, outcome: Any, fn: Any, prefix: str) -> tuple[bool,
 
 
 def _run_one(
-    entry: tuple[Any, ...], prefix: str, functions: list[Any]
-) -> tuple[int, bool, _wire.Blob, float]:
+    entry: tuple[Any, ...], prefix: str, functions: list[Any], board: Any
+) -> tuple[int, bool, _wire.Blob, float] | None:
     """Run one call of a RUN message and return its answer; never raises for the user's sake.
 
-    ``entry`` is ``(task_id, call_blob)`` or ``(task_id, args_blob, index)``
-    (see ``_wire.RUN``); ``functions`` holds the message's function pickles,
-    each replaced by its function when first unpickled. Everything else the
-    call touched (arguments, result, exception) is local here and released
-    when this returns; the arguments before the result is pickled.
+    ``entry`` is ``(task_id, blob, index, slot)`` (see ``_wire.RUN``);
+    ``functions`` holds the message's function pickles, each replaced by its
+    function when first unpickled. None when the call's slot on the start
+    board was closed (cancelled, or taken by another worker): it must not
+    run. Everything else the call touched (arguments, result, exception) is
+    local here and released when this returns; the arguments before the
+    result is pickled.
     """
-    task_id = entry[0]
+    task_id, blob, index, slot = entry
+    if board is not None and not _board.start(board, slot, task_id):
+        return None
     try:
-        if len(entry) == 2:
-            fn, args, kwargs = _wire.loads(entry[1])
+        if index < 0:
+            fn, args, kwargs = _wire.loads(blob)
         else:
-            fn = _function(functions, entry[2])
-            blob = entry[1]
+            fn = _function(functions, index)
             args = _wire.loads(blob) if blob[1] else pickle.loads(blob[0])
             kwargs = None
     except BaseException as exc:
         return task_id, False, _unpickling_failed(exc, prefix), 0.0
+    del blob
     ok, outcome, duration = _invoke(fn, args, kwargs)
     del args, kwargs
     ok, answer = _pickle_outcome(ok, outcome, fn, prefix)
@@ -250,6 +254,46 @@ def _run_slice(conn: Any, batch: list[Any], prefix: str, functions: list[Any]) -
         # Sent before the next call starts: see _serve().
         send_result(conn, task_id, ok, answer, duration)
         del answer
+
+
+def _run_message(conn: Any, message: Any, prefix: str, board: Any) -> bool:
+    """Run the calls of a RUN message in order, answering each; False if the parent is gone."""
+    batch = message[1]
+    # The function pickles of the message; each is replaced by its function
+    # when first used, and dropped with the message.
+    functions = message[2]
+    del message
+    batch.reverse()  # pop() from the end: each call blob is freed once run
+    run_one = _run_one
+    send_result = _wire.send_result
+    while batch:
+        if len(batch[-1]) == 5:
+            try:
+                _run_slice(conn, batch, prefix, functions)
+            except OSError:
+                return False
+            continue
+        entry = batch.pop()
+        answer = run_one(entry, prefix, functions, board)
+        if answer is None:  # cancelled, or taken by another worker
+            skipped = entry[0]
+            del entry
+            try:
+                _wire.send(conn, (_wire.SKIPPED, skipped))
+            except OSError:
+                return False
+            continue
+        del entry
+        # Answer each call before starting the next: if this process dies,
+        # the parent knows exactly which call it was running (the first
+        # unanswered one) and that the calls behind it never started, so it
+        # can hand those to another worker.
+        try:
+            send_result(conn, *answer)
+        except OSError:
+            return False
+        del answer
+    return True
 
 
 def _initialize(conn: Any, config: dict[str, Any], prefix: str) -> bool:
@@ -311,8 +355,8 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
     except OSError:
         return  # the parent is gone
 
-    run_one = _run_one
-    send_result = _wire.send_result
+    # The start board (see _board), or None: then no call comes with a slot.
+    board = config.get("board")
     poller = select.poll()
     poller.register(conn.fileno(), select.POLLIN)
     poll = poller.poll
@@ -336,31 +380,9 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
             return  # the parent is gone
         tag = message[0]
         if tag == _wire.RUN:
-            batch = message[1]
-            # The function pickles of the message; each is replaced by its
-            # function when first used, and dropped with the message.
-            functions = message[2] if len(message) > 2 else []
+            if not _run_message(conn, message, prefix, board):
+                return  # the parent is gone
             del message
-            batch.reverse()  # pop() from the end: each call blob is freed once run
-            while batch:
-                if len(batch[-1]) == 5:
-                    try:
-                        _run_slice(conn, batch, prefix, functions)
-                    except OSError:
-                        return  # the parent is gone
-                    continue
-                entry = batch.pop()
-                answer = run_one(entry, prefix, functions)
-                del entry
-                # Answer each call before starting the next: if this process
-                # dies, the parent knows exactly which call it was running
-                # (the first unanswered one) and that the calls behind it
-                # never started, so it can hand those to another worker.
-                try:
-                    send_result(conn, *answer)
-                except OSError:
-                    return  # the parent is gone
-                del answer
         elif tag == _wire.EXIT:
             return
         else:
