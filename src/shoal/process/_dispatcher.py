@@ -795,10 +795,12 @@ class Dispatcher:
             stolen = victim.stolen
             candidates: list[Task] = []
             for entry in reversed(victim.in_flight):
+                if type(entry) is Task and entry.id in stolen:
+                    continue  # taken already: it will skip it
                 if type(entry) is not Task or entry.slot < 0:
                     break  # a map's slice, or the call it runs: the rest is older
-                if entry.id in stolen or entry.future._state != PENDING:
-                    continue  # taken already, or cancelled: it will skip those
+                if entry.future._state != PENDING:
+                    continue  # cancelled: it will skip it
                 candidates.append(entry)
                 if len(candidates) >= budget:
                     break
