@@ -514,3 +514,23 @@ def test_send_and_recv_over_a_pipe(prefix):
         left.close()
         with pytest.raises(EOFError):
             _wire.recv(right)
+
+
+class CountsPickling:
+    times = 0
+
+    def __reduce__(self):
+        CountsPickling.times += 1
+        return CountsPickling, ()
+
+
+def test_a_big_pickle_with_nothing_out_of_band_is_made_once(prefix):
+    # A long str has no buffer for shared memory: pickling it again on the
+    # full path would only cost time and, for a moment, twice the memory.
+    CountsPickling.times = 0
+    text = "x" * (_wire.SHM_THRESHOLD + 1)
+    blob = _wire.dumps((text, CountsPickling()), prefix)
+    assert blob[1] == ()
+    assert CountsPickling.times == 1
+    loaded, _counter = _wire.loads(blob)
+    assert loaded == text

@@ -471,8 +471,12 @@ def dumps(obj: object, shm_prefix: str) -> Blob:
     except Exception:  # a big buffer, or plain pickle cannot: the full path decides
         pass
     else:
-        if len(data) < SHM_THRESHOLD:
+        # Big, with no big buffer: the full path would make this very pickle
+        # again, unless big bytes inside can go out of band instead (a long
+        # str or a big list cannot).
+        if len(data) < SHM_THRESHOLD or _wrap_big_bytes(obj) is obj:
             return data, ()
+        del data  # not two big pickles at once
     data, buffers = _pickle(obj)
     try:
         return _store(data, buffers, shm_prefix)
