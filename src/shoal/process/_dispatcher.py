@@ -616,8 +616,10 @@ class Dispatcher:
         # held here.
         try:
             if isinstance(frame, bytes):
+                size = len(frame)
                 written = os.write(worker.fd, frame)
             else:
+                size = _frame_size(frame)
                 written = os.writev(worker.fd, frame[:_IOV_MAX])
         except BlockingIOError:
             return False  # its socket is full: let the dispatcher queue the call
@@ -627,7 +629,7 @@ class Dispatcher:
         worker.in_flight.append(task)
         worker.sent += 1
         worker.calls += 1
-        if written < _frame_size(frame):
+        if written < size:
             _keep(worker, frame, written)
             shared.flush = True
             shared.wake()
