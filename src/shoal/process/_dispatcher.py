@@ -21,9 +21,11 @@
 Each worker has its own socket pair, so the dispatcher always knows which
 task is on which worker: a crash touches exactly that worker's tasks.
 The dispatcher never blocks on a worker: it writes through non-blocking
-sockets with an outbox per worker and reads whatever has arrived, so a
-worker that is slow to read its input cannot stall the others (a blocking
-send could deadlock against a worker that is itself blocked sending results).
+sockets with an outbox per worker (where a call whose pickle is big waits
+as parts sharing that pickle, not as a copy) and reads whatever has
+arrived, so a worker that is slow to read its input cannot stall the
+others (a blocking send could deadlock against a worker that is itself
+blocked sending results).
 
 How many tasks a worker holds ("in flight") follows the measured task
 duration: enough to cover ``BATCH_SECONDS`` of work, at least one, at most
@@ -116,6 +118,11 @@ MAX_STARTUP_DEATHS = 3
 # How long shutdown waits for a worker to leave after EXIT before killing it.
 EXIT_GRACE_SECONDS = 5.0
 READ_CHUNK = 1 << 20
+# A RUN message whose calls' pickles add up to this many bytes is framed as
+# parts that share those pickles (see _frame): no copy of them, for a few more
+# writes and a slower pickling of the message itself. Below it a copy costs
+# less than a millisecond.
+ZERO_COPY_BYTES = 1 << 25
 
 _HEADER = 4
 _NO_FUNCTION = object()  # no task's function
@@ -279,10 +286,6 @@ class _Worker:
         self.sent = 0  # calls sent over this worker's life
         self.since_idle = _clock.monotonic()
 
-
-# A RUN message whose calls' pickles add up to this many bytes is framed as
-# parts (see _frame): no copy of them, for a few more writes.
-ZERO_COPY_BYTES = 1 << 25
 
 # A frame: bytes, or parts to be written in order.
 Frame = bytes | list[bytes]
