@@ -119,9 +119,9 @@ MAX_STARTUP_DEATHS = 3
 EXIT_GRACE_SECONDS = 5.0
 READ_CHUNK = 1 << 20
 # A RUN message whose calls' pickles add up to this many bytes is framed as
-# parts that share those pickles (see _frame): no copy of them, for a few more
-# writes and a slower pickling of the message itself. Below it a copy costs
-# less than a millisecond.
+# parts that share those pickles (see _frame): no copy of them, for a few
+# more system calls. Below it the copy is cheap next to the pickling that
+# made those bytes.
 ZERO_COPY_BYTES = 1 << 25
 
 _HEADER = 4
