@@ -21,9 +21,11 @@
 Each worker has its own socket pair, so the dispatcher always knows which
 task is on which worker: a crash touches exactly that worker's tasks.
 The dispatcher never blocks on a worker: it writes through non-blocking
-sockets with an outbox per worker and reads whatever has arrived, so a
-worker that is slow to read its input cannot stall the others (a blocking
-send could deadlock against a worker that is itself blocked sending results).
+sockets with an outbox per worker (where a call whose pickle is big waits
+as parts sharing that pickle, not as a copy) and reads whatever has
+arrived, so a worker that is slow to read its input cannot stall the
+others (a blocking send could deadlock against a worker that is itself
+blocked sending results).
 
 How many tasks a worker holds ("in flight") follows the measured task
 duration: enough to cover ``BATCH_SECONDS`` of work, at least one, at most
@@ -54,8 +56,8 @@ any other call.
 Concurrency:
   Threads: user threads touch only ``Shared`` (under ``Shared.lock``) and
   the wake pipe, and, while the dispatcher is parked, the workers listed in
-  ``Shared.idle`` (their ``in_flight``, ``sent``, ``outbox`` and socket),
-  under ``Shared.lock``. The dispatcher thread owns everything else here:
+  ``Shared.idle`` (their ``in_flight``, ``sent``, ``outbox``, ``parts`` and
+  socket), under ``Shared.lock``. The dispatcher thread owns everything else here:
   the backlog, the workers, their sockets, the in-flight tables, the
   selector, the counters; it owns the workers again once it has unparked
   (under ``Shared.lock``), before it reads or writes any of them. It takes
@@ -118,10 +120,17 @@ MAX_STARTUP_DEATHS = 3
 # How long shutdown waits for a worker to leave after EXIT before killing it.
 EXIT_GRACE_SECONDS = 5.0
 READ_CHUNK = 1 << 20
+# A RUN message whose calls' pickles add up to this many bytes is framed as
+# parts that share those pickles (see _frame): no copy of them, for a few
+# more system calls. Below it the copy is cheap next to the pickling that
+# made those bytes.
+ZERO_COPY_BYTES = 1 << 25
 
 _HEADER = 4
 _NO_FUNCTION = object()  # no task's function
 _LENGTH = struct.Struct("!i")
+# The most buffers one writev() takes (IOV_MAX on Linux and macOS).
+_IOV_MAX = 1024
 
 
 class Task:
@@ -201,8 +210,8 @@ class Shared:
     # holding ``lock`` may send a call straight to a worker of ``idle``.
     parked: bool = False
     idle: list[_Worker] = field(default_factory=list)
-    # A submitter left part of a message in a worker's outbox: the dispatcher
-    # must watch that socket for writing.
+    # A submitter left part of a message in a worker's outbox (or parts): the
+    # dispatcher must watch that socket for writing.
     flush: bool = False
     # Counters, written by the dispatcher only.
     completed: int = 0
@@ -255,6 +264,7 @@ class _Worker:
         "init_error",
         "name",
         "outbox",
+        "parts",
         "process",
         "ready",
         "retiring",
@@ -270,6 +280,10 @@ class _Worker:
         self.name = name
         self.inbox = bytearray()
         self.outbox = bytearray()
+        # What is left of frames kept as parts, not copied (big calls, see
+        # _frame), written after ``outbox``. Invariant: while it is not empty,
+        # every new frame joins it, so that frames keep their order.
+        self.parts: collections.deque[memoryview] = collections.deque()
         self.in_flight: collections.deque[Sent] = collections.deque()
         self.calls = 0  # calls in in_flight (a Slice holds several)
         self.ready = False
@@ -280,12 +294,41 @@ class _Worker:
         self.since_idle = _clock.monotonic()
 
 
-def _frame(message: tuple[Any, ...]) -> bytes:
-    """Frame ``message`` as ``multiprocessing.Connection.send_bytes`` would."""
+# A frame: bytes, or parts to be written in order.
+Frame = bytes | list[bytes]
+
+
+class _Parts(list[bytes]):
+    """A file for ``pickle.dump`` that keeps each piece it is given.
+
+    The C pickler hands a big ``bytes`` object (64 KiB or more: a call's
+    pickle) to ``write`` as it is, so the pieces share it rather than copy it.
+    """
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        self.append(data)
+
+
+def _frame(message: tuple[Any, ...], zero_copy: bool = False) -> Frame:
+    """Frame ``message`` as ``multiprocessing.Connection.send_bytes`` would.
+
+    With ``zero_copy`` (for a message carrying big pickles), or past 2 GiB,
+    the frame comes as parts: the big pickles in it are not copied into one
+    buffer, and a frame past 2 GiB is not copied again behind its header.
+    """
+    if zero_copy:
+        parts = _Parts()
+        pickle.dump(message, parts, protocol=5)
+        size = sum(map(len, parts))
+        if size > 0x7FFFFFFF:  # _wire.MAX_SHORT_LENGTH
+            return [_wire.long_header(size), *parts]
+        return [size.to_bytes(4, "big", signed=True), *parts]
     payload = pickle.dumps(message, protocol=5)
     size = len(payload)
-    if size > 0x7FFFFFFF:
-        return (-1).to_bytes(4, "big", signed=True) + size.to_bytes(8, "big") + payload
+    if size > 0x7FFFFFFF:  # _wire.MAX_SHORT_LENGTH
+        return [_wire.long_header(size), payload]
     return size.to_bytes(4, "big", signed=True) + payload
 
 
@@ -326,6 +369,38 @@ def main_by_value(ctx: BaseContext) -> bool:
     nothing under its ``if __name__ == "__main__":``.
     """
     return ctx.get_start_method() != "fork"
+
+
+def _frame_size(frame: Frame) -> int:
+    return len(frame) if isinstance(frame, bytes) else sum(map(len, frame))
+
+
+def _keep(worker: _Worker, frame: Frame, written: int) -> None:
+    """Queue what was not written of ``frame`` behind what ``worker`` has to send."""
+    parts = worker.parts
+    if isinstance(frame, bytes):
+        if not parts:
+            worker.outbox += frame[written:]
+            return
+        frame = [frame]
+    for part in frame:
+        size = len(part)
+        if written >= size:
+            written -= size
+            continue
+        parts.append(memoryview(part)[written:])
+        written = 0
+
+
+def _write_parts(fd: int, parts: collections.deque[memoryview]) -> None:
+    """Write what the socket takes of ``parts``; raises what ``os.write`` raises."""
+    while parts:
+        head = parts[0]
+        written = os.write(fd, head)
+        if written < len(head):
+            parts[0] = head[written:]
+            return
+        parts.popleft()
 
 
 def usable_cpus() -> int:
@@ -571,6 +646,7 @@ class Dispatcher:
             and not w.retiring
             and not w.closed
             and not w.outbox
+            and not w.parts
             and (limit is None or w.sent < limit)
         ]
         if not idle:
@@ -592,7 +668,7 @@ class Dispatcher:
             flush, shared.flush = shared.flush, False
         if flush:
             for worker in list(self._workers.values()):
-                if worker.outbox:
+                if worker.outbox or worker.parts:
                     self._flush(worker)
 
     def send_now(self, task: Task) -> bool:
@@ -608,13 +684,18 @@ class Dispatcher:
             return False
         worker = shared.idle.pop()
         assert task.blob is not None
-        frame = _frame((_wire.RUN, [(task.id, task.blob)]))
+        frame = _frame((_wire.RUN, [(task.id, task.blob)]), len(task.blob[0]) >= ZERO_COPY_BYTES)
         # Write first: if nothing went out, nothing changed. The worker's
         # answer cannot be read before the task is in its in-flight queue:
         # the dispatcher reads only after it has unparked, under the lock
         # held here.
         try:
-            written = os.write(worker.fd, frame)
+            if isinstance(frame, bytes):
+                size = len(frame)
+                written = os.write(worker.fd, frame)
+            else:
+                size = _frame_size(frame)
+                written = os.writev(worker.fd, frame[:_IOV_MAX])
         except BlockingIOError:
             return False  # its socket is full: let the dispatcher queue the call
         except OSError:
@@ -623,8 +704,8 @@ class Dispatcher:
         worker.in_flight.append(task)
         worker.sent += 1
         worker.calls += 1
-        if written < len(frame):
-            worker.outbox += frame[written:]
+        if written < size:
+            _keep(worker, frame, written)
             shared.flush = True
             shared.wake()
         return True
@@ -774,6 +855,7 @@ class Dispatcher:
         in_flight_append = worker.in_flight.append
         last_fn: object = _NO_FUNCTION
         index = -1
+        pickled = 0  # bytes of the calls' pickles in this message
         for task in tasks:
             if type(task) is Slice:
                 for part, entry in self._slice_entries(task, functions, indexes):
@@ -781,6 +863,7 @@ class Dispatcher:
                     in_flight_append(part)
                     calls += len(part)
                     slice_entries += 1
+                    pickled += len(entry[2][0])
                 continue
             assert type(task) is Task
             fn = task.fn
@@ -809,6 +892,7 @@ class Dispatcher:
             elif task.kwargs is None:
                 append((task.id, blob))
                 in_flight_append(task)
+                pickled += len(blob[0])
                 continue
             elif index < 0:  # pragma: no cover - pickled by reference once, not any more
                 _wire.discard(blob)
@@ -824,12 +908,13 @@ class Dispatcher:
             else:
                 append((task.id, blob, index))
             in_flight_append(task)
+            pickled += len(blob[0])
         if not batch:
             return
         calls += len(batch) - slice_entries
         worker.sent += calls
         worker.calls += calls
-        self._write(worker, _frame((_wire.RUN, batch, functions)))
+        self._write(worker, _frame((_wire.RUN, batch, functions), pickled >= ZERO_COPY_BYTES))
 
     def _slice_entries(
         self, part: Slice, functions: list[bytes], indexes: dict[int, int]
@@ -879,8 +964,8 @@ class Dispatcher:
                 run.fn_pickle = exc
         return cast("bytes | BaseException", run.fn_pickle)
 
-    def _write(self, worker: _Worker, frame: bytes) -> None:
-        worker.outbox += frame
+    def _write(self, worker: _Worker, frame: Frame) -> None:
+        _keep(worker, frame, 0)
         self._flush(worker)
 
     def _flush(self, worker: _Worker) -> None:
@@ -893,10 +978,18 @@ class Dispatcher:
             except OSError:
                 return  # the worker is gone; its sentinel will tell how
             del outbox[:written]
+        parts = worker.parts
+        if parts and not outbox:
+            try:
+                _write_parts(worker.fd, parts)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return  # the worker is gone; its sentinel will tell how
         key = self._selector.get_map().get(worker.fd)
         if key is None:
             return  # end of stream seen: the worker is on its way out
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if outbox else 0)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if outbox or parts else 0)
         if key.events != events:
             self._selector.modify(worker.fd, events, key.data)
 

@@ -16,7 +16,9 @@ call to that worker itself instead, saving a thread wake-up (the
   cannot be pickled or unpickled: that one future fails, with that error.
 * Ctrl-C in the main thread: leaving a ``with`` block on KeyboardInterrupt,
   or the interpreter exiting on one, stops the workers at once instead of
-  waiting for the running calls.
+  waiting for the running calls. The workers themselves do nothing on SIGINT;
+  a program a call started (``subprocess.run``) gets it and ends, as it would
+  have without the pool.
 * The parent dying, even by SIGKILL: every worker notices within about a
   second and exits.
 

@@ -9,6 +9,10 @@ and ``cloudpickle`` when plain pickle cannot do the job.
 
 Wire format::
 
+    frame     = length, payload: as ``Connection.send_bytes`` writes it
+                  length: 4 bytes, signed, big-endian; past MAX_SHORT_LENGTH
+                  (2 GiB - 1), -1 then the length in 8 bytes, unsigned
+                  payload: a message, or an answer framed by send_result()
     message   = pickle.dumps((TAG, ...), protocol=5), one per Connection.send_bytes
                   tuples of ints, floats, strings, bools, lists and Blobs only
     Blob      = (data: bytes, segments: ((name, size), ...))
@@ -73,6 +77,7 @@ __all__ = (
     "EXIT",
     "INIT_FAILED",
     "LOADED",
+    "MAX_SHORT_LENGTH",
     "READY",
     "RESLICE",
     "RESULTS",
@@ -90,6 +95,7 @@ __all__ = (
     "dumps_inband",
     "load_error",
     "loads",
+    "long_header",
     "recv",
     "send",
     "send_result",
@@ -492,8 +498,14 @@ def dumps(obj: object, shm_prefix: str, main_by_value: bool = False) -> Blob:
     except Exception:  # a big buffer, or plain pickle cannot: the full path decides
         pass
     else:
-        if len(data) < SHM_THRESHOLD and not (main_by_value and _by_value.MAIN_BYTES in data):
+        # Big, with no big buffer: the full path would make this very pickle
+        # again, unless big bytes inside can go out of band instead (a long
+        # str or a big list cannot), or it refers to __main__ (see _pickle).
+        if not (main_by_value and _by_value.MAIN_BYTES in data) and (
+            len(data) < SHM_THRESHOLD or _wrap_big_bytes(obj) is obj
+        ):
             return data, ()
+        del data  # not two big pickles at once
     data, buffers = _pickle(obj, main_by_value=main_by_value)
     try:
         return _store(data, buffers, shm_prefix)
@@ -724,6 +736,12 @@ def recv(conn: Any) -> Any:
     return pickle.loads(data)
 
 
+# The longest payload a 4-byte length can announce. A longer one goes, as in
+# ``Connection.send_bytes``, after the length -1 and then its real length in
+# 8 bytes; ``Connection.recv_bytes`` and the dispatcher read both forms.
+MAX_SHORT_LENGTH = 0x7FFFFFFF
+_LONG_LENGTH = struct.Struct("!iQ")
+
 # One answer, framed for the parent without pickling the envelope: the
 # length header of ``Connection.send_bytes`` (4 bytes, big-endian), then
 # ``R``, the task id, ok, the duration, and the result's pickle. A worker
@@ -731,10 +749,17 @@ def recv(conn: Any) -> Any:
 # whose blob has shared-memory segments go as a pickled RESULTS message.
 RESULT_MARK = 0x52  # "R"; a pickled message starts with 0x80 instead
 _RESULT_HEAD = struct.Struct("!iBq?d")
+# The same with the long length header, for a pickle past 2 GiB.
+_LONG_RESULT_HEAD = struct.Struct("!iQBq?d")
 # After the mark: the task id, ok and the duration; the pickle starts at RESULT_DATA_OFFSET.
 RESULT_BODY = struct.Struct("!q?d")
 RESULT_DATA_OFFSET = 1 + RESULT_BODY.size
 _RESULT_BYTES = _RESULT_HEAD.size - 4  # the payload before the pickle
+
+
+def long_header(size: int) -> bytes:
+    """The length header of a payload of ``size`` bytes past MAX_SHORT_LENGTH."""
+    return _LONG_LENGTH.pack(-1, size)
 
 
 def send_result(conn: Any, task_id: int, ok: bool, blob: Blob, duration: float) -> None:
@@ -743,11 +768,28 @@ def send_result(conn: Any, task_id: int, ok: bool, blob: Blob, duration: float) 
     if segments:
         send(conn, (RESULTS, [(task_id, ok, blob, duration)]))
         return
-    frame = _RESULT_HEAD.pack(_RESULT_BYTES + len(data), RESULT_MARK, task_id, ok, duration) + data
+    size = _RESULT_BYTES + len(data)
+    if size > 0x7FFFFFFF:  # MAX_SHORT_LENGTH, spelt out: no global lookup on the hot path
+        head = _LONG_RESULT_HEAD.pack(-1, size, RESULT_MARK, task_id, ok, duration)
+        _write_all(conn.fileno(), head, data)
+        return
+    frame = _RESULT_HEAD.pack(size, RESULT_MARK, task_id, ok, duration) + data
     fd = conn.fileno()
     written = os.write(fd, frame)
     if written < len(frame):  # a full socket buffer: the rest, as it drains
         view = memoryview(frame)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _write_all(fd: int, *parts: bytes) -> None:
+    """Write ``parts`` in order to a blocking descriptor, each without a copy.
+
+    For big frames: gluing the header to a pickle of gigabytes would copy it
+    all once more.
+    """
+    for part in parts:
+        view = memoryview(part)
         while view:
             view = view[os.write(fd, view) :]
 

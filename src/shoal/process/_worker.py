@@ -32,6 +32,10 @@ Exit codes: EXIT_OK (0) after EXIT, INIT_FAILED or EOF; EXIT_ORPHANED when the
 watchdog found the parent dead; EXIT_INTERNAL_ERROR when the loop itself
 (not user code) failed, after printing the traceback to stderr.
 
+Signals: SIGINT does nothing in a worker (Ctrl-C is the parent's to
+handle), through a handler rather than SIG_IGN, so that a program a call
+starts gets Ctrl-C with its default meaning.
+
 Waiting: after it has answered the last call it held, a worker polls its
 pipe for ``config["spin_seconds"]`` (default SPIN_SECONDS) before it
 blocks, so that the next call of a caller that submits one call at a time
@@ -283,6 +287,10 @@ def _initialize(conn: Any, config: dict[str, Any], prefix: str) -> bool:
     return True
 
 
+def _ignore_interrupt(signum: int, frame: object) -> None:
+    """The worker's SIGINT handler: nothing (see _serve)."""
+
+
 def _serve(conn: Any, config: dict[str, Any]) -> None:
     for fd in config.get("inherited_fds", ()):
         # Under fork we hold copies of the parent's socket ends: ours would keep
@@ -290,7 +298,16 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
         # keep its EOF from reaching it.
         with contextlib.suppress(OSError):
             os.close(fd)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Ctrl-C is the parent's to handle (it stops the workers when it leaves a
+    # ``with`` block on KeyboardInterrupt), so the worker does nothing on
+    # SIGINT. Not SIG_IGN: an ignored signal stays ignored across exec, and a
+    # program a call starts (``subprocess.run(["sleep", "60"])``) would outlive
+    # the Ctrl-C that reached its whole process group. A handler is reset to
+    # the default on exec. Blocking calls the handler interrupts are retried
+    # (PEP 475), and SA_RESTART restarts most of them in the kernel already,
+    # so the running call does not notice.
+    signal.signal(signal.SIGINT, _ignore_interrupt)
+    signal.siginterrupt(signal.SIGINT, False)
     name = config.get("name") or "shoal-worker"
     try:
         import setproctitle  # type: ignore[import-not-found]
