@@ -59,6 +59,25 @@ def test_idle_thread_is_reused(pools):
     assert len(pool._threads) == 1
 
 
+def test_bursts_reuse_idle_threads_however_large_max_workers(pools):
+    # A thread counts as idle from the moment its call returns, before its
+    # future is completed: once a burst's results are in, every thread that
+    # ran it is available, so the next burst starts none. A thread starts
+    # only when every other one is running a call or already promised to a
+    # queued one, so the pool never holds more threads than the most calls
+    # submitted and not yet returned at once: here, one burst.
+    started = []
+    pool = pools(max_workers=500, initializer=lambda: started.append(None))
+    burst = 3
+    for i in range(1000):
+        futures = [pool.submit(abs, -i) for _ in range(burst)]
+        done, _ = shoal.wait(futures, timeout=10)
+        assert len(done) == burst
+        assert len(pool._threads) <= burst
+    # One initializer run per thread: no more connections than threads.
+    assert len(started) == len(pool._threads) <= burst
+
+
 def test_threads_start_on_demand_up_to_max_workers(pools):
     pool = pools(max_workers=3)
     assert len(pool._threads) == 0

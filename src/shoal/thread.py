@@ -12,9 +12,24 @@ Concurrency:
   in the main thread at interpreter exit.
   Pool fields: ``_shutdown``, ``_broken``, ``_threads`` and thread start-up
   are guarded by ``_shutdown_lock``. ``_work_queue`` (a ``SimpleQueue``) and
-  ``_idle`` (a ``deque`` of tokens, one per thread about to wait for work) are
-  thread-safe on their own. ``_slots`` (a semaphore, only with
-  ``max_pending``) counts free places in the queue.
+  ``_idle`` (a ``deque`` used as a counter) are thread-safe on their own.
+  ``_slots`` (a semaphore, only with ``max_pending``) counts free places in
+  the queue.
+  Idle threads: ``_idle`` holds one token per thread that is waiting, or
+  about to wait, for work and that no queued call has claimed yet. A worker
+  adds a token after each call it took off the queue, as soon as the call has
+  returned and *before* it completes the future, so that a caller who sees
+  the result and submits again finds the thread counted; ``submit`` takes a
+  token, or starts a thread if there is none. Invariant (between steps):
+  tokens = threads not running a call - calls queued. So a thread starts only
+  when every thread is running a call or promised to a queued one, and the
+  pool never holds more threads than the most calls ever outstanding at once
+  (bursts of 3 keep 3 threads, whatever ``max_workers``). The tokens are not
+  tied to threads: any waiting thread takes the next call. The standard pool
+  counts a thread idle only after the future's callbacks ran, which lets a
+  quick resubmit start a thread too many. The price here: done-callbacks run
+  in the worker after it counted itself idle, so a callback that blocks delays
+  the queued call that claimed this thread (when no other thread is free).
   Module fields: ``_exiting`` and ``_live_pools`` are guarded by
   ``_global_lock``.
   Lock order: ``_global_lock``, then a pool's ``_shutdown_lock``, then a
@@ -120,10 +135,10 @@ def _worker(  # noqa: PLR0917 - a thread target, called with args=
                 executor._on_initializer_error(initializer, exc)
             return
     get = work_queue.get
-    empty = work_queue.empty
+    # This thread was started for a call that is queued already (submit found
+    # no token): it counts as idle only once it has run a call.
+    now_idle = idle.append
     while True:
-        if empty():
-            idle.append(None)
         item = get()
         if item is not None:
             future, fn, args, kwargs = item
@@ -134,11 +149,18 @@ def _worker(  # noqa: PLR0917 - a thread target, called with args=
                 try:
                     result = fn(*args, **kwargs)
                 except BaseException as exc:
+                    # Idle before the future is done (see _idle in the module
+                    # docstring): whoever sees the outcome and submits again
+                    # must find this thread counted.
+                    now_idle(None)
                     future.set_exception(exc)
                     del exc
                 else:
+                    now_idle(None)
                     future.set_result(result)
                     del result
+            else:
+                now_idle(None)
             # Drop every reference to the call before waiting for the next one.
             del future, fn, args, kwargs
             continue
