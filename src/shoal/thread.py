@@ -45,16 +45,18 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
+import numbers
 import os
 import queue
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import thread as _std_thread
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from ._errors import BrokenThreadPool
-from ._executor import Executor
+from ._executor import Executor, as_index
 from ._future import LOGGER, Future
 
 __all__ = ("BrokenThreadPool", "ThreadPoolExecutor")
@@ -172,6 +174,26 @@ def _worker(  # noqa: PLR0917 - a thread target, called with args=
         del executor
 
 
+def _thread_count(max_workers: object) -> int:
+    """``max_workers`` as an int, from what the standard thread pool accepts.
+
+    That pool only compares its thread count with ``max_workers``, so any
+    number goes: ``numpy.int64(8)``, ``2.0``, and ``2.5``, which lets a third
+    thread start, as ``math.ceil`` says. NaN (the standard pool would never
+    start a thread) and infinity are refused.
+    """
+    count = as_index(max_workers)
+    if count is None:
+        if not isinstance(max_workers, numbers.Real):
+            raise TypeError(f"max_workers must be a number or None, not {max_workers!r}")
+        if not math.isfinite(max_workers):
+            raise ValueError(f"max_workers must be a finite number, not {max_workers!r}")
+        count = math.ceil(float(max_workers))
+    if count <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    return count
+
+
 class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
     """Run calls in a pool of threads.
 
@@ -180,7 +202,8 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
     accept it; none of the standard pool's code runs.
 
     Args:
-        max_workers: the most threads; default ``min(32, cpus + 4)``.
+        max_workers: the most threads; default ``min(32, cpus + 4)``. Any
+            positive number, as for the standard pool (``2.5`` allows 3).
         thread_name_prefix: threads are named ``f"{prefix}_{n}"``.
         initializer: called with ``initargs`` in each new thread. If it
             raises, the pool is broken: queued and later calls fail with
@@ -203,10 +226,8 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         if max_workers is None:
             cpus = getattr(os, "process_cpu_count", os.cpu_count)()
             max_workers = min(32, (cpus or 1) + 4)
-        elif isinstance(max_workers, bool) or not isinstance(max_workers, int):
-            raise TypeError(f"max_workers must be an int or None, not {max_workers!r}")
-        if max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
+        else:
+            max_workers = _thread_count(max_workers)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if max_pending is not None and (
@@ -263,6 +284,37 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                 if len(self._threads) < self._max_workers:
                     self._start_thread()
         return future
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | Literal["auto"] = 1,
+        buffersize: int | None = None,
+        ordered: bool = True,
+    ) -> Iterator[T]:
+        """Return an iterator of ``fn`` over the argument tuples of ``iterables``.
+
+        As :meth:`Executor.map`, except for ``chunksize``: the standard thread
+        pool ignores it, and so does this one, whatever its value, unless it
+        is ``"auto"``. Code written for both pools passes the process pool's
+        chunk size, and batching would run that many calls one after another
+        in one thread (40 I/O calls of 50 ms in 2 s rather than in parallel).
+        ``chunksize="auto"`` asks for batching on purpose: about four chunks
+        per thread, much faster for tiny calls, but the calls of a chunk run
+        one after another.
+        """
+        if not (isinstance(chunksize, str) and chunksize == "auto"):
+            chunksize = 1
+        return super().map(
+            fn,
+            *iterables,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            ordered=ordered,
+        )
 
     def _take_slot(self, slots: threading.Semaphore) -> None:
         # Wake now and then to notice a shutdown while we wait for room.

@@ -6,12 +6,14 @@ import functools
 import multiprocessing
 import os
 import random
+import re
 import signal
 import sys
 import time
 import traceback
 
 import crashers
+import numpy
 import pytest
 
 import shoal
@@ -97,6 +99,43 @@ def test_chunksize_must_be_positive(pool: shoal.ProcessPoolExecutor) -> None:
 def test_max_workers_validation() -> None:
     with pytest.raises(ValueError, match="max_workers must be greater than 0"):
         shoal.ProcessPoolExecutor(max_workers=0)
+
+
+class Two:
+    """Not an int, but a whole number: what ``range()`` and the standard pool take."""
+
+    def __index__(self) -> int:
+        return 2
+
+
+@pytest.mark.parametrize("max_workers", [numpy.int64(2), Two()], ids=type)
+def test_max_workers_of_any_whole_number_type(max_workers: object) -> None:
+    # A worker count computed with numpy, as the standard pool accepts it.
+    with shoal.ProcessPoolExecutor(max_workers=max_workers) as pool:  # type: ignore[arg-type]
+        assert pool._max_workers == 2
+        assert type(pool._max_workers) is int
+        assert list(pool.map(crashers.square, range(6), chunksize=numpy.int64(2))) == [
+            x * x for x in range(6)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("max_workers", "error", "message"),
+    [
+        (2.0, TypeError, "max_workers must be a whole number or None, not 2.0"),
+        (2.5, TypeError, "max_workers must be a whole number or None, not 2.5"),
+        ("2", TypeError, "max_workers must be a whole number or None, not '2'"),
+        (-1, ValueError, "max_workers must be greater than 0"),
+        (numpy.int64(0), ValueError, "max_workers must be greater than 0"),
+    ],
+)
+def test_max_workers_is_checked_as_by_the_standard_pool(
+    max_workers: object, error: type[Exception], message: str
+) -> None:
+    # The standard process pool raises these types too; unlike its thread
+    # pool, it takes no float.
+    with pytest.raises(error, match=re.escape(message)):
+        shoal.ProcessPoolExecutor(max_workers=max_workers)  # type: ignore[arg-type]
 
 
 def test_worker_death_fails_only_its_task(pool: shoal.ProcessPoolExecutor) -> None:
