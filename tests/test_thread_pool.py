@@ -204,6 +204,29 @@ def test_calls_run_in_worker_threads(pools):
     )
 
 
+def test_a_callback_raising_system_exit_is_logged_and_the_pool_goes_on(pools, caplog):
+    # Run by the worker that completes the future, it would end that thread:
+    # with one thread, the later calls would never run.
+    pool = pools(max_workers=1)
+    gate = threading.Event()
+    future = pool.submit(gate.wait, 10)
+    calls = []
+
+    def leave(_):
+        raise SystemExit(3)
+
+    future.add_done_callback(leave)
+    future.add_done_callback(calls.append)
+    with caplog.at_level(logging.ERROR, logger="concurrent.futures"):
+        gate.set()
+        assert future.result(timeout=10) is True
+        assert [pool.submit(abs, -i).result(timeout=10) for i in range(3)] == [0, 1, 2]
+    assert calls == [future]
+    [record] = caplog.records
+    assert record.getMessage() == f"exception calling callback for {future!r}"
+    assert record.exc_info[0] is SystemExit
+
+
 # -- initializer -------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import multiprocessing
 import os
 import random
@@ -11,6 +12,7 @@ import signal
 import sys
 import time
 import traceback
+from typing import Any
 
 import crashers
 import numpy
@@ -89,6 +91,32 @@ def test_system_exit_in_task_reaches_caller(pool: shoal.ProcessPoolExecutor) -> 
     with pytest.raises(SystemExit):
         pool.submit(crashers.run, "sysexit").result(TIMEOUT)
     assert pool.submit(crashers.square, 3).result(TIMEOUT) == 9
+
+
+def test_a_callback_raising_system_exit_is_logged_and_the_pool_goes_on(
+    pool: shoal.ProcessPoolExecutor, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The dispatcher thread completes the future and runs its callbacks: the
+    # callback failed, not shoal, and the pool carries on.
+    gate = tmp_path / "gate"
+    future = pool.submit(crashers.wait_for_file, str(gate), TIMEOUT)
+    calls: list[object] = []
+
+    def leave(_: object) -> None:
+        raise SystemExit(3)
+
+    future.add_done_callback(leave)
+    future.add_done_callback(calls.append)
+    with caplog.at_level(logging.ERROR, logger="concurrent.futures"):
+        gate.touch()
+        assert future.result(TIMEOUT) == str(gate)
+        # Answered through the dispatcher, after it ran the callbacks.
+        assert [pool.submit(crashers.square, i).result(TIMEOUT) for i in range(3)] == [0, 1, 4]
+    assert calls == [future]
+    records = [r for r in caplog.records if r.name == "concurrent.futures"]
+    assert [r.getMessage() for r in records] == [f"exception calling callback for {future!r}"]
+    assert records[0].exc_info is not None
+    assert records[0].exc_info[0] is SystemExit
 
 
 def test_chunksize_must_be_positive(pool: shoal.ProcessPoolExecutor) -> None:
