@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import logging
+import math
 import re
 import threading
 
@@ -78,6 +79,24 @@ def test_timeout_on_unfinished(state, method):
     with pytest.raises(TimeoutError):
         getattr(future, method)(timeout=-1)
     assert not future.done()
+
+
+@pytest.mark.parametrize("state", ["pending", "running"])
+@pytest.mark.parametrize("method", ["result", "exception"])
+def test_nan_timeout_times_out_at_once_as_in_the_standard_library(state, method):
+    # The standard Future's Condition.wait() takes NaN as "do not block";
+    # a lock's acquire() would raise ValueError.
+    future = make_future(state)
+    with pytest.raises(TimeoutError):
+        getattr(future, method)(timeout=math.nan)
+    standard = concurrent.futures.Future()
+    with pytest.raises(TimeoutError):
+        getattr(standard, method)(timeout=math.nan)
+
+
+def test_nan_timeout_on_finished_returns():
+    assert make_future("returned").result(timeout=math.nan) == 42
+    assert isinstance(make_future("raised").exception(timeout=math.nan), FutureError)
 
 
 @pytest.mark.parametrize("state", CANCELLED_STATES)

@@ -177,7 +177,10 @@ class Future(_base.Future[T]):
 
     def _wait(self, timeout: float | None) -> None:
         """Block until the future is done; raise unless it finished."""
-        if timeout is not None and timeout < 0:
+        if timeout is not None and not timeout >= 0:
+            # Negative or NaN: do not block. The standard Future's
+            # Condition.wait() treats NaN so (it only blocks when timeout >
+            # 0); a lock's acquire() would raise ValueError for it.
             timeout = 0
         state = self._state
         if state not in _DONE_STATES:
