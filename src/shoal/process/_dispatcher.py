@@ -238,7 +238,7 @@ class Shared:
         Callers change the queue or a flag first, then wake: the dispatcher
         clears ``woken`` before it looks, so no change goes unseen. A caller
         may hold ``lock``. Only a wake-up that writes takes ``pipe_lock``
-        (next to a system call, its cost does not show); once one is
+        (uncontended, a fraction of the ``write()`` it guards); while one is
         pending, a wake-up costs one attribute read.
         """
         if not self.woken:
