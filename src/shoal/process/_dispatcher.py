@@ -69,7 +69,8 @@ Concurrency:
   A MapRun is shared with the thread reading its results; ``_runs`` says
   who writes what of it.
   Lock order: ``Shared.lock``, then a future's ``_condition``; a
-  ``MapRun.lock`` is taken with no other lock held. The
+  ``MapRun.lock`` is taken with no other lock held; ``Shared.pipe_lock``
+  (the wake pipe's descriptors) is innermost. The
   dispatcher completes futures (which runs done-callbacks, user code) with
   no lock held, and a submitter pickles a call (which may run user code in
   ``__reduce__``) before it takes ``Shared.lock``.
@@ -202,9 +203,19 @@ class Shared:
     left_at_exit: list[tuple[str, Future[Any]] | MapRun] | None = None  # the dispatcher's
     # The wake pipe: a byte written tells the dispatcher to look at the queue
     # and the flags. ``woken`` avoids a write per submit while it is pending.
+    # The descriptors are -1 before the dispatcher starts and once it has
+    # left; guarded by: pipe_lock (the dispatcher reads wake_r without it,
+    # since only it closes the pipe).
     wake_r: int = -1
     wake_w: int = -1
     woken: bool = False
+    # Taken by wake() only when it writes, and by close_wake_pipe(): a write
+    # never goes to a descriptor closed and reused by another file. The
+    # innermost lock: nothing is taken while holding it.
+    pipe_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Closes the pipe once: by the dispatcher on its way out, or when this
+    # record is collected if the dispatcher never got that far.
+    _close_pipe: weakref.finalize[..., Any] | None = None
     # The hand-over (see the module docstring): while ``parked``, the
     # dispatcher waits in select() with nothing else to do, and a submitter
     # holding ``lock`` may send a call straight to a worker of ``idle``.
@@ -219,29 +230,41 @@ class Shared:
     respawned: int = 0
 
     def open_wake_pipe(self) -> None:
-        """Create the wake pipe; it closes when this record is collected.
-
-        Not before: ``wake()`` may write to it, without a lock, from any
-        thread at any time, so it must not close (and its number be reused
-        by another file) while anyone could still hold this record.
-        """
+        """Create the wake pipe. Before the dispatcher starts."""
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
-        weakref.finalize(self, _close_fds, self.wake_r, self.wake_w)
+        self._close_pipe = weakref.finalize(self, _close_fds, self.wake_r, self.wake_w)
+
+    def close_wake_pipe(self) -> None:
+        """Close the wake pipe. By the dispatcher, once it has left its loop for good.
+
+        A pool that is shut down but still referenced then holds no
+        descriptor. Under ``pipe_lock``: a ``wake()`` that read the old
+        number would otherwise write a byte into whatever file reuses it.
+        """
+        with self.pipe_lock:
+            self.wake_r = self.wake_w = -1
+            if self._close_pipe is not None:
+                self._close_pipe()
 
     def wake(self) -> None:
-        """Make the dispatcher look at the queue and the flags. Any thread, no lock.
+        """Make the dispatcher look at the queue and the flags. Any thread.
 
         Callers change the queue or a flag first, then wake: the dispatcher
-        clears ``woken`` before it looks, so no change goes unseen.
+        clears ``woken`` before it looks, so no change goes unseen. A caller
+        may hold ``lock``. Only a wake-up that writes takes ``pipe_lock``
+        (uncontended, a fraction of the ``write()`` it guards); while one is
+        pending, a wake-up costs one attribute read.
         """
-        if not self.woken and self.wake_w >= 0:
-            self.woken = True
-            try:
-                os.write(self.wake_w, b"!")
-            except BlockingIOError:
-                pass  # the pipe is full: a wake-up is pending anyway
+        if not self.woken:
+            with self.pipe_lock:
+                if self.wake_w >= 0:
+                    self.woken = True
+                    try:
+                        os.write(self.wake_w, b"!")
+                    except BlockingIOError:
+                        pass  # the pipe is full: a wake-up is pending anyway
 
 
 def _close_fds(*fds: int) -> None:
@@ -1523,3 +1546,6 @@ class Dispatcher:
             self._forget(worker)
         _wire.unlink_prefix(self._shm_prefix)
         self._selector.close()
+        # Nobody needs a wake-up any more: the pool refuses calls for good
+        # (shut down or broken), and a dispatcher never starts twice.
+        self._shared.close_wake_pipe()

@@ -50,7 +50,7 @@ from concurrent.futures import process as _std_process
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
-from .._executor import Executor
+from .._executor import Executor, as_index
 from .._future import Future
 from .._process_errors import BrokenProcessPool
 from .._stats import ExecutorStatistics
@@ -253,8 +253,12 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
     ) -> None:
         if max_workers is None:
             max_workers = usable_cpus()
-        elif isinstance(max_workers, bool) or not isinstance(max_workers, int):
-            raise TypeError(f"max_workers must be an int or None, not {max_workers!r}")
+        else:
+            # numpy.int64 and the like, as for the standard pool; not a float.
+            count = as_index(max_workers)
+            if count is None:
+                raise TypeError(f"max_workers must be a whole number or None, not {max_workers!r}")
+            max_workers = count
         if max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if mp_context is None:
