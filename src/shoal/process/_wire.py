@@ -29,7 +29,9 @@ Linux) instead of the pickle. The writer creates the segment and forgets it;
 the reader maps it and unlinks it at once, and the objects it rebuilds (a
 numpy array) use the mapped pages without a copy; the memory goes with the
 last of them. A segment whose blob is never
-read is removed by ``discard`` or ``unlink_prefix``. Segments are opened with
+read is removed by ``discard`` or ``unlink_prefix``; one left behind by a
+process that died without cleaning up is removed by a survivor (its
+workers' watchdogs, or the tracker of ``_tracker``). Segments are opened with
 ``_posixshmem`` rather than ``multiprocessing.shared_memory``, whose resource
 tracker would warn about segments that another process unlinked. Where
 ``_posixshmem`` is missing (Windows, whose named memory dies with its last
@@ -60,6 +62,8 @@ import traceback
 import types
 from collections.abc import Callable
 from typing import Any, TypeAlias
+
+from . import _tracker
 
 try:
     import _posixshmem  # type: ignore[import-not-found]
@@ -140,6 +144,9 @@ _counter = itertools.count()
 def _create_segment(prefix: str, data: memoryview) -> str:
     """Write ``data`` (1-D bytes) to a new segment and return its name."""
     assert _posixshmem is not None
+    # Before the segment exists: if this process dies from here on, a
+    # survivor removes it (see _tracker).
+    _tracker.track(prefix)
     while True:
         name = f"{prefix}-{next(_counter)}"
         try:
