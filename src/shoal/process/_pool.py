@@ -289,7 +289,9 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         if dispatcher is None:
             return False
         try:
-            blob = _wire.dumps_call(task.fn, task.args or (), task.kwargs or {}, self._shm_prefix)
+            blob = _wire.dumps_call(
+                task.fn, task.args or (), task.kwargs or {}, self._shm_prefix, dispatcher.segments
+            )
         except Exception:
             return False
         # The task as the dispatcher must find it once sent: a call blob
@@ -307,7 +309,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             if not sent:
                 task.blob = None
                 task.args, task.kwargs = args, kwargs
-                _wire.discard(blob)
+                dispatcher.segments.release(blob)
         return sent
 
     def _submit_many(
