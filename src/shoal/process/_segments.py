@@ -106,7 +106,7 @@ class Segments:
                             mapping.close()
                             mapping = segment.mapping
                 same = _same(view, mapping)
-            except OSError:
+            except (OSError, ValueError):  # unlinked, or its mapping closed, by close()
                 same = False
             if same:
                 return segment.name
@@ -154,7 +154,9 @@ class Segments:
     def _unlink(segment: _Segment) -> None:
         _wire.unlink(segment.name)
         if segment.mapping is not None:
-            with contextlib.suppress(BufferError):  # a comparison in progress: cannot be
+            # A comparison still reading it (close() only) keeps it open: the
+            # mapping then goes when that comparison lets go of it.
+            with contextlib.suppress(BufferError):
                 segment.mapping.close()
 
     def close(self) -> None:
