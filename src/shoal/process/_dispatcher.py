@@ -33,6 +33,11 @@ duration: enough to cover ``BATCH_SECONDS`` of work, at least one, at most
 long ones go one at a time and are not hoarded by one worker while another
 idles. A worker is topped up when it falls below half of its share, so its
 next batch is already in its socket when it finishes the current one.
+Calls whose buffers travel through shared memory are bounded apart: a
+worker holds at most ``MAX_HEAVY_IN_FLIGHT`` entries with segments, and a
+buffer that calls in flight already carry is not copied again but shared
+(``_segments``): the pool unlinks such a segment once every call carrying
+it is answered, after the next dispatch.
 
 An eager, ordered ``map()`` comes as one :class:`~._runs.MapRun` in the
 queue rather than a Task per call; ``_take`` cuts slices off it to fill a
@@ -63,6 +68,8 @@ Concurrency:
   (under ``Shared.lock``), before it reads or writes any of them. It takes
   the shared queue by swapping in an empty deque, so it holds
   ``Shared.lock`` for a moment only, however long the queue.
+  ``Dispatcher.segments`` is shared with submitters (the hand-over pickles
+  calls into it) and has a lock of its own, taken with no other lock held.
   No lock guards the dispatcher's own state: no other thread reads it,
   except ``statistics()``, which reads plain ints and lengths (a snapshot,
   possibly a moment old).
@@ -97,7 +104,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .. import _clock
 from .._future import LOGGER, Future
 from .._process_errors import BrokenProcessPool, WorkerLostError
-from . import _wire, _worker
+from . import _segments, _wire, _worker
 from ._runs import Failed, MapRun, Slice
 
 if TYPE_CHECKING:
@@ -113,6 +120,13 @@ __all__ = ("Dispatcher", "Shared", "Task")
 BATCH_SECONDS = 0.002
 # The cap on tasks held by one worker; also bounds the size of one message.
 MAX_IN_FLIGHT = 512
+# The cap on entries (calls, or slices of a map) carrying shared memory that
+# one worker holds: the one it runs and one sent ahead, so that it starts
+# the next as soon as it answers. More would let calls of big buffers hold
+# their size in /dev/shm many times over (512 calls sent ahead of a 5 MB
+# array were 2.5 GB) without running any sooner: copying a buffer to shared
+# memory takes longer than most calls that read it.
+MAX_HEAVY_IN_FLIGHT = 2
 # Until a duration has been measured, send this many tasks to a worker.
 INITIAL_IN_FLIGHT = 1
 # Consecutive deaths of starting workers (before they said READY) that break
@@ -282,6 +296,7 @@ class _Worker:
         "calls",
         "closed",
         "fd",
+        "heavy",
         "in_flight",
         "inbox",
         "init_error",
@@ -309,6 +324,7 @@ class _Worker:
         self.parts: collections.deque[memoryview] = collections.deque()
         self.in_flight: collections.deque[Sent] = collections.deque()
         self.calls = 0  # calls in in_flight (a Slice holds several)
+        self.heavy = 0  # entries of in_flight whose blob has segments
         self.ready = False
         self.retiring = False
         self.closed = False  # end of stream seen; the sentinel will follow
@@ -518,6 +534,15 @@ class Dispatcher:
         # Whether the functions and classes of __main__ travel by value: they
         # must where a worker does not share our __main__ (see _by_value).
         self.main_by_value = main_by_value(ctx)
+        # The calls' big buffers, one kept segment for the calls in flight
+        # that carry the same bytes (see _segments); submitters use it too,
+        # in the hand-over.
+        self.segments = _segments.Segments(shm_prefix)
+        # Blobs with segments of the calls answered since the last dispatch:
+        # released after it, so that a buffer the next calls carry again (the
+        # same array submitted over and over) is found still in its segment
+        # rather than written anew.
+        self._answered: list[_wire.Blob] = []
         self._serial = serial
         self._names = itertools.count()
         self._selector = selectors.DefaultSelector()
@@ -596,6 +621,10 @@ class Dispatcher:
                 self._cancel_backlog()
             self._retire_idle()
             self._dispatch()
+            if self._answered:
+                answered, self._answered = self._answered, []
+                for blob in answered:
+                    self.segments.release(blob)
             if shared.shutdown and not shared.queue and not self._backlog and not self._busy():
                 self._exit_workers()
                 return
@@ -727,6 +756,8 @@ class Dispatcher:
         worker.in_flight.append(task)
         worker.sent += 1
         worker.calls += 1
+        if task.blob[1]:
+            worker.heavy += 1
         if written < size:
             _keep(worker, frame, written)
             shared.flush = True
@@ -794,7 +825,7 @@ class Dispatcher:
             # Again until the worker has its share: calls cancelled while
             # queued are dropped by _send, and nothing else would wake us to
             # send the calls behind them.
-            while backlog:
+            while backlog and worker.heavy < MAX_HEAVY_IN_FLIGHT:
                 room = share - worker.calls
                 if self._max_tasks is not None:
                     room = min(room, self._max_tasks - worker.sent)
@@ -864,7 +895,9 @@ class Dispatcher:
         A function that travels by reference (``_wire.dumps_function``) is
         pickled once per message and each of its calls without kwargs only
         carries its arguments; see ``_wire.RUN``. A map's slice travels as
-        one entry: its items pickled as one object.
+        one entry: its items pickled as one object. Once the worker holds
+        MAX_HEAVY_IN_FLIGHT entries with shared memory, the tasks not sent go
+        back to the front of the backlog.
         """
         batch: list[tuple[Any, ...]] = []
         calls = 0  # of the slices (a Task entry is one call)
@@ -879,7 +912,8 @@ class Dispatcher:
         last_fn: object = _NO_FUNCTION
         index = -1
         pickled = 0  # bytes of the calls' pickles in this message
-        for task in tasks:
+        store = self.segments
+        for position, task in enumerate(tasks):
             if type(task) is Slice:
                 for part, entry in self._slice_entries(task, functions, indexes):
                     append(entry)
@@ -887,6 +921,11 @@ class Dispatcher:
                     calls += len(part)
                     slice_entries += 1
                     pickled += len(entry[2][0])
+                    if part.blob[1]:
+                        worker.heavy += 1
+                if worker.heavy >= MAX_HEAVY_IN_FLIGHT:
+                    self._backlog.extendleft(reversed(tasks[position + 1 :]))
+                    break
                 continue
             assert type(task) is Task
             fn = task.fn
@@ -901,10 +940,12 @@ class Dispatcher:
                 kwargs = task.kwargs
                 try:
                     if index >= 0 and not kwargs:
-                        blob = dumps(task.args, prefix, by_value)
+                        blob = dumps(task.args, prefix, store, main_by_value=by_value)
                     else:
                         task.kwargs = None  # the blob holds the whole call
-                        blob = _wire.dumps_call(fn, task.args or (), kwargs or {}, prefix, by_value)
+                        blob = _wire.dumps_call(
+                            fn, task.args or (), kwargs or {}, prefix, store, main_by_value=by_value
+                        )
                 except BaseException as exc:
                     task.args = task.kwargs = None
                     self._set_exception(future, exc)
@@ -916,9 +957,14 @@ class Dispatcher:
                 append((task.id, blob))
                 in_flight_append(task)
                 pickled += len(blob[0])
+                if blob[1]:
+                    worker.heavy += 1
+                    if worker.heavy >= MAX_HEAVY_IN_FLIGHT:
+                        self._backlog.extendleft(reversed(tasks[position + 1 :]))
+                        break
                 continue
             elif index < 0:  # pragma: no cover - pickled by reference once, not any more
-                _wire.discard(blob)
+                store.release(blob)
                 task.blob = None
                 self._set_exception(
                     task.future,
@@ -932,6 +978,11 @@ class Dispatcher:
                 append((task.id, blob, index))
             in_flight_append(task)
             pickled += len(blob[0])
+            if blob[1]:
+                worker.heavy += 1
+                if worker.heavy >= MAX_HEAVY_IN_FLIGHT:
+                    self._backlog.extendleft(reversed(tasks[position + 1 :]))
+                    break
         if not batch:
             return
         calls += len(batch) - slice_entries
@@ -953,7 +1004,9 @@ class Dispatcher:
             self._shared.failed += part.fail_all(fn_ref) + run.settle_rest(Failed(fn_ref))
             return []
         try:
-            blob = _wire.dumps(part.items(), self._shm_prefix, self.main_by_value)
+            blob = _wire.dumps(
+                part.items(), self._shm_prefix, self.segments, main_by_value=self.main_by_value
+            )
         except BaseException as exc:
             if len(part) == 1:
                 part.fail_all(exc)
@@ -1057,6 +1110,9 @@ class Dispatcher:
         answered = completed = 0
         total = 0.0
         last_run: MapRun | None = None  # to notify once it has its results
+        # Whether any call in flight carries shared memory: only then is
+        # each answered call looked at for it.
+        heavy = worker.heavy
         with memoryview(inbox) as view:
             while end - offset >= _HEADER:
                 size = unpack_length(view, offset)[0]
@@ -1084,6 +1140,10 @@ class Dispatcher:
                         total += duration
                         if isinstance(task, Task):
                             popleft()
+                            if heavy:
+                                sent = task.blob
+                                if sent is not None and sent[1]:
+                                    self._done_with(worker, sent)
                             try:
                                 value = loads(view[start + data_at : offset])
                             except BaseException as exc:
@@ -1109,6 +1169,8 @@ class Dispatcher:
                                 completed += 1
                             if task.start == task.stop:
                                 popleft()
+                                if heavy and task.blob[1]:
+                                    self._done_with(worker, task.blob)
                             del run
                         del task
                         continue
@@ -1162,7 +1224,9 @@ class Dispatcher:
             worker.calls -= len(part)
             worker.sent -= len(part)
             if part.blob is not None:
-                _wire.discard(part.blob)
+                if part.blob[1]:
+                    worker.heavy -= 1
+                self.segments.release(part.blob)
                 part.blob = None
             part.singly = True
             self._backlog.appendleft(part)
@@ -1212,6 +1276,9 @@ class Dispatcher:
                 if task.start < task.stop:
                     continue
             popleft()
+            sent = task.blob
+            if sent is not None and sent[1]:
+                self._done_with(worker, sent)
             del task
         for run in runs.values():
             run.notify()
@@ -1219,6 +1286,11 @@ class Dispatcher:
         shared.failed += failed
         if answered:
             self._account(worker, answered, total)
+
+    def _done_with(self, worker: _Worker, blob: _wire.Blob) -> None:
+        """``worker`` answered the last call of an entry whose ``blob`` has segments."""
+        worker.heavy -= 1
+        self._answered.append(blob)  # released after the next dispatch
 
     def _settle(self, task: Sent, outcome: Any) -> None:
         """The next call of ``task`` ended with ``outcome`` (a result, or Failed)."""
@@ -1340,12 +1412,12 @@ class Dispatcher:
         _wire.unlink_prefix(f"{self._shm_prefix}-w{process.pid}")
         held = list(worker.in_flight)
         worker.in_flight.clear()
-        worker.calls = 0
+        worker.calls = worker.heavy = 0
         for part in held:
             # A slice is pickled again when it goes out again (from the call it
             # has got to).
             if type(part) is Slice and part.blob is not None:
-                _wire.discard(part.blob)
+                self.segments.release(part.blob)
                 part.blob = None
         how = _signal_name(exitcode)
         if worker.init_error is not None:
@@ -1396,7 +1468,7 @@ class Dispatcher:
             lost.stop = lost.start + 1
         self._backlog.extendleft(reversed(unstarted))
         if lost.blob is not None:
-            _wire.discard(lost.blob)
+            self.segments.release(lost.blob)
         error = WorkerLostError(
             f"the worker process {worker.name} (pid {process.pid}) running "
             f"{lost.describe()} died {how}. Only this call failed; the pool started a new "
@@ -1440,7 +1512,7 @@ class Dispatcher:
         running = [t for w in self._workers.values() for t in w.in_flight] + (orphans or [])
         for worker in self._workers.values():
             worker.in_flight.clear()
-            worker.calls = 0
+            worker.calls = worker.heavy = 0
 
         def broken() -> BrokenProcessPool:
             error = BrokenProcessPool(reason)
@@ -1501,7 +1573,7 @@ class Dispatcher:
             for task in worker.in_flight:
                 self._fail_running(task, BrokenProcessPool(reason))
             worker.in_flight.clear()
-            worker.calls = 0
+            worker.calls = worker.heavy = 0
             self._forget(worker)
         with self._shared.lock:
             queued = list(self._backlog) + list(self._shared.queue)
@@ -1544,6 +1616,8 @@ class Dispatcher:
         self._initializer = self._initializer_objects = None
         for worker in list(self._workers.values()):
             self._forget(worker)
+        self._answered = []
+        self.segments.close()
         _wire.unlink_prefix(self._shm_prefix)
         self._selector.close()
         # Nobody needs a wake-up any more: the pool refuses calls for good

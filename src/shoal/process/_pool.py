@@ -20,7 +20,19 @@ call to that worker itself instead, saving a thread wake-up (the
   a program a call started (``subprocess.run``) gets it and ends, as it would
   have without the pool.
 * The parent dying, even by SIGKILL: every worker notices within about a
-  second and exits.
+  second and exits, and the shared memory of the calls in flight goes with
+  them (the workers' watchdogs unlink the pool's segments; the segment
+  tracker of ``_tracker`` does it when no worker is alive).
+* SIGTERM to the parent: with no handler installed, as by default, it kills
+  the parent like SIGKILL does, and the survivors above clean up as they do
+  after Ctrl-C: the workers stop mid-call, nothing is left in ``/dev/shm``.
+  shoal installs no SIGTERM handler of its own, on purpose: a Python
+  handler runs only in the main thread, between bytecodes, so a main thread
+  blocked in C code (a long numpy call, a C extension waiting on I/O) would
+  no longer die on SIGTERM at all; it would replace or hide the handler a
+  framework installs after importing shoal (or be replaced by it), and be
+  inherited by forked children. The survivors are needed for SIGKILL
+  anyway, and they cover SIGTERM without changing how the process dies.
 
 The default start method is ``forkserver`` on Linux (as in Python 3.14):
 ``fork`` from a process that runs threads, as any process with a shoal pool
@@ -295,7 +307,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                     self._initargs,
                     {},
                     f"shoal-{os.getpid()}-{self._serial}i",
-                    self._by_value,
+                    main_by_value=self._by_value,
                 )
             except Exception:
                 # ... else as objects handed to each new process, which is how
@@ -346,7 +358,12 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             return False
         try:
             blob = _wire.dumps_call(
-                task.fn, task.args or (), task.kwargs or {}, self._shm_prefix, self._by_value
+                task.fn,
+                task.args or (),
+                task.kwargs or {},
+                self._shm_prefix,
+                dispatcher.segments,
+                main_by_value=self._by_value,
             )
         except Exception:
             return False
@@ -365,7 +382,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             if not sent:
                 task.blob = None
                 task.args, task.kwargs = args, kwargs
-                _wire.discard(blob)
+                dispatcher.segments.release(blob)
         return sent
 
     def _submit_many(

@@ -34,7 +34,16 @@ Linux) instead of the pickle. The writer creates the segment and forgets it;
 the reader maps it and unlinks it at once, and the objects it rebuilds (a
 numpy array) use the mapped pages without a copy; the memory goes with the
 last of them. A segment whose blob is never
-read is removed by ``discard`` or ``unlink_prefix``. Segments are opened with
+read is removed by ``discard`` or ``unlink_prefix``.
+
+Kept segments, named ``{prefix}-s-{n}``, are the exception: their writer
+(the parent, through a Store) shares one among every call in flight that
+carries the same bytes, and unlinks it once all of them are answered. The
+reader maps a kept segment copy-on-write and leaves it in place.
+
+A segment left behind by a
+process that died without cleaning up is removed by a survivor (its
+workers' watchdogs, or the tracker of ``_tracker``). Segments are opened with
 ``_posixshmem`` rather than ``multiprocessing.shared_memory``, whose resource
 tracker would warn about segments that another process unlinked. Where
 ``_posixshmem`` is missing (Windows, whose named memory dies with its last
@@ -64,9 +73,9 @@ import struct
 import traceback
 import types
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
-from . import _by_value
+from . import _by_value, _tracker
 
 try:
     import _posixshmem  # type: ignore[import-not-found]
@@ -85,7 +94,9 @@ __all__ = (
     "SHM_THRESHOLD",
     "Blob",
     "RemoteTraceback",
+    "Store",
     "UnpicklableError",
+    "create_segment",
     "decode_result",
     "discard",
     "dumps",
@@ -93,12 +104,15 @@ __all__ = (
     "dumps_error",
     "dumps_function",
     "dumps_inband",
+    "is_kept",
+    "kept_prefix",
     "load_error",
     "loads",
     "long_header",
     "recv",
     "send",
     "send_result",
+    "unlink",
     "unlink_prefix",
 )
 
@@ -138,6 +152,10 @@ Segments: TypeAlias = tuple[tuple[str, int], ...]
 Blob: TypeAlias = tuple[bytes, Segments]
 
 _SHM_DIR = "/dev/shm"
+# Kept segments are named {prefix}-s-{n}; no other name has "s" as its
+# second-to-last part (they end in -{n} or -w{pid}-{n}, prefixes in digits).
+_KEPT_MARK = "s"
+_KEPT_SUFFIX = f"-{_KEPT_MARK}"
 # Linux read()/write() move at most this much per call.
 _IO_CHUNK = 0x7FFFF000
 _counter = itertools.count()
@@ -149,6 +167,9 @@ _counter = itertools.count()
 def _create_segment(prefix: str, data: memoryview) -> str:
     """Write ``data`` (1-D bytes) to a new segment and return its name."""
     assert _posixshmem is not None
+    # Before the segment exists: if this process dies from here on, a
+    # survivor removes it (see _tracker).
+    _tracker.track(prefix)
     while True:
         name = f"{prefix}-{next(_counter)}"
         try:
@@ -170,23 +191,43 @@ def _create_segment(prefix: str, data: memoryview) -> str:
     return name
 
 
+def kept_prefix(prefix: str) -> str:
+    """The prefix of the kept segments (see the module docstring) of ``prefix``."""
+    return f"{prefix}-{_KEPT_MARK}"
+
+
+def is_kept(name: str) -> bool:
+    """True for the name of a segment that its writer unlinks, not its reader."""
+    return name.rpartition("-")[0].endswith(_KEPT_SUFFIX)
+
+
+def create_segment(prefix: str, data: memoryview) -> str:
+    """Write ``data`` (1-D bytes) to a new segment named ``{prefix}-{n}``; return its name."""
+    return _create_segment(prefix, data)
+
+
 def _read_segment(name: str, size: int) -> memoryview | bytearray:
-    """Map a segment and unlink it; return a writable view of its bytes.
+    """Map a segment and unlink it (unless it is kept); return a writable view of its bytes.
 
     No copy: the objects unpickled from the view (a numpy array, say) use the
     mapped pages directly, and the mapping goes away with the last of them.
     The segment is unlinked at once: the mapping keeps the memory alive, and
-    a failure below leaves nothing behind.
+    a failure below leaves nothing behind. A kept segment may be read by
+    other calls too: it is mapped copy-on-write, so that a call writing to
+    its argument changes its own copy of the pages, as it would a segment of
+    its own.
     """
     assert _posixshmem is not None
-    fd = _posixshmem.shm_open("/" + name, os.O_RDWR, 0)
+    kept = is_kept(name)
+    fd = _posixshmem.shm_open("/" + name, os.O_RDONLY if kept else os.O_RDWR, 0)
     try:
-        _unlink(name)
+        if not kept:
+            _unlink(name)
         if os.fstat(fd).st_size < size:
             raise EOFError(f"shared-memory segment {name!r} holds fewer than {size} bytes")
         if size == 0:
             return bytearray()
-        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_WRITE)
+        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY if kept else mmap.ACCESS_WRITE)
     finally:
         os.close(fd)
     return memoryview(mapping)
@@ -199,8 +240,17 @@ def _unlink(name: str) -> None:
         _posixshmem.shm_unlink("/" + name)
 
 
+def unlink(name: str) -> None:
+    """Unlink one segment; a missing one is ignored."""
+    _unlink(name)
+
+
 def discard(blob: Blob) -> None:
-    """Unlink the segments of a blob that will never be read (missing ones are ignored)."""
+    """Unlink the segments of a blob that will never be read (missing ones are ignored).
+
+    Kept segments too: a blob that shares them is released through its
+    writer's Store instead.
+    """
     for name, _size in blob[1]:
         _unlink(name)
 
@@ -465,7 +515,19 @@ def _pickle(
         error = None
 
 
-def _store(data: bytes, buffers: list[pickle.PickleBuffer], shm_prefix: str) -> Blob:
+class Store(Protocol):
+    """Where ``dumps`` puts big buffers instead of a segment of their own (see _segments)."""
+
+    def put(self, view: memoryview) -> str:
+        """The name of a kept segment holding ``view``'s bytes, for one more reader."""
+
+    def release(self, blob: Blob) -> None:
+        """The blob's readers are done with its segments."""
+
+
+def _store(
+    data: bytes, buffers: list[pickle.PickleBuffer], shm_prefix: str, store: Store | None = None
+) -> Blob:
     """Write the out-of-band buffers to segments; unlink them all on failure."""
     if not buffers:
         return data, ()
@@ -473,9 +535,13 @@ def _store(data: bytes, buffers: list[pickle.PickleBuffer], shm_prefix: str) -> 
     try:
         for buffer in buffers:
             with buffer.raw() as view:
-                segments.append((_create_segment(shm_prefix, view), view.nbytes))
+                name = _create_segment(shm_prefix, view) if store is None else store.put(view)
+                segments.append((name, view.nbytes))
     except BaseException:
-        discard((data, tuple(segments)))
+        if store is None:
+            discard((data, tuple(segments)))
+        else:
+            store.release((data, tuple(segments)))
         raise
     finally:
         for buffer in buffers:
@@ -483,9 +549,13 @@ def _store(data: bytes, buffers: list[pickle.PickleBuffer], shm_prefix: str) -> 
     return data, tuple(segments)
 
 
-def dumps(obj: object, shm_prefix: str, main_by_value: bool = False) -> Blob:
+def dumps(
+    obj: object, shm_prefix: str, store: Store | None = None, *, main_by_value: bool = False
+) -> Blob:
     """Pickle ``obj`` into a Blob, its big buffers into segments named ``{shm_prefix}-{n}``.
 
+    With a ``store``, the big buffers go where it puts them (kept segments,
+    shared between blobs); release the blob through the store, not discard().
     When shared memory cannot take the buffers (``/dev/shm`` full, too many
     open files) they travel in band instead. Raises what pickling raised
     (cloudpickle's error when both failed), with no segment left behind.
@@ -508,7 +578,7 @@ def dumps(obj: object, shm_prefix: str, main_by_value: bool = False) -> Blob:
         del data  # not two big pickles at once
     data, buffers = _pickle(obj, main_by_value=main_by_value)
     try:
-        return _store(data, buffers, shm_prefix)
+        return _store(data, buffers, shm_prefix, store)
     except OSError:
         pass  # not inside the except block: no chained OSError in user tracebacks
     return _pickle(obj, out_of_band=False, main_by_value=main_by_value)[0], ()
@@ -519,10 +589,12 @@ def dumps_call(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     shm_prefix: str,
+    store: Store | None = None,
+    *,
     main_by_value: bool = False,
 ) -> Blob:
     """Pickle the call ``fn(*args, **kwargs)``; importable functions go by reference."""
-    return dumps((fn, args, kwargs), shm_prefix, main_by_value)
+    return dumps((fn, args, kwargs), shm_prefix, store, main_by_value=main_by_value)
 
 
 class _Reduced:
