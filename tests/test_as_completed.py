@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import threading
 import time
 import weakref
@@ -99,6 +100,16 @@ def test_timeout_message_counts_unfinished_of_distinct():
 def test_timeout_zero_with_everything_done():
     futures = [make_future("returned"), make_future("raised")]
     assert set(shoal.as_completed(futures, timeout=0)) == set(futures)
+
+
+def test_nan_timeout_yields_the_finished_then_times_out():
+    # As a timeout of 0. (The standard as_completed yields the finished ones,
+    # then spins forever: NaN is never below 0.)
+    done, pending = make_future("returned"), make_future("pending")
+    iterator = shoal.as_completed([done, pending], timeout=math.nan)
+    assert next(iterator) is done
+    with pytest.raises(TimeoutError, match=r"1 \(of 2\) futures unfinished"):
+        next(iterator)
 
 
 def test_timeout_counts_from_the_start():

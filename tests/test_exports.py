@@ -9,6 +9,9 @@ import concurrent.futures.thread
 import importlib
 import inspect
 import pickle
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -82,6 +85,26 @@ def test_dir_of_shoal():
 def test_timeout_error_is_the_builtin():
     assert shoal.TimeoutError is TimeoutError
     assert concurrent.futures.TimeoutError is TimeoutError
+
+
+def test_process_is_an_attribute_after_plain_import_shoal():
+    # DESIGN.md names shoal.process.BrokenProcessPool: reachable without
+    # "import shoal.process", and loaded (with multiprocessing) only then.
+    code = textwrap.dedent(
+        """
+        import sys
+        import shoal
+        assert "shoal.process" not in sys.modules
+        error = shoal.process.BrokenProcessPool
+        assert shoal.process is sys.modules["shoal.process"]
+        print(error.__module__, error.__name__)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "shoal.process BrokenProcessPool\n"
 
 
 def test_unknown_attribute():

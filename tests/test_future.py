@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
+import math
 import re
 import threading
 
@@ -77,6 +79,24 @@ def test_timeout_on_unfinished(state, method):
     with pytest.raises(TimeoutError):
         getattr(future, method)(timeout=-1)
     assert not future.done()
+
+
+@pytest.mark.parametrize("state", ["pending", "running"])
+@pytest.mark.parametrize("method", ["result", "exception"])
+def test_nan_timeout_times_out_at_once_as_in_the_standard_library(state, method):
+    # The standard Future's Condition.wait() takes NaN as "do not block";
+    # a lock's acquire() would raise ValueError.
+    future = make_future(state)
+    with pytest.raises(TimeoutError):
+        getattr(future, method)(timeout=math.nan)
+    standard = concurrent.futures.Future()
+    with pytest.raises(TimeoutError):
+        getattr(standard, method)(timeout=math.nan)
+
+
+def test_nan_timeout_on_finished_returns():
+    assert make_future("returned").result(timeout=math.nan) == 42
+    assert isinstance(make_future("raised").exception(timeout=math.nan), FutureError)
 
 
 @pytest.mark.parametrize("state", CANCELLED_STATES)
@@ -398,6 +418,66 @@ def test_raising_callback_on_done_future_is_logged(caplog):
     assert record.name == "concurrent.futures"
     assert record.getMessage().startswith("exception calling callback for <Future at 0x")
     assert record.exc_info[0] is ValueError
+
+
+def _leaving_callback(error):
+    def callback(future):
+        raise error
+
+    return callback
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt()], ids=type)
+@pytest.mark.parametrize("added", ["before", "after"])
+def test_base_exception_from_a_callback_outside_the_main_thread_is_logged(error, added, caplog):
+    # It would end the thread that completed the future: in a pool, a worker
+    # or the dispatcher. The callback failed, not the thread: log it.
+    future = shoal.Future()
+    calls = []
+    if added == "before":
+        future.add_done_callback(_leaving_callback(error))
+        future.add_done_callback(calls.append)
+        action = functools.partial(future.set_result, 1)
+    else:
+        future.set_result(1)
+
+        def action():
+            future.add_done_callback(_leaving_callback(error))
+            future.add_done_callback(calls.append)
+
+    outcome = []
+
+    def run():
+        try:
+            action()
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append("returned")
+
+    with caplog.at_level(logging.ERROR, logger="concurrent.futures"):
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(10)
+    assert outcome == ["returned"]
+    assert calls == [future]
+    [record] = caplog.records
+    assert record.getMessage() == f"exception calling callback for {future!r}"
+    assert record.exc_info[1] is error
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt()], ids=type)
+def test_base_exception_from_a_callback_in_the_main_thread_propagates(error, caplog):
+    # As in the standard library: there Ctrl-C and sys.exit() mean to stop.
+    assert threading.current_thread() is threading.main_thread()
+    future = shoal.Future()
+    future.add_done_callback(_leaving_callback(error))
+    with caplog.at_level(logging.ERROR, logger="concurrent.futures"):
+        with pytest.raises(type(error)):
+            future.set_result(1)
+        with pytest.raises(type(error)):
+            future.add_done_callback(_leaving_callback(error))
+    assert caplog.records == []
 
 
 def test_callback_may_read_the_future():

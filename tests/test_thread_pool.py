@@ -11,6 +11,7 @@ import textwrap
 import threading
 import weakref
 
+import numpy
 import pytest
 
 import shoal
@@ -59,6 +60,25 @@ def test_idle_thread_is_reused(pools):
     assert len(pool._threads) == 1
 
 
+def test_bursts_reuse_idle_threads_however_large_max_workers(pools):
+    # A thread counts as idle from the moment its call returns, before its
+    # future is completed: once a burst's results are in, every thread that
+    # ran it is available, so the next burst starts none. A thread starts
+    # only when every other one is running a call or already promised to a
+    # queued one, so the pool never holds more threads than the most calls
+    # submitted and not yet returned at once: here, one burst.
+    started = []
+    pool = pools(max_workers=500, initializer=lambda: started.append(None))
+    burst = 3
+    for i in range(1000):
+        futures = [pool.submit(abs, -i) for _ in range(burst)]
+        done, _ = shoal.wait(futures, timeout=10)
+        assert len(done) == burst
+        assert len(pool._threads) <= burst
+    # One initializer run per thread: no more connections than threads.
+    assert len(started) == len(pool._threads) <= burst
+
+
 def test_threads_start_on_demand_up_to_max_workers(pools):
     pool = pools(max_workers=3)
     assert len(pool._threads) == 0
@@ -98,9 +118,83 @@ def test_default_max_workers(pools):
     assert pools()._max_workers == min(32, cpus + 4)
 
 
-def test_max_workers_type_is_checked():
-    with pytest.raises(TypeError):
-        shoal.ThreadPoolExecutor(max_workers=1.5)
+class Two:
+    """Not an int, but a whole number: what ``range()`` and the standard pools take."""
+
+    def __index__(self):
+        return 2
+
+
+@pytest.mark.parametrize(
+    ("max_workers", "threads"),
+    [(numpy.int64(2), 2), (Two(), 2), (2.0, 2), (2.5, 3), (0.5, 1), (True, 1)],
+    ids=["numpy.int64", "__index__", "2.0", "2.5", "0.5", "True"],
+)
+def test_max_workers_takes_what_the_standard_pool_takes(pools, max_workers, threads):
+    # The standard pool compares its thread count with max_workers: 2.5
+    # lets a third thread start.
+    pool = pools(max_workers=max_workers)
+    assert pool._max_workers == threads
+    assert type(pool._max_workers) is int
+    gate = threading.Event()
+    futures = [pool.submit(gate.wait, 10) for _ in range(threads + 1)]
+    assert len(pool._threads) == threads
+    gate.set()
+    assert all(f.result(timeout=10) for f in futures)
+
+
+@pytest.mark.parametrize(
+    ("max_workers", "error", "message"),
+    [
+        ("2", TypeError, "max_workers must be a number or None, not '2'"),
+        ([2], TypeError, "max_workers must be a number or None"),
+        (0, ValueError, "max_workers must be greater than 0"),
+        (-1, ValueError, "max_workers must be greater than 0"),
+        (numpy.int64(0), ValueError, "max_workers must be greater than 0"),
+        (0.0, ValueError, "max_workers must be greater than 0"),
+        (-0.5, ValueError, "max_workers must be greater than 0"),
+        (float("nan"), ValueError, "max_workers must be a finite number, not nan"),
+        (float("inf"), ValueError, "max_workers must be a finite number, not inf"),
+    ],
+)
+def test_max_workers_is_checked(max_workers, error, message):
+    # The standard pool raises the same types (TypeError from its comparison
+    # with a string); it accepts NaN, then never starts a thread.
+    with pytest.raises(error, match=re.escape(message)):
+        shoal.ThreadPoolExecutor(max_workers=max_workers)
+
+
+@pytest.mark.parametrize(
+    "chunksize",
+    [40, numpy.int64(40), 0, -1, "40", 2.5],
+    ids=["40", "numpy.int64", "0", "-1", "str", "float"],
+)
+def test_chunksize_is_ignored_as_by_the_standard_pool(pools, chunksize):
+    # Two calls that each wait for the other to start. In one batch they
+    # would run one after another in one thread, and the first would wait
+    # in vain.
+    pool = pools(max_workers=2)
+    barrier = threading.Barrier(2)
+    results = pool.map(lambda _: barrier.wait(10), range(2), chunksize=chunksize)
+    assert sorted(results) == [0, 1]
+
+
+def test_chunksize_auto_batches(pools):
+    pool = pools(max_workers=2)
+    tasks = []
+    submit = pool.submit
+
+    def counting_submit(fn, /, *args, **kwargs):
+        tasks.append(args)
+        return submit(fn, *args, **kwargs)
+
+    pool.submit = counting_submit
+    assert list(pool.map(abs, range(-80, 0), chunksize="auto")) == list(range(80, 0, -1))
+    # About four chunks per thread: 8 tasks of 10 calls each.
+    assert len(tasks) == 8
+    tasks.clear()
+    assert list(pool.map(abs, range(-80, 0), chunksize=10)) == list(range(80, 0, -1))
+    assert len(tasks) == 80
 
 
 def test_calls_run_in_worker_threads(pools):
@@ -108,6 +202,29 @@ def test_calls_run_in_worker_threads(pools):
     assert pool.submit(threading.current_thread).result(timeout=10) is not (
         threading.current_thread()
     )
+
+
+def test_a_callback_raising_system_exit_is_logged_and_the_pool_goes_on(pools, caplog):
+    # Run by the worker that completes the future, it would end that thread:
+    # with one thread, the later calls would never run.
+    pool = pools(max_workers=1)
+    gate = threading.Event()
+    future = pool.submit(gate.wait, 10)
+    calls = []
+
+    def leave(_):
+        raise SystemExit(3)
+
+    future.add_done_callback(leave)
+    future.add_done_callback(calls.append)
+    with caplog.at_level(logging.ERROR, logger="concurrent.futures"):
+        gate.set()
+        assert future.result(timeout=10) is True
+        assert [pool.submit(abs, -i).result(timeout=10) for i in range(3)] == [0, 1, 2]
+    assert calls == [future]
+    [record] = caplog.records
+    assert record.getMessage() == f"exception calling callback for {future!r}"
+    assert record.exc_info[0] is SystemExit
 
 
 # -- initializer -------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import math
 import threading
 
 import pytest
@@ -190,6 +191,13 @@ def test_zero_and_negative_timeouts_do_not_block():
     pending = make_future("pending")
     assert shoal.wait([pending], timeout=0) == (set(), {pending})
     assert shoal.wait([pending], timeout=-5) == (set(), {pending})
+
+
+def test_nan_timeout_does_not_block_as_in_the_standard_library():
+    pending, done = make_future("pending"), make_future("returned")
+    assert shoal.wait([pending], timeout=math.nan) == (set(), {pending})
+    assert shoal.wait([pending, done], timeout=math.nan) == ({done}, {pending})
+    assert concurrent.futures.wait([pending], timeout=math.nan) == (set(), {pending})
 
 
 def test_cancelled_but_not_notified_is_not_done():

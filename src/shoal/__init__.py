@@ -2,7 +2,8 @@
 
 ``import shoal as futures`` keeps code written for the standard module
 working. Implementation lives in private modules; this module re-exports the
-public names and nothing else. The process pool is imported on first use.
+public names and nothing else. The process pool (``ProcessPoolExecutor``,
+``WorkerLostError``, the ``shoal.process`` module) is imported on first use.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ._wait import wait as wait
 from .thread import ThreadPoolExecutor as ThreadPoolExecutor
 
 if _typing.TYPE_CHECKING:
+    from . import process as process
     from ._process_errors import WorkerLostError as WorkerLostError
     from .process import ProcessPoolExecutor as ProcessPoolExecutor
 
@@ -61,6 +63,14 @@ def __getattr__(name: str) -> object:
         from ._process_errors import WorkerLostError
 
         return WorkerLostError
+    if name == "process":
+        # shoal.process.BrokenProcessPool after a plain "import shoal", as
+        # shoal.thread.BrokenThreadPool. Importing the submodule also makes
+        # it an attribute, so this runs once. Not "from . import process":
+        # that asks this very function for the attribute first.
+        import importlib
+
+        return importlib.import_module(f"{__name__}.process")
     raise AttributeError(f"module 'shoal' has no attribute {name!r}")
 
 

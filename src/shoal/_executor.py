@@ -13,7 +13,10 @@ and ``shutdown``; ``map`` is written once here, on top of ``submit``:
 * ``chunksize=k`` sends ``k`` calls as one task. A failing call raises at its
   own position: the results before it in the chunk are yielded first. With
   ``buffersize`` the bound counts chunks, so at most ``buffersize *
-  chunksize`` calls are in flight.
+  chunksize`` calls are in flight. Any whole number type goes
+  (``numpy.int64`` too). The thread pool ignores an integer ``chunksize``, as
+  the standard one does, and batches only with ``"auto"``
+  (``ThreadPoolExecutor.map`` says why).
 
 * ``chunksize="auto"`` picks the chunk size the way ``multiprocessing.Pool.map``
   does for sized input (about four chunks per worker); for input without a
@@ -37,6 +40,7 @@ import collections
 import functools
 import itertools
 import math
+import operator
 import os
 import queue
 import weakref
@@ -48,7 +52,7 @@ from typing import Any, Literal, ParamSpec, Self, TypeVar
 from . import _clock
 from ._future import Future
 
-__all__ = ("Executor",)
+__all__ = ("Executor", "as_index")
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -119,16 +123,34 @@ def _auto_chunksize(iterables: tuple[Iterable[Any], ...], workers: int) -> int:
     return max(1, math.ceil(length / (4 * workers)))
 
 
-def _check_map_arguments(chunksize: int, buffersize: int | None) -> None:
-    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
-        raise TypeError(f"chunksize must be a whole number, not {chunksize!r}")
-    if chunksize < 1:
+def as_index(value: object) -> int | None:
+    """``value`` as an ``int`` if it is a whole number type, else None.
+
+    Whatever has ``__index__`` counts, as it does for ``range()`` and for the
+    standard pools: ``numpy.int64`` (a count computed with numpy), ``True``.
+    A float does not, not even ``2.0``.
+    """
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _check_map_arguments(chunksize: object, buffersize: int | None) -> int:
+    """Check map's arguments; return ``chunksize`` as an ``int``."""
+    size = as_index(chunksize)
+    if size is None:
+        # A TypeError, as from the standard process pool on 3.13 (3.11 and
+        # 3.12 let islice() raise a ValueError for a float).
+        raise TypeError(f'chunksize must be a whole number or "auto", not {chunksize!r}')
+    if size < 1:
         raise ValueError("chunksize must be >= 1.")
     if buffersize is not None:
         if isinstance(buffersize, bool) or not isinstance(buffersize, int):
             raise TypeError(f"buffersize must be an integer or None, not {buffersize!r}")
         if buffersize < 1:
             raise ValueError("buffersize must be None or > 0")
+    return size
 
 
 class Executor(_base.Executor):
@@ -193,7 +215,7 @@ class Executor(_base.Executor):
                 ``TimeoutError`` if the result is not there. The calls left
                 are then cancelled.
             chunksize: calls sent to a worker as one task, or "auto" (see
-                the module docstring).
+                the module docstring; the thread pool ignores a number).
             buffersize: bound on submitted calls (chunks) whose results have
                 not been yielded; the input is then read lazily.
             ordered: False yields results as the calls finish.
@@ -201,14 +223,14 @@ class Executor(_base.Executor):
         Raises:
             Exception: the first failing call's exception, at its position.
         """
-        if chunksize == "auto":
+        if isinstance(chunksize, str) and chunksize == "auto":
             if buffersize is None:
                 # Like Pool.map: the input is read whole anyway when no
                 # buffersize asks for lazy reading, so it can be measured.
                 iterables = tuple(it if hasattr(it, "__len__") else list(it) for it in iterables)
             workers = getattr(self, "_max_workers", None) or os.cpu_count() or 1
             chunksize = _auto_chunksize(iterables, workers)
-        _check_map_arguments(chunksize, buffersize)
+        chunksize = _check_map_arguments(chunksize, buffersize)
         deadline = _clock.deadline_from(timeout)
         # Not strict: like the builtin map, stop at the shortest iterable.
         arguments: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)

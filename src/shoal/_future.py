@@ -41,7 +41,10 @@ Concurrency:
   in ``id`` order.
   Callbacks: user callbacks run after ``_condition`` is released, in the
   thread that completed the future (or the one that added the callback to a
-  finished future).
+  finished future). What a callback raises is logged and the next callback
+  runs; outside the main thread that includes ``SystemExit`` and
+  ``KeyboardInterrupt``, which would otherwise end a pool's thread (see
+  ``_call_back``).
 """
 
 from __future__ import annotations
@@ -192,7 +195,10 @@ class Future(_base.Future[T]):
 
     def _wait(self, timeout: float | None) -> None:
         """Block until the future is done; raise unless it finished."""
-        if timeout is not None and timeout < 0:
+        if timeout is not None and not timeout >= 0:
+            # Negative or NaN: do not block. The standard Future's
+            # Condition.wait() treats NaN so (it only blocks when timeout >
+            # 0); a lock's acquire() would raise ValueError for it.
             timeout = 0
         state = self._state
         if state not in _DONE_STATES:
@@ -227,7 +233,9 @@ class Future(_base.Future[T]):
         Callbacks run in the order added, in the thread that completes the
         future, with no shoal lock held; if the future is already done, ``fn``
         runs at once in this thread. An exception from ``fn`` is logged to the
-        ``concurrent.futures`` logger and does not stop the other callbacks.
+        ``concurrent.futures`` logger and does not stop the other callbacks;
+        so is a ``SystemExit`` or ``KeyboardInterrupt``, except in the main
+        thread, where it propagates as in the standard library.
         """
         if self._state not in _DONE_STATES:
             with self._condition:
@@ -238,10 +246,7 @@ class Future(_base.Future[T]):
                     else:
                         callbacks.append(fn)
                     return
-        try:
-            fn(self)
-        except Exception:
-            LOGGER.exception("exception calling callback for %r", self)
+        self._call_back(fn)
 
     def _wake(self, blocked: list[threading.Lock] | None) -> None:
         """After a move to a done state, with the lock released: wake, then call back."""
@@ -257,10 +262,24 @@ class Future(_base.Future[T]):
             return
         self._callbacks = None
         for callback in callbacks:
-            try:
-                callback(self)
-            except Exception:
-                LOGGER.exception("exception calling callback for %r", self)
+            self._call_back(callback)
+
+    def _call_back(self, fn: Callable[[Future[T]], object]) -> None:
+        """Run one done-callback; log what it raises, as the standard library does."""
+        try:
+            fn(self)
+        except Exception:
+            LOGGER.exception("exception calling callback for %r", self)
+        except BaseException:
+            # SystemExit, or a KeyboardInterrupt the callback raised itself
+            # (signals reach the main thread only). Outside the main thread it
+            # would end the thread that completed the future, a pool's worker
+            # or dispatcher, and leave the pool short of a thread or broken:
+            # the user's callback failed, so log it as any other failure. In
+            # the main thread Ctrl-C and sys.exit() keep their meaning.
+            if threading.current_thread() is threading.main_thread():
+                raise
+            LOGGER.exception("exception calling callback for %r", self)
 
     # -- transitions -------------------------------------------------------
 

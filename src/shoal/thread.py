@@ -12,9 +12,24 @@ Concurrency:
   in the main thread at interpreter exit.
   Pool fields: ``_shutdown``, ``_broken``, ``_threads`` and thread start-up
   are guarded by ``_shutdown_lock``. ``_work_queue`` (a ``SimpleQueue``) and
-  ``_idle`` (a ``deque`` of tokens, one per thread about to wait for work) are
-  thread-safe on their own. ``_slots`` (a semaphore, only with
-  ``max_pending``) counts free places in the queue.
+  ``_idle`` (a ``deque`` used as a counter) are thread-safe on their own.
+  ``_slots`` (a semaphore, only with ``max_pending``) counts free places in
+  the queue.
+  Idle threads: ``_idle`` holds one token per thread that is waiting, or
+  about to wait, for work and that no queued call has claimed yet. A worker
+  adds a token after each call it took off the queue, as soon as the call has
+  returned and *before* it completes the future, so that a caller who sees
+  the result and submits again finds the thread counted; ``submit`` takes a
+  token, or starts a thread if there is none. Invariant (between steps):
+  tokens = threads not running a call - calls queued. So a thread starts only
+  when every thread is running a call or promised to a queued one, and the
+  pool never holds more threads than the most calls ever outstanding at once
+  (bursts of 3 keep 3 threads, whatever ``max_workers``). The tokens are not
+  tied to threads: any waiting thread takes the next call. The standard pool
+  counts a thread idle only after the future's callbacks ran, which lets a
+  quick resubmit start a thread too many. The price here: done-callbacks run
+  in the worker after it counted itself idle, so a callback that blocks delays
+  the queued call that claimed this thread (when no other thread is free).
   Module fields: ``_exiting`` and ``_live_pools`` are guarded by
   ``_global_lock``.
   Lock order: ``_global_lock``, then a pool's ``_shutdown_lock``, then a
@@ -30,16 +45,17 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
 import os
 import queue
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import thread as _std_thread
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from ._errors import BrokenThreadPool
-from ._executor import Executor
+from ._executor import Executor, as_index
 from ._future import LOGGER, Future
 
 __all__ = ("BrokenThreadPool", "ThreadPoolExecutor")
@@ -120,10 +136,10 @@ def _worker(  # noqa: PLR0917 - a thread target, called with args=
                 executor._on_initializer_error(initializer, exc)
             return
     get = work_queue.get
-    empty = work_queue.empty
+    # This thread was started for a call that is queued already (submit found
+    # no token): it counts as idle only once it has run a call.
+    now_idle = idle.append
     while True:
-        if empty():
-            idle.append(None)
         item = get()
         if item is not None:
             future, fn, args, kwargs = item
@@ -134,11 +150,18 @@ def _worker(  # noqa: PLR0917 - a thread target, called with args=
                 try:
                     result = fn(*args, **kwargs)
                 except BaseException as exc:
+                    # Idle before the future is done (see _idle in the module
+                    # docstring): whoever sees the outcome and submits again
+                    # must find this thread counted.
+                    now_idle(None)
                     future.set_exception(exc)
                     del exc
                 else:
+                    now_idle(None)
                     future.set_result(result)
                     del result
+            else:
+                now_idle(None)
             # Drop every reference to the call before waiting for the next one.
             del future, fn, args, kwargs
             continue
@@ -150,6 +173,29 @@ def _worker(  # noqa: PLR0917 - a thread target, called with args=
         del executor
 
 
+def _thread_count(max_workers: object) -> int:
+    """``max_workers`` as an int, from what the standard thread pool accepts.
+
+    That pool only compares its thread count with ``max_workers``, so any
+    number goes: ``numpy.int64(8)``, ``2.0``, and ``2.5``, which lets a third
+    thread start, as ``math.ceil`` says. NaN (the standard pool would never
+    start a thread) and infinity are refused.
+    """
+    count = as_index(max_workers)
+    if count is None:
+        # Here, not at the top: 0.6 ms that "import shoal" need not pay.
+        import numbers
+
+        if not isinstance(max_workers, numbers.Real):
+            raise TypeError(f"max_workers must be a number or None, not {max_workers!r}")
+        if not math.isfinite(max_workers):
+            raise ValueError(f"max_workers must be a finite number, not {max_workers!r}")
+        count = math.ceil(float(max_workers))
+    if count <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    return count
+
+
 class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
     """Run calls in a pool of threads.
 
@@ -158,7 +204,8 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
     accept it; none of the standard pool's code runs.
 
     Args:
-        max_workers: the most threads; default ``min(32, cpus + 4)``.
+        max_workers: the most threads; default ``min(32, cpus + 4)``. Any
+            positive number, as for the standard pool (``2.5`` allows 3).
         thread_name_prefix: threads are named ``f"{prefix}_{n}"``.
         initializer: called with ``initargs`` in each new thread. If it
             raises, the pool is broken: queued and later calls fail with
@@ -181,10 +228,8 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         if max_workers is None:
             cpus = getattr(os, "process_cpu_count", os.cpu_count)()
             max_workers = min(32, (cpus or 1) + 4)
-        elif isinstance(max_workers, bool) or not isinstance(max_workers, int):
-            raise TypeError(f"max_workers must be an int or None, not {max_workers!r}")
-        if max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
+        else:
+            max_workers = _thread_count(max_workers)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if max_pending is not None and (
@@ -241,6 +286,37 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                 if len(self._threads) < self._max_workers:
                     self._start_thread()
         return future
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | Literal["auto"] = 1,
+        buffersize: int | None = None,
+        ordered: bool = True,
+    ) -> Iterator[T]:
+        """Return an iterator of ``fn`` over the argument tuples of ``iterables``.
+
+        As :meth:`Executor.map`, except for ``chunksize``: the standard thread
+        pool ignores it, and so does this one, whatever its value, unless it
+        is ``"auto"``. Code written for both pools passes the process pool's
+        chunk size, and batching would run that many calls one after another
+        in one thread (40 I/O calls of 50 ms in 2 s rather than in parallel).
+        ``chunksize="auto"`` asks for batching on purpose: about four chunks
+        per thread, much faster for tiny calls, but the calls of a chunk run
+        one after another.
+        """
+        if not (isinstance(chunksize, str) and chunksize == "auto"):
+            chunksize = 1
+        return super().map(
+            fn,
+            *iterables,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            ordered=ordered,
+        )
 
     def _take_slot(self, slots: threading.Semaphore) -> None:
         # Wake now and then to notice a shutdown while we wait for room.

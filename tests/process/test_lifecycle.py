@@ -149,3 +149,26 @@ def test_idle_workers_retire_and_come_back() -> None:
         assert pool.statistics().workers == 0
         second = pool.submit(crashers.pid).result(TIMEOUT)
         assert second != first
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_shut_down_pool_keeps_no_descriptor(start_method: str) -> None:
+    # The standard pool keeps none once shut down, even while the pool object
+    # is still referenced (a list of pools, an attribute of a long-lived object).
+    warm = shoal.ProcessPoolExecutor(max_workers=1, mp_context=start_method)
+    warm.submit(crashers.square, 1).result(TIMEOUT)  # the forkserver, the resource tracker
+    warm.shutdown()
+    before = _open_fds()
+    pools = []
+    for i in range(30):
+        pool = shoal.ProcessPoolExecutor(max_workers=1, mp_context=start_method)
+        assert pool.submit(crashers.square, i).result(TIMEOUT) == i * i
+        pool.shutdown()
+        pools.append(pool)
+    # A few descriptors of the interpreter's own (a log, a cache) may come and
+    # go; a pool's would be 30 or more.
+    assert _open_fds() - before <= 5
+    assert len(pools) == 30

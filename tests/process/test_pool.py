@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import functools
+import logging
 import multiprocessing
 import os
 import random
+import re
 import signal
 import sys
 import time
 import traceback
+from typing import Any
 
 import crashers
+import numpy
 import pytest
 
 import shoal
@@ -89,6 +93,32 @@ def test_system_exit_in_task_reaches_caller(pool: shoal.ProcessPoolExecutor) -> 
     assert pool.submit(crashers.square, 3).result(TIMEOUT) == 9
 
 
+def test_a_callback_raising_system_exit_is_logged_and_the_pool_goes_on(
+    pool: shoal.ProcessPoolExecutor, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The dispatcher thread completes the future and runs its callbacks: the
+    # callback failed, not shoal, and the pool carries on.
+    gate = tmp_path / "gate"
+    future = pool.submit(crashers.wait_for_file, str(gate), TIMEOUT)
+    calls: list[object] = []
+
+    def leave(_: object) -> None:
+        raise SystemExit(3)
+
+    future.add_done_callback(leave)
+    future.add_done_callback(calls.append)
+    with caplog.at_level(logging.ERROR, logger="concurrent.futures"):
+        gate.touch()
+        assert future.result(TIMEOUT) == str(gate)
+        # Answered through the dispatcher, after it ran the callbacks.
+        assert [pool.submit(crashers.square, i).result(TIMEOUT) for i in range(3)] == [0, 1, 4]
+    assert calls == [future]
+    records = [r for r in caplog.records if r.name == "concurrent.futures"]
+    assert [r.getMessage() for r in records] == [f"exception calling callback for {future!r}"]
+    assert records[0].exc_info is not None
+    assert records[0].exc_info[0] is SystemExit
+
+
 def test_chunksize_must_be_positive(pool: shoal.ProcessPoolExecutor) -> None:
     with pytest.raises(ValueError, match="chunksize"):
         pool.map(crashers.square, range(3), chunksize=0)
@@ -97,6 +127,43 @@ def test_chunksize_must_be_positive(pool: shoal.ProcessPoolExecutor) -> None:
 def test_max_workers_validation() -> None:
     with pytest.raises(ValueError, match="max_workers must be greater than 0"):
         shoal.ProcessPoolExecutor(max_workers=0)
+
+
+class Two:
+    """Not an int, but a whole number: what ``range()`` and the standard pool take."""
+
+    def __index__(self) -> int:
+        return 2
+
+
+@pytest.mark.parametrize("max_workers", [numpy.int64(2), Two()], ids=type)
+def test_max_workers_of_any_whole_number_type(max_workers: object) -> None:
+    # A worker count computed with numpy, as the standard pool accepts it.
+    with shoal.ProcessPoolExecutor(max_workers=max_workers) as pool:  # type: ignore[arg-type]
+        assert pool._max_workers == 2
+        assert type(pool._max_workers) is int
+        assert list(pool.map(crashers.square, range(6), chunksize=numpy.int64(2))) == [
+            x * x for x in range(6)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("max_workers", "error", "message"),
+    [
+        (2.0, TypeError, "max_workers must be a whole number or None, not 2.0"),
+        (2.5, TypeError, "max_workers must be a whole number or None, not 2.5"),
+        ("2", TypeError, "max_workers must be a whole number or None, not '2'"),
+        (-1, ValueError, "max_workers must be greater than 0"),
+        (numpy.int64(0), ValueError, "max_workers must be greater than 0"),
+    ],
+)
+def test_max_workers_is_checked_as_by_the_standard_pool(
+    max_workers: object, error: type[Exception], message: str
+) -> None:
+    # The standard process pool raises these types too; unlike its thread
+    # pool, it takes no float.
+    with pytest.raises(error, match=re.escape(message)):
+        shoal.ProcessPoolExecutor(max_workers=max_workers)  # type: ignore[arg-type]
 
 
 def test_worker_death_fails_only_its_task(pool: shoal.ProcessPoolExecutor) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import errno
 import itertools
+import mmap
 import multiprocessing
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import textwrap
@@ -514,3 +516,89 @@ def test_send_and_recv_over_a_pipe(prefix):
         left.close()
         with pytest.raises(EOFError):
             _wire.recv(right)
+
+
+class RecordingWrites:
+    """Stands in for ``os`` in _wire: records each write's size and first bytes.
+
+    It reads no more than the first bytes of what it is given, so a "2 GiB"
+    answer can be an untouched anonymous mapping that costs no memory; and,
+    like Linux, it takes at most 0x7FFFF000 bytes per write.
+    """
+
+    def __init__(self):
+        self.writes = []
+
+    def write(self, fd, data):
+        with memoryview(data) as view:
+            self.writes.append((view.nbytes, bytes(view[:64])))
+            return min(view.nbytes, 0x7FFFF000)
+
+
+class FakeConnection:
+    def fileno(self):
+        return 1_000_000  # never used: the writes are recorded
+
+
+LONG_HEAD = struct.Struct("!iQBq?d")
+
+
+def test_an_answer_past_2_gib_goes_with_the_long_length_header(monkeypatch):
+    # The payload (mark, task id, ok, duration, pickle) is one byte over what a
+    # 4-byte signed length can announce: a struct.error in the worker, once.
+    body = 1 + 8 + 1 + 8
+    data = mmap.mmap(-1, 2**31 - body)
+    fake = RecordingWrites()
+    monkeypatch.setattr(_wire, "os", fake)
+    with memoryview(data) as pickle_bytes:
+        _wire.send_result(FakeConnection(), 7, True, (pickle_bytes, ()), 0.5)
+    (head_size, head), *rest = fake.writes
+    assert head_size == LONG_HEAD.size
+    assert LONG_HEAD.unpack(head) == (-1, 2**31, _wire.RESULT_MARK, 7, True, 0.5)
+    # The pickle follows in writes of its own, not glued to the header (a
+    # copy of 2 GiB), resumed where the kernel stopped.
+    assert [size for size, _ in rest] == [len(data), len(data) - 0x7FFFF000]
+    data.close()
+
+
+def test_a_small_answer_keeps_the_short_length_header(monkeypatch):
+    fake = RecordingWrites()
+    monkeypatch.setattr(_wire, "os", fake)
+    data = pickle.dumps("small")
+    _wire.send_result(FakeConnection(), 7, False, (data, ()), 0.5)
+    [(size, frame)] = fake.writes
+    assert size == 4 + 1 + 8 + 1 + 8 + len(data)
+    assert struct.unpack_from("!iBq?d", frame) == (size - 4, _wire.RESULT_MARK, 7, False, 0.5)
+    assert frame[22:] == data
+
+
+def test_a_connection_reads_a_message_framed_with_the_long_header():
+    # What the dispatcher sends past 2 GiB (see _dispatcher._frame), shown
+    # with a small message: the worker's Connection.recv_bytes takes the long
+    # header at any length.
+    left, right = multiprocessing.Pipe(duplex=True)
+    with left, right:
+        payload = pickle.dumps((_wire.RUN, [(1, (b"call", ()))], []), protocol=5)
+        os.write(left.fileno(), struct.pack("!iQ", -1, len(payload)) + payload)
+        assert right.poll(5)
+        assert _wire.recv(right) == (_wire.RUN, [(1, (b"call", ()))], [])
+
+
+class CountsPickling:
+    times = 0
+
+    def __reduce__(self):
+        CountsPickling.times += 1
+        return CountsPickling, ()
+
+
+def test_a_big_pickle_with_nothing_out_of_band_is_made_once(prefix):
+    # A long str has no buffer for shared memory: pickling it again on the
+    # full path would only cost time and, for a moment, twice the memory.
+    CountsPickling.times = 0
+    text = "x" * (_wire.SHM_THRESHOLD + 1)
+    blob = _wire.dumps((text, CountsPickling()), prefix)
+    assert blob[1] == ()
+    assert CountsPickling.times == 1
+    loaded, _counter = _wire.loads(blob)
+    assert loaded == text

@@ -57,6 +57,15 @@ def array_sum_and_double(array):
     return float(array.sum()), array * 2
 
 
+def sigint_ignored_by_a_program_started_here():
+    """Whether a program this call starts (``cat``) begins with SIGINT ignored."""
+    status = subprocess.run(
+        ["cat", "/proc/self/status"], capture_output=True, text=True, check=True
+    ).stdout
+    ignored = next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(ignored, 16) & (1 << (signal.SIGINT - 1)))
+
+
 def pid():
     return os.getpid()
 
@@ -364,6 +373,16 @@ def test_sigint_is_ignored(parents):
     os.kill(parent.process.pid, signal.SIGINT)
     parent.run(parent.call(add, 2, b=2))
     assert value_of(parent.results(1)[0]) == 4
+    assert parent.exit() == _worker.EXIT_OK
+
+
+def test_a_program_a_call_starts_gets_sigint_with_its_default_meaning(parents):
+    # The worker does nothing on SIGINT, but not by ignoring it: an ignored
+    # signal stays ignored across exec, so Ctrl-C would not end the program.
+    parent = parents()
+    parent.ready()
+    parent.run(parent.call(sigint_ignored_by_a_program_started_here))
+    assert value_of(parent.results(1)[0]) is False
     assert parent.exit() == _worker.EXIT_OK
 
 

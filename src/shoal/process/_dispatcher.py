@@ -21,9 +21,11 @@
 Each worker has its own socket pair, so the dispatcher always knows which
 task is on which worker: a crash touches exactly that worker's tasks.
 The dispatcher never blocks on a worker: it writes through non-blocking
-sockets with an outbox per worker and reads whatever has arrived, so a
-worker that is slow to read its input cannot stall the others (a blocking
-send could deadlock against a worker that is itself blocked sending results).
+sockets with an outbox per worker (where a call whose pickle is big waits
+as parts sharing that pickle, not as a copy) and reads whatever has
+arrived, so a worker that is slow to read its input cannot stall the
+others (a blocking send could deadlock against a worker that is itself
+blocked sending results).
 
 How many tasks a worker holds ("in flight") follows the measured task
 duration: enough to cover ``BATCH_SECONDS`` of work, at least one, at most
@@ -31,6 +33,11 @@ duration: enough to cover ``BATCH_SECONDS`` of work, at least one, at most
 long ones go one at a time and are not hoarded by one worker while another
 idles. A worker is topped up when it falls below half of its share, so its
 next batch is already in its socket when it finishes the current one.
+Calls whose buffers travel through shared memory are bounded apart: a
+worker holds at most ``MAX_HEAVY_IN_FLIGHT`` entries with segments, and a
+buffer that calls in flight already carry is not copied again but shared
+(``_segments``): the pool unlinks such a segment once every call carrying
+it is answered, after the next dispatch.
 
 An eager, ordered ``map()`` comes as one :class:`~._runs.MapRun` in the
 queue rather than a Task per call; ``_take`` cuts slices off it to fill a
@@ -54,20 +61,23 @@ any other call.
 Concurrency:
   Threads: user threads touch only ``Shared`` (under ``Shared.lock``) and
   the wake pipe, and, while the dispatcher is parked, the workers listed in
-  ``Shared.idle`` (their ``in_flight``, ``sent``, ``outbox`` and socket),
-  under ``Shared.lock``. The dispatcher thread owns everything else here:
+  ``Shared.idle`` (their ``in_flight``, ``sent``, ``outbox``, ``parts`` and
+  socket), under ``Shared.lock``. The dispatcher thread owns everything else here:
   the backlog, the workers, their sockets, the in-flight tables, the
   selector, the counters; it owns the workers again once it has unparked
   (under ``Shared.lock``), before it reads or writes any of them. It takes
   the shared queue by swapping in an empty deque, so it holds
   ``Shared.lock`` for a moment only, however long the queue.
+  ``Dispatcher.segments`` is shared with submitters (the hand-over pickles
+  calls into it) and has a lock of its own, taken with no other lock held.
   No lock guards the dispatcher's own state: no other thread reads it,
   except ``statistics()``, which reads plain ints and lengths (a snapshot,
   possibly a moment old).
   A MapRun is shared with the thread reading its results; ``_runs`` says
   who writes what of it.
   Lock order: ``Shared.lock``, then a future's ``_condition``; a
-  ``MapRun.lock`` is taken with no other lock held. The
+  ``MapRun.lock`` is taken with no other lock held; ``Shared.pipe_lock``
+  (the wake pipe's descriptors) is innermost. The
   dispatcher completes futures (which runs done-callbacks, user code) with
   no lock held, and a submitter pickles a call (which may run user code in
   ``__reduce__``) before it takes ``Shared.lock``.
@@ -95,7 +105,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .. import _clock
 from .._future import CANCELLED, LOGGER, PENDING, RUNNING, Future
 from .._process_errors import BrokenProcessPool, WorkerLostError
-from . import _board, _wire, _worker
+from . import _board, _segments, _wire, _worker
 from ._runs import Failed, MapRun, Slice
 
 if TYPE_CHECKING:
@@ -113,6 +123,13 @@ LOGGER_PROCESS = logging.getLogger("shoal.process")
 BATCH_SECONDS = 0.002
 # The cap on tasks held by one worker; also bounds the size of one message.
 MAX_IN_FLIGHT = 512
+# The cap on entries (calls, or slices of a map) carrying shared memory that
+# one worker holds: the one it runs and one sent ahead, so that it starts
+# the next as soon as it answers. More would let calls of big buffers hold
+# their size in /dev/shm many times over (512 calls sent ahead of a 5 MB
+# array were 2.5 GB) without running any sooner: copying a buffer to shared
+# memory takes longer than most calls that read it.
+MAX_HEAVY_IN_FLIGHT = 2
 # Until a duration has been measured, send this many tasks to a worker.
 INITIAL_IN_FLIGHT = 1
 # Consecutive deaths of starting workers (before they said READY) that break
@@ -121,10 +138,17 @@ MAX_STARTUP_DEATHS = 3
 # How long shutdown waits for a worker to leave after EXIT before killing it.
 EXIT_GRACE_SECONDS = 5.0
 READ_CHUNK = 1 << 20
+# A RUN message whose calls' pickles add up to this many bytes is framed as
+# parts that share those pickles (see _frame): no copy of them, for a few
+# more system calls. Below it the copy is cheap next to the pickling that
+# made those bytes.
+ZERO_COPY_BYTES = 1 << 25
 
 _HEADER = 4
 _NO_FUNCTION = object()  # no task's function
 _LENGTH = struct.Struct("!i")
+# The most buffers one writev() takes (IOV_MAX on Linux and macOS).
+_IOV_MAX = 1024
 
 
 class Task:
@@ -198,16 +222,26 @@ class Shared:
     left_at_exit: list[tuple[str, Future[Any]] | MapRun] | None = None  # the dispatcher's
     # The wake pipe: a byte written tells the dispatcher to look at the queue
     # and the flags. ``woken`` avoids a write per submit while it is pending.
+    # The descriptors are -1 before the dispatcher starts and once it has
+    # left; guarded by: pipe_lock (the dispatcher reads wake_r without it,
+    # since only it closes the pipe).
     wake_r: int = -1
     wake_w: int = -1
     woken: bool = False
+    # Taken by wake() only when it writes, and by close_wake_pipe(): a write
+    # never goes to a descriptor closed and reused by another file. The
+    # innermost lock: nothing is taken while holding it.
+    pipe_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Closes the pipe once: by the dispatcher on its way out, or when this
+    # record is collected if the dispatcher never got that far.
+    _close_pipe: weakref.finalize[..., Any] | None = None
     # The hand-over (see the module docstring): while ``parked``, the
     # dispatcher waits in select() with nothing else to do, and a submitter
     # holding ``lock`` may send a call straight to a worker of ``idle``.
     parked: bool = False
     idle: list[_Worker] = field(default_factory=list)
-    # A submitter left part of a message in a worker's outbox: the dispatcher
-    # must watch that socket for writing.
+    # A submitter left part of a message in a worker's outbox (or parts): the
+    # dispatcher must watch that socket for writing.
     flush: bool = False
     # Counters, written by the dispatcher only.
     completed: int = 0
@@ -215,29 +249,41 @@ class Shared:
     respawned: int = 0
 
     def open_wake_pipe(self) -> None:
-        """Create the wake pipe; it closes when this record is collected.
-
-        Not before: ``wake()`` may write to it, without a lock, from any
-        thread at any time, so it must not close (and its number be reused
-        by another file) while anyone could still hold this record.
-        """
+        """Create the wake pipe. Before the dispatcher starts."""
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
-        weakref.finalize(self, _close_fds, self.wake_r, self.wake_w)
+        self._close_pipe = weakref.finalize(self, _close_fds, self.wake_r, self.wake_w)
+
+    def close_wake_pipe(self) -> None:
+        """Close the wake pipe. By the dispatcher, once it has left its loop for good.
+
+        A pool that is shut down but still referenced then holds no
+        descriptor. Under ``pipe_lock``: a ``wake()`` that read the old
+        number would otherwise write a byte into whatever file reuses it.
+        """
+        with self.pipe_lock:
+            self.wake_r = self.wake_w = -1
+            if self._close_pipe is not None:
+                self._close_pipe()
 
     def wake(self) -> None:
-        """Make the dispatcher look at the queue and the flags. Any thread, no lock.
+        """Make the dispatcher look at the queue and the flags. Any thread.
 
         Callers change the queue or a flag first, then wake: the dispatcher
-        clears ``woken`` before it looks, so no change goes unseen.
+        clears ``woken`` before it looks, so no change goes unseen. A caller
+        may hold ``lock``. Only a wake-up that writes takes ``pipe_lock``
+        (uncontended, a fraction of the ``write()`` it guards); while one is
+        pending, a wake-up costs one attribute read.
         """
-        if not self.woken and self.wake_w >= 0:
-            self.woken = True
-            try:
-                os.write(self.wake_w, b"!")
-            except BlockingIOError:
-                pass  # the pipe is full: a wake-up is pending anyway
+        if not self.woken:
+            with self.pipe_lock:
+                if self.wake_w >= 0:
+                    self.woken = True
+                    try:
+                        os.write(self.wake_w, b"!")
+                    except BlockingIOError:
+                        pass  # the pipe is full: a wake-up is pending anyway
 
 
 def _close_fds(*fds: int) -> None:
@@ -257,11 +303,13 @@ class _Worker:
         "closed",
         "fd",
         "free",
+        "heavy",
         "in_flight",
         "inbox",
         "init_error",
         "name",
         "outbox",
+        "parts",
         "process",
         "ready",
         "retiring",
@@ -278,8 +326,13 @@ class _Worker:
         self.name = name
         self.inbox = bytearray()
         self.outbox = bytearray()
+        # What is left of frames kept as parts, not copied (big calls, see
+        # _frame), written after ``outbox``. Invariant: while it is not empty,
+        # every new frame joins it, so that frames keep their order.
+        self.parts: collections.deque[memoryview] = collections.deque()
         self.in_flight: collections.deque[Sent] = collections.deque()
         self.calls = 0  # calls in in_flight (a Slice holds several)
+        self.heavy = 0  # entries of in_flight whose blob has segments
         self.ready = False
         self.retiring = False
         self.closed = False  # end of stream seen; the sentinel will follow
@@ -293,12 +346,41 @@ class _Worker:
         self.stolen: dict[int, int] = {}
 
 
-def _frame(message: tuple[Any, ...]) -> bytes:
-    """Frame ``message`` as ``multiprocessing.Connection.send_bytes`` would."""
+# A frame: bytes, or parts to be written in order.
+Frame = bytes | list[bytes]
+
+
+class _Parts(list[bytes]):
+    """A file for ``pickle.dump`` that keeps each piece it is given.
+
+    The C pickler hands a big ``bytes`` object (64 KiB or more: a call's
+    pickle) to ``write`` as it is, so the pieces share it rather than copy it.
+    """
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        self.append(data)
+
+
+def _frame(message: tuple[Any, ...], zero_copy: bool = False) -> Frame:
+    """Frame ``message`` as ``multiprocessing.Connection.send_bytes`` would.
+
+    With ``zero_copy`` (for a message carrying big pickles), or past 2 GiB,
+    the frame comes as parts: the big pickles in it are not copied into one
+    buffer, and a frame past 2 GiB is not copied again behind its header.
+    """
+    if zero_copy:
+        parts = _Parts()
+        pickle.dump(message, parts, protocol=5)
+        size = sum(map(len, parts))
+        if size > 0x7FFFFFFF:  # _wire.MAX_SHORT_LENGTH
+            return [_wire.long_header(size), *parts]
+        return [size.to_bytes(4, "big", signed=True), *parts]
     payload = pickle.dumps(message, protocol=5)
     size = len(payload)
-    if size > 0x7FFFFFFF:
-        return (-1).to_bytes(4, "big", signed=True) + size.to_bytes(8, "big") + payload
+    if size > 0x7FFFFFFF:  # _wire.MAX_SHORT_LENGTH
+        return [_wire.long_header(size), payload]
     return size.to_bytes(4, "big", signed=True) + payload
 
 
@@ -339,6 +421,38 @@ def main_by_value(ctx: BaseContext) -> bool:
     nothing under its ``if __name__ == "__main__":``.
     """
     return ctx.get_start_method() != "fork"
+
+
+def _frame_size(frame: Frame) -> int:
+    return len(frame) if isinstance(frame, bytes) else sum(map(len, frame))
+
+
+def _keep(worker: _Worker, frame: Frame, written: int) -> None:
+    """Queue what was not written of ``frame`` behind what ``worker`` has to send."""
+    parts = worker.parts
+    if isinstance(frame, bytes):
+        if not parts:
+            worker.outbox += frame[written:]
+            return
+        frame = [frame]
+    for part in frame:
+        size = len(part)
+        if written >= size:
+            written -= size
+            continue
+        parts.append(memoryview(part)[written:])
+        written = 0
+
+
+def _write_parts(fd: int, parts: collections.deque[memoryview]) -> None:
+    """Write what the socket takes of ``parts``; raises what ``os.write`` raises."""
+    while parts:
+        head = parts[0]
+        written = os.write(fd, head)
+        if written < len(head):
+            parts[0] = head[written:]
+            return
+        parts.popleft()
 
 
 def usable_cpus() -> int:
@@ -386,14 +500,6 @@ def _mark_running(future: Future[Any]) -> bool:
     if state not in (PENDING, CANCELLED):
         return False  # notified already, or done (a forced cancel)
     return future.set_running_or_notify_cancel()
-
-
-def _drop(task: Task) -> None:
-    """Let go of a call that will not go out (cancelled): its segments too."""
-    if task.blob is not None:
-        _wire.discard(task.blob)
-        task.blob = None
-    task.args = task.kwargs = None
 
 
 def _signal_name(exitcode: int | None) -> str:
@@ -455,6 +561,15 @@ class Dispatcher:
         # Whether the functions and classes of __main__ travel by value: they
         # must where a worker does not share our __main__ (see _by_value).
         self.main_by_value = main_by_value(ctx)
+        # The calls' big buffers, one kept segment for the calls in flight
+        # that carry the same bytes (see _segments); submitters use it too,
+        # in the hand-over.
+        self.segments = _segments.Segments(shm_prefix)
+        # Blobs with segments of the calls answered since the last dispatch:
+        # released after it, so that a buffer the next calls carry again (the
+        # same array submitted over and over) is found still in its segment
+        # rather than written anew.
+        self._answered: list[_wire.Blob] = []
         self._serial = serial
         self._names = itertools.count()
         self._selector = selectors.DefaultSelector()
@@ -539,6 +654,10 @@ class Dispatcher:
                 self._cancel_backlog()
             self._retire_idle()
             self._dispatch()
+            if self._answered:
+                answered, self._answered = self._answered, []
+                for blob in answered:
+                    self.segments.release(blob)
             if shared.shutdown and not shared.queue and not self._backlog and not self._busy():
                 self._exit_workers()
                 return
@@ -612,6 +731,7 @@ class Dispatcher:
             and not w.retiring
             and not w.closed
             and not w.outbox
+            and not w.parts
             and (limit is None or w.sent < limit)
         ]
         if not idle:
@@ -633,7 +753,7 @@ class Dispatcher:
             flush, shared.flush = shared.flush, False
         if flush:
             for worker in list(self._workers.values()):
-                if worker.outbox:
+                if worker.outbox or worker.parts:
                     self._flush(worker)
 
     def send_now(self, task: Task) -> bool:
@@ -649,13 +769,21 @@ class Dispatcher:
             return False
         worker = shared.idle.pop()
         assert task.blob is not None
-        frame = _frame((_wire.RUN, [(task.id, task.blob, -1, -1)], []))
+        frame = _frame(
+            (_wire.RUN, [(task.id, task.blob, -1, -1)], []),
+            len(task.blob[0]) >= ZERO_COPY_BYTES,
+        )
         # Write first: if nothing went out, nothing changed. The worker's
         # answer cannot be read before the task is in its in-flight queue:
         # the dispatcher reads only after it has unparked, under the lock
         # held here.
         try:
-            written = os.write(worker.fd, frame)
+            if isinstance(frame, bytes):
+                size = len(frame)
+                written = os.write(worker.fd, frame)
+            else:
+                size = _frame_size(frame)
+                written = os.writev(worker.fd, frame[:_IOV_MAX])
         except BlockingIOError:
             return False  # its socket is full: let the dispatcher queue the call
         except OSError:
@@ -664,8 +792,10 @@ class Dispatcher:
         worker.in_flight.append(task)
         worker.sent += 1
         worker.calls += 1
-        if written < len(frame):
-            worker.outbox += frame[written:]
+        if task.blob[1]:
+            worker.heavy += 1
+        if written < size:
+            _keep(worker, frame, written)
             shared.flush = True
             shared.wake()
         return True
@@ -739,7 +869,7 @@ class Dispatcher:
             # Again until the worker has its share: calls cancelled while
             # queued are dropped by _send, and nothing else would wake us to
             # send the calls behind them.
-            while backlog:
+            while backlog and worker.heavy < MAX_HEAVY_IN_FLIGHT:
                 room = share - worker.calls
                 if self._max_tasks is not None:
                     room = min(room, self._max_tasks - worker.sent)
@@ -861,7 +991,9 @@ class Dispatcher:
         A function that travels by reference (``_wire.dumps_function``) is
         pickled once per message and each of its calls without kwargs only
         carries its arguments; see ``_wire.RUN``. A map's slice travels as
-        one entry: its items pickled as one object.
+        one entry: its items pickled as one object. Once the worker holds
+        MAX_HEAVY_IN_FLIGHT entries with shared memory, the tasks not sent go
+        back to the front of the backlog.
         """
         batch: list[tuple[Any, ...]] = []
         calls = 0  # of the slices (a Task entry is one call)
@@ -878,7 +1010,9 @@ class Dispatcher:
         board = worker.board
         free = worker.free
         held = worker.calls  # calls the worker holds before each one goes out
-        for task in tasks:
+        pickled = 0  # bytes of the calls' pickles in this message
+        store = self.segments
+        for position, task in enumerate(tasks):
             if type(task) is Slice:
                 for part, entry in self._slice_entries(task, functions, indexes):
                     append(entry)
@@ -886,6 +1020,12 @@ class Dispatcher:
                     calls += len(part)
                     held += len(part)
                     slice_entries += 1
+                    pickled += len(entry[2][0])
+                    if part.blob[1]:
+                        worker.heavy += 1
+                if worker.heavy >= MAX_HEAVY_IN_FLIGHT:
+                    self._backlog.extendleft(reversed(tasks[position + 1 :]))
+                    break
                 continue
             assert type(task) is Task
             future = task.future
@@ -900,10 +1040,10 @@ class Dispatcher:
                     free.append(slot)
                     slot = -1
                     if future._state != RUNNING and not _mark_running(future):
-                        _drop(task)  # cancelled
+                        self._drop(task)  # cancelled
                         continue
             elif not _mark_running(future):
-                _drop(task)
+                self._drop(task)
                 continue
             fn = task.fn
             if fn is not last_fn:
@@ -914,10 +1054,12 @@ class Dispatcher:
                 kwargs = task.kwargs
                 try:
                     if index >= 0 and not kwargs:
-                        blob = dumps(task.args, prefix, by_value)
+                        blob = dumps(task.args, prefix, store, main_by_value=by_value)
                     else:
                         task.kwargs = None  # the blob holds the whole call
-                        blob = _wire.dumps_call(fn, task.args or (), kwargs or {}, prefix, by_value)
+                        blob = _wire.dumps_call(
+                            fn, task.args or (), kwargs or {}, prefix, store, main_by_value=by_value
+                        )
                 except BaseException as exc:
                     task.args = task.kwargs = None
                     if slot >= 0:
@@ -929,7 +1071,7 @@ class Dispatcher:
                 task.blob = blob
             elif task.kwargs is not None and index < 0:  # pragma: no cover
                 # Pickled by reference once, not any more.
-                _wire.discard(blob)
+                store.release(blob)
                 task.blob = None
                 if slot >= 0:
                     free.append(slot)
@@ -943,12 +1085,18 @@ class Dispatcher:
             append((task.id, blob, -1 if task.kwargs is None else index, slot))
             in_flight_append(task)
             held += 1
+            pickled += len(blob[0])
+            if blob[1]:
+                worker.heavy += 1
+                if worker.heavy >= MAX_HEAVY_IN_FLIGHT:
+                    self._backlog.extendleft(reversed(tasks[position + 1 :]))
+                    break
         if not batch:
             return
         calls += len(batch) - slice_entries
         worker.sent += calls
         worker.calls += calls
-        self._write(worker, _frame((_wire.RUN, batch, functions)))
+        self._write(worker, _frame((_wire.RUN, batch, functions), pickled >= ZERO_COPY_BYTES))
 
     def _slice_entries(
         self, part: Slice, functions: list[bytes], indexes: dict[int, int]
@@ -964,7 +1112,9 @@ class Dispatcher:
             self._shared.failed += part.fail_all(fn_ref) + run.settle_rest(Failed(fn_ref))
             return []
         try:
-            blob = _wire.dumps(part.items(), self._shm_prefix, self.main_by_value)
+            blob = _wire.dumps(
+                part.items(), self._shm_prefix, self.segments, main_by_value=self.main_by_value
+            )
         except BaseException as exc:
             if len(part) == 1:
                 part.fail_all(exc)
@@ -998,8 +1148,8 @@ class Dispatcher:
                 run.fn_pickle = exc
         return cast("bytes | BaseException", run.fn_pickle)
 
-    def _write(self, worker: _Worker, frame: bytes) -> None:
-        worker.outbox += frame
+    def _write(self, worker: _Worker, frame: Frame) -> None:
+        _keep(worker, frame, 0)
         self._flush(worker)
 
     def _flush(self, worker: _Worker) -> None:
@@ -1012,10 +1162,18 @@ class Dispatcher:
             except OSError:
                 return  # the worker is gone; its sentinel will tell how
             del outbox[:written]
+        parts = worker.parts
+        if parts and not outbox:
+            try:
+                _write_parts(worker.fd, parts)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return  # the worker is gone; its sentinel will tell how
         key = self._selector.get_map().get(worker.fd)
         if key is None:
             return  # end of stream seen: the worker is on its way out
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if outbox else 0)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if outbox or parts else 0)
         if key.events != events:
             self._selector.modify(worker.fd, events, key.data)
 
@@ -1060,6 +1218,9 @@ class Dispatcher:
         answered = completed = 0
         total = 0.0
         last_run: MapRun | None = None  # to notify once it has its results
+        # Whether any call in flight carries shared memory: only then is
+        # each answered call looked at for it.
+        heavy = worker.heavy
         with memoryview(inbox) as view:
             while end - offset >= _HEADER:
                 size = unpack_length(view, offset)[0]
@@ -1087,6 +1248,10 @@ class Dispatcher:
                         total += duration
                         if isinstance(task, Task):
                             popleft()
+                            if heavy:
+                                sent = task.blob
+                                if sent is not None and sent[1]:
+                                    self._done_with(worker, sent)
                             try:
                                 value = loads(view[start + data_at : offset])
                             except BaseException as exc:
@@ -1115,6 +1280,8 @@ class Dispatcher:
                                 completed += 1
                             if task.start == task.stop:
                                 popleft()
+                                if heavy and task.blob[1]:
+                                    self._done_with(worker, task.blob)
                             del run
                         del task
                         continue
@@ -1140,6 +1307,13 @@ class Dispatcher:
             self._complete(worker, answers)
         if not worker.closed:
             self._mark_head(worker)
+
+    def _drop(self, task: Task) -> None:
+        """Let go of a call that will not run (cancelled): its segments too."""
+        if task.blob is not None:
+            self.segments.release(task.blob)
+            task.blob = None
+        task.args = task.kwargs = None
 
     def _mark_head(self, worker: _Worker) -> None:
         """Mark running the call ``worker`` runs now: the first of its calls not answered.
@@ -1191,11 +1365,13 @@ class Dispatcher:
             worker.in_flight.popleft()
             worker.calls -= 1
             worker.sent -= 1  # it did not run there
+            if task.blob is not None and task.blob[1]:
+                worker.heavy -= 1
             slot = worker.stolen.pop(task.id, None)
             if slot is None:  # cancelled by its caller
                 slot = task.slot
                 task.slot = -1
-                _drop(task)
+                self._drop(task)
                 if task.future._state == CANCELLED:
                     task.future.set_running_or_notify_cancel()  # tells its waiters
             worker.free.append(slot)
@@ -1211,7 +1387,9 @@ class Dispatcher:
             worker.calls -= len(part)
             worker.sent -= len(part)
             if part.blob is not None:
-                _wire.discard(part.blob)
+                if part.blob[1]:
+                    worker.heavy -= 1
+                self.segments.release(part.blob)
                 part.blob = None
             part.singly = True
             self._backlog.appendleft(part)
@@ -1264,6 +1442,9 @@ class Dispatcher:
                 worker.free.append(task.slot)
                 task.slot = -1
             popleft()
+            sent = task.blob
+            if sent is not None and sent[1]:
+                self._done_with(worker, sent)
             del task
         for run in runs.values():
             run.notify()
@@ -1271,6 +1452,11 @@ class Dispatcher:
         shared.failed += failed
         if answered:
             self._account(worker, answered, total)
+
+    def _done_with(self, worker: _Worker, blob: _wire.Blob) -> None:
+        """``worker`` answered the last call of an entry whose ``blob`` has segments."""
+        worker.heavy -= 1
+        self._answered.append(blob)  # released after the next dispatch
 
     def _settle(self, task: Sent, outcome: Any) -> None:
         """The next call of ``task`` ended with ``outcome`` (a result, or Failed)."""
@@ -1451,7 +1637,7 @@ class Dispatcher:
             lost.stop = lost.start + 1
         self._backlog.extendleft(reversed(unstarted))
         if lost.blob is not None:
-            _wire.discard(lost.blob)
+            self.segments.release(lost.blob)
         error = WorkerLostError(
             f"the worker process {worker.name} (pid {process.pid}) running "
             f"{lost.describe()} died {how}. Only this call failed; the pool started a new "
@@ -1484,7 +1670,7 @@ class Dispatcher:
                 # A slice is pickled again when it goes out again (from the
                 # call it has got to).
                 if entry.blob is not None:
-                    _wire.discard(entry.blob)
+                    self.segments.release(entry.blob)
                     entry.blob = None
                 held.append(entry)
                 continue
@@ -1492,7 +1678,7 @@ class Dispatcher:
             if task.id in stolen:
                 continue  # it went to another worker
             if task.slot >= 0 and board.states[task.slot] == _board.CLOSED:
-                _drop(task)  # cancelled: it never ran
+                self._drop(task)  # cancelled: it never ran
                 task.slot = -1
                 if task.future._state == CANCELLED:
                     task.future.set_running_or_notify_cancel()
@@ -1509,7 +1695,7 @@ class Dispatcher:
                 entry.future._detach_gate()
         worker.in_flight.clear()
         worker.stolen.clear()
-        worker.calls = 0
+        worker.calls = worker.heavy = 0
         return held, started
 
     def _forget(self, worker: _Worker) -> None:
@@ -1541,7 +1727,7 @@ class Dispatcher:
         running = [t for w in self._workers.values() for t in w.in_flight] + (orphans or [])
         for worker in self._workers.values():
             worker.in_flight.clear()
-            worker.calls = 0
+            worker.calls = worker.heavy = 0
 
         def broken() -> BrokenProcessPool:
             error = BrokenProcessPool(reason)
@@ -1607,7 +1793,7 @@ class Dispatcher:
                     and task.blob is not None
                     and task.future._cancel_queued()
                 ):
-                    _drop(task)  # sent ahead, never started: cancelled, as a queued call is
+                    self._drop(task)  # sent ahead, never started: cancelled, as a queued call is
                     continue
                 self._fail_running(task, BrokenProcessPool(reason))
             self._forget(worker)
@@ -1652,5 +1838,10 @@ class Dispatcher:
         self._initializer = self._initializer_objects = None
         for worker in list(self._workers.values()):
             self._forget(worker)
+        self._answered = []
+        self.segments.close()
         _wire.unlink_prefix(self._shm_prefix)
         self._selector.close()
+        # Nobody needs a wake-up any more: the pool refuses calls for good
+        # (shut down or broken), and a dispatcher never starts twice.
+        self._shared.close_wake_pipe()

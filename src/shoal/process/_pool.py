@@ -16,9 +16,23 @@ call to that worker itself instead, saving a thread wake-up (the
   cannot be pickled or unpickled: that one future fails, with that error.
 * Ctrl-C in the main thread: leaving a ``with`` block on KeyboardInterrupt,
   or the interpreter exiting on one, stops the workers at once instead of
-  waiting for the running calls.
+  waiting for the running calls. The workers themselves do nothing on SIGINT;
+  a program a call started (``subprocess.run``) gets it and ends, as it would
+  have without the pool.
 * The parent dying, even by SIGKILL: every worker notices within about a
-  second and exits.
+  second and exits, and the shared memory of the calls in flight goes with
+  them (the workers' watchdogs unlink the pool's segments; the segment
+  tracker of ``_tracker`` does it when no worker is alive).
+* SIGTERM to the parent: with no handler installed, as by default, it kills
+  the parent like SIGKILL does, and the survivors above clean up as they do
+  after Ctrl-C: the workers stop mid-call, nothing is left in ``/dev/shm``.
+  shoal installs no SIGTERM handler of its own, on purpose: a Python
+  handler runs only in the main thread, between bytecodes, so a main thread
+  blocked in C code (a long numpy call, a C extension waiting on I/O) would
+  no longer die on SIGTERM at all; it would replace or hide the handler a
+  framework installs after importing shoal (or be replaced by it), and be
+  inherited by forked children. The survivors are needed for SIGKILL
+  anyway, and they cover SIGTERM without changing how the process dies.
 
 The default start method is ``forkserver`` on Linux (as in Python 3.14):
 ``fork`` from a process that runs threads, as any process with a shoal pool
@@ -48,7 +62,7 @@ from concurrent.futures import process as _std_process
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
-from .._executor import Executor
+from .._executor import Executor, as_index
 from .._future import Future
 from .._process_errors import BrokenProcessPool
 from .._stats import ExecutorStatistics
@@ -251,8 +265,12 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
     ) -> None:
         if max_workers is None:
             max_workers = usable_cpus()
-        elif isinstance(max_workers, bool) or not isinstance(max_workers, int):
-            raise TypeError(f"max_workers must be an int or None, not {max_workers!r}")
+        else:
+            # numpy.int64 and the like, as for the standard pool; not a float.
+            count = as_index(max_workers)
+            if count is None:
+                raise TypeError(f"max_workers must be a whole number or None, not {max_workers!r}")
+            max_workers = count
         if max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if mp_context is None:
@@ -289,7 +307,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                     self._initargs,
                     {},
                     f"shoal-{os.getpid()}-{self._serial}i",
-                    self._by_value,
+                    main_by_value=self._by_value,
                 )
             except Exception:
                 # ... else as objects handed to each new process, which is how
@@ -340,7 +358,12 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             return False
         try:
             blob = _wire.dumps_call(
-                task.fn, task.args or (), task.kwargs or {}, self._shm_prefix, self._by_value
+                task.fn,
+                task.args or (),
+                task.kwargs or {},
+                self._shm_prefix,
+                dispatcher.segments,
+                main_by_value=self._by_value,
             )
         except Exception:
             return False
@@ -359,7 +382,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             if not sent:
                 task.blob = None
                 task.args, task.kwargs = args, kwargs
-                _wire.discard(blob)
+                dispatcher.segments.release(blob)
         return sent
 
     def _submit_many(

@@ -9,6 +9,10 @@ and ``cloudpickle`` when plain pickle cannot do the job.
 
 Wire format::
 
+    frame     = length, payload: as ``Connection.send_bytes`` writes it
+                  length: 4 bytes, signed, big-endian; past MAX_SHORT_LENGTH
+                  (2 GiB - 1), -1 then the length in 8 bytes, unsigned
+                  payload: a message, or an answer framed by send_result()
     message   = pickle.dumps((TAG, ...), protocol=5), one per Connection.send_bytes
                   tuples of ints, floats, strings, bools, lists and Blobs only
     Blob      = (data: bytes, segments: ((name, size), ...))
@@ -30,7 +34,16 @@ Linux) instead of the pickle. The writer creates the segment and forgets it;
 the reader maps it and unlinks it at once, and the objects it rebuilds (a
 numpy array) use the mapped pages without a copy; the memory goes with the
 last of them. A segment whose blob is never
-read is removed by ``discard`` or ``unlink_prefix``. Segments are opened with
+read is removed by ``discard`` or ``unlink_prefix``.
+
+Kept segments, named ``{prefix}-s-{n}``, are the exception: their writer
+(the parent, through a Store) shares one among every call in flight that
+carries the same bytes, and unlinks it once all of them are answered. The
+reader maps a kept segment copy-on-write and leaves it in place.
+
+A segment left behind by a
+process that died without cleaning up is removed by a survivor (its
+workers' watchdogs, or the tracker of ``_tracker``). Segments are opened with
 ``_posixshmem`` rather than ``multiprocessing.shared_memory``, whose resource
 tracker would warn about segments that another process unlinked. Where
 ``_posixshmem`` is missing (Windows, whose named memory dies with its last
@@ -60,9 +73,9 @@ import struct
 import traceback
 import types
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
-from . import _by_value
+from . import _by_value, _tracker
 
 try:
     import _posixshmem  # type: ignore[import-not-found]
@@ -73,6 +86,7 @@ __all__ = (
     "EXIT",
     "INIT_FAILED",
     "LOADED",
+    "MAX_SHORT_LENGTH",
     "READY",
     "RESLICE",
     "RESULTS",
@@ -81,7 +95,9 @@ __all__ = (
     "SKIPPED",
     "Blob",
     "RemoteTraceback",
+    "Store",
     "UnpicklableError",
+    "create_segment",
     "decode_result",
     "discard",
     "dumps",
@@ -89,11 +105,15 @@ __all__ = (
     "dumps_error",
     "dumps_function",
     "dumps_inband",
+    "is_kept",
+    "kept_prefix",
     "load_error",
     "loads",
+    "long_header",
     "recv",
     "send",
     "send_result",
+    "unlink",
     "unlink_prefix",
 )
 
@@ -138,6 +158,10 @@ Segments: TypeAlias = tuple[tuple[str, int], ...]
 Blob: TypeAlias = tuple[bytes, Segments]
 
 _SHM_DIR = "/dev/shm"
+# Kept segments are named {prefix}-s-{n}; no other name has "s" as its
+# second-to-last part (they end in -{n} or -w{pid}-{n}, prefixes in digits).
+_KEPT_MARK = "s"
+_KEPT_SUFFIX = f"-{_KEPT_MARK}"
 # Linux read()/write() move at most this much per call.
 _IO_CHUNK = 0x7FFFF000
 _counter = itertools.count()
@@ -149,6 +173,9 @@ _counter = itertools.count()
 def _create_segment(prefix: str, data: memoryview) -> str:
     """Write ``data`` (1-D bytes) to a new segment and return its name."""
     assert _posixshmem is not None
+    # Before the segment exists: if this process dies from here on, a
+    # survivor removes it (see _tracker).
+    _tracker.track(prefix)
     while True:
         name = f"{prefix}-{next(_counter)}"
         try:
@@ -170,23 +197,43 @@ def _create_segment(prefix: str, data: memoryview) -> str:
     return name
 
 
+def kept_prefix(prefix: str) -> str:
+    """The prefix of the kept segments (see the module docstring) of ``prefix``."""
+    return f"{prefix}-{_KEPT_MARK}"
+
+
+def is_kept(name: str) -> bool:
+    """True for the name of a segment that its writer unlinks, not its reader."""
+    return name.rpartition("-")[0].endswith(_KEPT_SUFFIX)
+
+
+def create_segment(prefix: str, data: memoryview) -> str:
+    """Write ``data`` (1-D bytes) to a new segment named ``{prefix}-{n}``; return its name."""
+    return _create_segment(prefix, data)
+
+
 def _read_segment(name: str, size: int) -> memoryview | bytearray:
-    """Map a segment and unlink it; return a writable view of its bytes.
+    """Map a segment and unlink it (unless it is kept); return a writable view of its bytes.
 
     No copy: the objects unpickled from the view (a numpy array, say) use the
     mapped pages directly, and the mapping goes away with the last of them.
     The segment is unlinked at once: the mapping keeps the memory alive, and
-    a failure below leaves nothing behind.
+    a failure below leaves nothing behind. A kept segment may be read by
+    other calls too: it is mapped copy-on-write, so that a call writing to
+    its argument changes its own copy of the pages, as it would a segment of
+    its own.
     """
     assert _posixshmem is not None
-    fd = _posixshmem.shm_open("/" + name, os.O_RDWR, 0)
+    kept = is_kept(name)
+    fd = _posixshmem.shm_open("/" + name, os.O_RDONLY if kept else os.O_RDWR, 0)
     try:
-        _unlink(name)
+        if not kept:
+            _unlink(name)
         if os.fstat(fd).st_size < size:
             raise EOFError(f"shared-memory segment {name!r} holds fewer than {size} bytes")
         if size == 0:
             return bytearray()
-        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_WRITE)
+        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY if kept else mmap.ACCESS_WRITE)
     finally:
         os.close(fd)
     return memoryview(mapping)
@@ -199,8 +246,17 @@ def _unlink(name: str) -> None:
         _posixshmem.shm_unlink("/" + name)
 
 
+def unlink(name: str) -> None:
+    """Unlink one segment; a missing one is ignored."""
+    _unlink(name)
+
+
 def discard(blob: Blob) -> None:
-    """Unlink the segments of a blob that will never be read (missing ones are ignored)."""
+    """Unlink the segments of a blob that will never be read (missing ones are ignored).
+
+    Kept segments too: a blob that shares them is released through its
+    writer's Store instead.
+    """
     for name, _size in blob[1]:
         _unlink(name)
 
@@ -465,7 +521,19 @@ def _pickle(
         error = None
 
 
-def _store(data: bytes, buffers: list[pickle.PickleBuffer], shm_prefix: str) -> Blob:
+class Store(Protocol):
+    """Where ``dumps`` puts big buffers instead of a segment of their own (see _segments)."""
+
+    def put(self, view: memoryview) -> str:
+        """The name of a kept segment holding ``view``'s bytes, for one more reader."""
+
+    def release(self, blob: Blob) -> None:
+        """The blob's readers are done with its segments."""
+
+
+def _store(
+    data: bytes, buffers: list[pickle.PickleBuffer], shm_prefix: str, store: Store | None = None
+) -> Blob:
     """Write the out-of-band buffers to segments; unlink them all on failure."""
     if not buffers:
         return data, ()
@@ -473,9 +541,13 @@ def _store(data: bytes, buffers: list[pickle.PickleBuffer], shm_prefix: str) -> 
     try:
         for buffer in buffers:
             with buffer.raw() as view:
-                segments.append((_create_segment(shm_prefix, view), view.nbytes))
+                name = _create_segment(shm_prefix, view) if store is None else store.put(view)
+                segments.append((name, view.nbytes))
     except BaseException:
-        discard((data, tuple(segments)))
+        if store is None:
+            discard((data, tuple(segments)))
+        else:
+            store.release((data, tuple(segments)))
         raise
     finally:
         for buffer in buffers:
@@ -483,9 +555,13 @@ def _store(data: bytes, buffers: list[pickle.PickleBuffer], shm_prefix: str) -> 
     return data, tuple(segments)
 
 
-def dumps(obj: object, shm_prefix: str, main_by_value: bool = False) -> Blob:
+def dumps(
+    obj: object, shm_prefix: str, store: Store | None = None, *, main_by_value: bool = False
+) -> Blob:
     """Pickle ``obj`` into a Blob, its big buffers into segments named ``{shm_prefix}-{n}``.
 
+    With a ``store``, the big buffers go where it puts them (kept segments,
+    shared between blobs); release the blob through the store, not discard().
     When shared memory cannot take the buffers (``/dev/shm`` full, too many
     open files) they travel in band instead. Raises what pickling raised
     (cloudpickle's error when both failed), with no segment left behind.
@@ -498,11 +574,17 @@ def dumps(obj: object, shm_prefix: str, main_by_value: bool = False) -> Blob:
     except Exception:  # a big buffer, or plain pickle cannot: the full path decides
         pass
     else:
-        if len(data) < SHM_THRESHOLD and not (main_by_value and _by_value.MAIN_BYTES in data):
+        # Big, with no big buffer: the full path would make this very pickle
+        # again, unless big bytes inside can go out of band instead (a long
+        # str or a big list cannot), or it refers to __main__ (see _pickle).
+        if not (main_by_value and _by_value.MAIN_BYTES in data) and (
+            len(data) < SHM_THRESHOLD or _wrap_big_bytes(obj) is obj
+        ):
             return data, ()
+        del data  # not two big pickles at once
     data, buffers = _pickle(obj, main_by_value=main_by_value)
     try:
-        return _store(data, buffers, shm_prefix)
+        return _store(data, buffers, shm_prefix, store)
     except OSError:
         pass  # not inside the except block: no chained OSError in user tracebacks
     return _pickle(obj, out_of_band=False, main_by_value=main_by_value)[0], ()
@@ -513,10 +595,12 @@ def dumps_call(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     shm_prefix: str,
+    store: Store | None = None,
+    *,
     main_by_value: bool = False,
 ) -> Blob:
     """Pickle the call ``fn(*args, **kwargs)``; importable functions go by reference."""
-    return dumps((fn, args, kwargs), shm_prefix, main_by_value)
+    return dumps((fn, args, kwargs), shm_prefix, store, main_by_value=main_by_value)
 
 
 class _Reduced:
@@ -730,6 +814,12 @@ def recv(conn: Any) -> Any:
     return pickle.loads(data)
 
 
+# The longest payload a 4-byte length can announce. A longer one goes, as in
+# ``Connection.send_bytes``, after the length -1 and then its real length in
+# 8 bytes; ``Connection.recv_bytes`` and the dispatcher read both forms.
+MAX_SHORT_LENGTH = 0x7FFFFFFF
+_LONG_LENGTH = struct.Struct("!iQ")
+
 # One answer, framed for the parent without pickling the envelope: the
 # length header of ``Connection.send_bytes`` (4 bytes, big-endian), then
 # ``R``, the task id, ok, the duration, and the result's pickle. A worker
@@ -737,10 +827,17 @@ def recv(conn: Any) -> Any:
 # whose blob has shared-memory segments go as a pickled RESULTS message.
 RESULT_MARK = 0x52  # "R"; a pickled message starts with 0x80 instead
 _RESULT_HEAD = struct.Struct("!iBq?d")
+# The same with the long length header, for a pickle past 2 GiB.
+_LONG_RESULT_HEAD = struct.Struct("!iQBq?d")
 # After the mark: the task id, ok and the duration; the pickle starts at RESULT_DATA_OFFSET.
 RESULT_BODY = struct.Struct("!q?d")
 RESULT_DATA_OFFSET = 1 + RESULT_BODY.size
 _RESULT_BYTES = _RESULT_HEAD.size - 4  # the payload before the pickle
+
+
+def long_header(size: int) -> bytes:
+    """The length header of a payload of ``size`` bytes past MAX_SHORT_LENGTH."""
+    return _LONG_LENGTH.pack(-1, size)
 
 
 def send_result(conn: Any, task_id: int, ok: bool, blob: Blob, duration: float) -> None:
@@ -749,11 +846,28 @@ def send_result(conn: Any, task_id: int, ok: bool, blob: Blob, duration: float) 
     if segments:
         send(conn, (RESULTS, [(task_id, ok, blob, duration)]))
         return
-    frame = _RESULT_HEAD.pack(_RESULT_BYTES + len(data), RESULT_MARK, task_id, ok, duration) + data
+    size = _RESULT_BYTES + len(data)
+    if size > 0x7FFFFFFF:  # MAX_SHORT_LENGTH, spelt out: no global lookup on the hot path
+        head = _LONG_RESULT_HEAD.pack(-1, size, RESULT_MARK, task_id, ok, duration)
+        _write_all(conn.fileno(), head, data)
+        return
+    frame = _RESULT_HEAD.pack(size, RESULT_MARK, task_id, ok, duration) + data
     fd = conn.fileno()
     written = os.write(fd, frame)
     if written < len(frame):  # a full socket buffer: the rest, as it drains
         view = memoryview(frame)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _write_all(fd: int, *parts: bytes) -> None:
+    """Write ``parts`` in order to a blocking descriptor, each without a copy.
+
+    For big frames: gluing the header to a pickle of gigabytes would copy it
+    all once more.
+    """
+    for part in parts:
+        view = memoryview(part)
         while view:
             view = view[os.write(fd, view) :]
 

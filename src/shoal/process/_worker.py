@@ -32,6 +32,17 @@ Exit codes: EXIT_OK (0) after EXIT, INIT_FAILED or EOF; EXIT_ORPHANED when the
 watchdog found the parent dead; EXIT_INTERNAL_ERROR when the loop itself
 (not user code) failed, after printing the traceback to stderr.
 
+Signals: SIGINT does nothing in a worker (Ctrl-C is the parent's to
+handle), through a handler rather than SIG_IGN, so that a program a call
+starts gets Ctrl-C with its default meaning.
+
+Shared memory left behind: a worker that finds its parent gone unlinks its
+own segments (answers nobody will read) and, once the parent is seen dead,
+every segment of the pool (``shm_prefix``), as the watchdog does before it
+exits: calls sent ahead to any worker of the pool would stay in
+``/dev/shm`` otherwise. The parent's tracker (``_tracker``) covers the
+moments when no worker is alive to do it.
+
 Waiting: after it has answered the last call it held, a worker polls its
 pipe for ``config["spin_seconds"]`` (default SPIN_SECONDS) before it
 blocks, so that the next call of a caller that submits one call at a time
@@ -40,8 +51,10 @@ finds it awake.
 Concurrency:
   Threads: the main thread reads and writes the pipe (it alone) and runs
   the tasks. The watchdog thread ("shoal-watchdog") polls for the parent's
-  death and exits the process with ``os._exit``; it touches no lock and no
-  pipe, so nothing can hold it up.
+  death, unlinks the pool's segments and exits the process with
+  ``os._exit``; it touches no lock and no pipe, so nothing can hold it up.
+  The main thread may create an answer's segment while the watchdog sweeps:
+  the tracker's second sweep, after the worker has gone, removes it.
 """
 
 from __future__ import annotations
@@ -109,12 +122,35 @@ def _parent_gone(parent_pid: int, ppid: int) -> bool:
     return stat[stat.rfind(b")") + 2 :][:1] == b"Z"
 
 
-def _watch_parent(parent_pid: int, ppid: int) -> None:
-    """The watchdog thread: exit the process soon after the parent dies, even mid-task."""
+def _watch_parent(parent_pid: int, ppid: int, pool_prefix: str) -> None:
+    """The watchdog thread: exit the process soon after the parent dies, even mid-task.
+
+    On its way out it unlinks every shared-memory segment of the pool: the
+    calls the parent had sent to any worker, the answers of any worker.
+    Nobody will read them now. Every worker of the pool does the same, in
+    any order: unlinking a segment already gone is harmless, and each
+    worker's own segments are swept by itself, last thing before it exits.
+    """
     while True:
         time.sleep(WATCHDOG_INTERVAL)
         if _parent_gone(parent_pid, ppid):
-            os._exit(EXIT_ORPHANED)
+            try:
+                _wire.unlink_prefix(pool_prefix)
+            finally:
+                os._exit(EXIT_ORPHANED)
+
+
+def _orphaned(parent_pid: int, ppid: int, pool_prefix: str) -> None:
+    """The main thread found the parent's end of the pipe closed: clean up before leaving.
+
+    The parent closes a worker's pipe only once that worker is dead, or by
+    dying itself; so nobody will read this worker's answers any more. If the
+    parent is already seen dead, nobody will read any segment of the pool
+    either (as in _watch_parent); if it is still on its way out, its
+    tracker and the other workers' watchdogs do that part.
+    """
+    pool_gone = _parent_gone(parent_pid, ppid)
+    _wire.unlink_prefix(pool_prefix if pool_gone else f"{pool_prefix}-w{os.getpid()}")
 
 
 def _describe(fn: object) -> str:
@@ -327,6 +363,10 @@ def _initialize(conn: Any, config: dict[str, Any], prefix: str) -> bool:
     return True
 
 
+def _ignore_interrupt(signum: int, frame: object) -> None:
+    """The worker's SIGINT handler: nothing (see _serve)."""
+
+
 def _serve(conn: Any, config: dict[str, Any]) -> None:
     for fd in config.get("inherited_fds", ()):
         # Under fork we hold copies of the parent's socket ends: ours would keep
@@ -334,7 +374,16 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
         # keep its EOF from reaching it.
         with contextlib.suppress(OSError):
             os.close(fd)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Ctrl-C is the parent's to handle (it stops the workers when it leaves a
+    # ``with`` block on KeyboardInterrupt), so the worker does nothing on
+    # SIGINT. Not SIG_IGN: an ignored signal stays ignored across exec, and a
+    # program a call starts (``subprocess.run(["sleep", "60"])``) would outlive
+    # the Ctrl-C that reached its whole process group. A handler is reset to
+    # the default on exec. Blocking calls the handler interrupts are retried
+    # (PEP 475), and SA_RESTART restarts most of them in the kernel already,
+    # so the running call does not notice.
+    signal.signal(signal.SIGINT, _ignore_interrupt)
+    signal.siginterrupt(signal.SIGINT, False)
     name = config.get("name") or "shoal-worker"
     try:
         import setproctitle  # type: ignore[import-not-found]
@@ -344,16 +393,24 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
         setproctitle.setproctitle(name)
     ppid = os.getppid()
     parent_pid = config.get("parent_pid") or ppid
+    pool_prefix = config["shm_prefix"]
     threading.Thread(
-        target=_watch_parent, args=(parent_pid, ppid), name="shoal-watchdog", daemon=True
+        target=_watch_parent,
+        args=(parent_pid, ppid, pool_prefix),
+        name="shoal-watchdog",
+        daemon=True,
     ).start()
-    prefix = f"{config['shm_prefix']}-w{os.getpid()}"
+    if _loop(conn, config, f"{pool_prefix}-w{os.getpid()}"):
+        _orphaned(parent_pid, ppid, pool_prefix)
 
+
+def _loop(conn: Any, config: dict[str, Any], prefix: str) -> bool:
+    """Initialize, then run what the parent sends until EXIT. True if the parent is gone."""
     try:
         if not _initialize(conn, config, prefix):
-            return
+            return False
     except OSError:
-        return  # the parent is gone
+        return True  # the parent is gone
 
     # The start board (see _board), or None: then no call comes with a slot.
     board = config.get("board")
@@ -377,14 +434,14 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
         try:
             message = _wire.recv(conn)
         except (EOFError, OSError):
-            return  # the parent is gone
+            return True  # the parent is gone
         tag = message[0]
         if tag == _wire.RUN:
             if not _run_message(conn, message, prefix, board):
-                return  # the parent is gone
+                return True  # the parent is gone
             del message
         elif tag == _wire.EXIT:
-            return
+            return False
         else:
             raise RuntimeError(f"shoal worker: unknown message tag {tag!r} in {message!r:.200}")
 
