@@ -132,6 +132,7 @@ def test_process_worker_does_not_import_the_parent_side():
         "shoal.process._wire",
         "shoal.process._by_value",
         "shoal.process._tracker",
+        "shoal.process._board",
     }
     assert shoal_modules - allowed == set()
 
