@@ -1,0 +1,251 @@
+"""A call sent ahead to a worker stays the caller's until the worker starts it.
+
+The pool is warm in these tests (a map of tiny calls has run first), so the
+dispatcher sends many calls ahead to each worker: what is tested is that
+``running()``, ``cancel()``, ``shutdown(cancel_futures=True)`` and the
+balance between workers still mean what they mean in the standard pool.
+Every call leaves a file named after it in ``log_dir`` when it starts, so a
+test sees exactly which calls ran.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import crashers
+import pytest
+
+import shoal
+from shoal.process import _board
+
+TIMEOUT = 30
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def warm_pool(start_method: str) -> Iterator[shoal.ProcessPoolExecutor]:
+    pool = shoal.ProcessPoolExecutor(max_workers=2, mp_context=start_method)
+    try:
+        # Tiny calls: the pool learns to send hundreds ahead to each worker.
+        assert list(pool.map(crashers.square, range(3000))) == [x * x for x in range(3000)]
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _started(log_dir: Path) -> set[int]:
+    return {int(p.name) for p in log_dir.iterdir()}
+
+
+def _wait_started(log_dir: Path, count: int) -> None:
+    gate = threading.Event()
+    deadline = TIMEOUT
+    while len(_started(log_dir)) < count and deadline > 0:
+        gate.wait(0.01)
+        deadline -= 0.01
+    assert len(_started(log_dir)) >= count, "the calls did not start"
+
+
+def test_only_started_calls_are_running_and_the_others_cancel(
+    warm_pool: shoal.ProcessPoolExecutor, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    gate = tmp_path / "gate"
+    futures = [
+        warm_pool.submit(crashers.count_and_wait, i, str(log_dir), str(gate)) for i in range(40)
+    ]
+    _wait_started(log_dir, 2)
+    running = [i for i, f in enumerate(futures) if f.running()]
+    # The two that started, and at most one more per worker about to start.
+    assert set(running) >= _started(log_dir)
+    assert len(running) <= 4
+    cancelled = [i for i, f in enumerate(futures) if f.cancel()]
+    assert len(cancelled) >= 36
+    gate.touch()
+    _, not_done = shoal.wait(futures, timeout=TIMEOUT)
+    assert not not_done
+    ran = _started(log_dir)
+    assert not ran & set(cancelled), "a call ran after cancel() returned True"
+    assert ran | set(cancelled) == set(range(40))
+    for i, future in enumerate(futures):
+        if i in cancelled:
+            assert future.cancelled()
+        else:
+            assert future.result() == i
+
+
+def test_shutdown_cancels_calls_sent_ahead(start_method: str, tmp_path: Path) -> None:
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    gate = tmp_path / "gate"
+    pool = shoal.ProcessPoolExecutor(max_workers=2, mp_context=start_method)
+    list(pool.map(crashers.square, range(3000)))
+    futures = [pool.submit(crashers.count_and_wait, i, str(log_dir), str(gate)) for i in range(50)]
+    _wait_started(log_dir, 2)
+    stopper = threading.Thread(target=pool.shutdown, kwargs={"cancel_futures": True})
+    stopper.start()
+    shoal.wait([f for f in futures if not f.running()], timeout=TIMEOUT)
+    gate.touch()
+    stopper.join(TIMEOUT)
+    assert not stopper.is_alive()
+    cancelled = {i for i, f in enumerate(futures) if f.cancelled()}
+    assert len(cancelled) >= 46
+    assert not _started(log_dir) & cancelled
+    assert all(f.done() for f in futures)
+
+
+def test_an_idle_worker_takes_calls_sent_ahead_to_a_busy_one(
+    warm_pool: shoal.ProcessPoolExecutor, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    gate = tmp_path / "gate"
+    # One call that blocks until the test says so, then many short ones: all
+    # of them are sent ahead, and the ones that land behind the blocked call
+    # can only finish if the other worker takes them.
+    blocked = warm_pool.submit(crashers.wait_for_file, str(gate), TIMEOUT * 2)
+    short = [warm_pool.submit(crashers.square, i) for i in range(40)]
+    try:
+        _, not_done = shoal.wait(short, timeout=TIMEOUT)
+        assert not not_done, f"{len(not_done)} calls waited behind the blocked one"
+        assert [f.result() for f in short] == [i * i for i in range(40)]
+        assert not blocked.done()
+    finally:
+        gate.touch()
+    assert blocked.result(timeout=TIMEOUT) == str(gate)
+
+
+def test_cancel_from_a_done_callback_and_from_another_thread(
+    warm_pool: shoal.ProcessPoolExecutor, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    gate = tmp_path / "gate"
+    futures = [
+        warm_pool.submit(crashers.count_and_wait, i, str(log_dir), str(gate)) for i in range(20)
+    ]
+    first = warm_pool.submit(crashers.square, 3)
+    results: list[bool] = []
+    called_back = threading.Event()
+
+    def cancel_the_rest(_: object) -> None:
+        # Runs in the dispatcher's thread when `first` completes (or here if it did).
+        results.extend(f.cancel() for f in futures[10:])
+        called_back.set()
+
+    first.add_done_callback(cancel_the_rest)
+    others = threading.Thread(target=lambda: results.extend(f.cancel() for f in futures[5:10]))
+    others.start()
+    others.join(TIMEOUT)
+    assert called_back.wait(TIMEOUT)
+    gate.touch()
+    shoal.wait(futures, timeout=TIMEOUT)
+    assert len(results) == 15
+    cancelled = {i for i, f in enumerate(futures) if f.cancelled()}
+    assert not _started(log_dir) & cancelled
+    assert all(f.done() for f in futures)
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_cancel_races_with_starts_and_never_lies(
+    warm_pool: shoal.ProcessPoolExecutor, tmp_path: Path, round_: int
+) -> None:
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    gate = tmp_path / "gate"
+    gate.touch()  # nothing blocks: cancels race with the workers starting calls
+    futures = [
+        warm_pool.submit(crashers.count_and_wait, i, str(log_dir), str(gate)) for i in range(300)
+    ]
+    cancelled = {i for i, f in enumerate(futures) if (i + round_) % 3 == 0 and f.cancel()}
+    _, not_done = shoal.wait(futures, timeout=TIMEOUT)
+    assert not not_done
+    ran = _started(log_dir)
+    assert not ran & cancelled, "a call ran after cancel() returned True"
+    assert ran | cancelled == set(range(300))
+    assert all(f.cancelled() == (i in cancelled) for i, f in enumerate(futures))
+
+
+def test_a_worker_dying_with_calls_sent_ahead(
+    warm_pool: shoal.ProcessPoolExecutor, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    gate = tmp_path / "gate"
+    pid_path = tmp_path / "pid"
+    dying = warm_pool.submit(crashers.report_pid_and_wait, str(pid_path), str(gate), TIMEOUT)
+    rest = [
+        warm_pool.submit(crashers.count_and_wait, i, str(log_dir), str(gate)) for i in range(30)
+    ]
+    _wait_started(log_dir, 1)
+    while not pid_path.exists():
+        threading.Event().wait(0.01)
+    cancelled = {i for i, f in enumerate(rest) if i % 2 and f.cancel()}
+    os.kill(int(pid_path.read_text()), 9)
+    with pytest.raises(shoal.WorkerLostError):
+        dying.result(timeout=TIMEOUT)
+    gate.touch()
+    _, not_done = shoal.wait(rest, timeout=TIMEOUT)
+    assert not not_done
+    assert not _started(log_dir) & cancelled
+    for i, future in enumerate(rest):
+        assert future.cancelled() if i in cancelled else future.result() == i
+
+
+def test_statistics_count_calls_sent_ahead_as_queued(
+    warm_pool: shoal.ProcessPoolExecutor, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    gate = tmp_path / "gate"
+    futures = [
+        warm_pool.submit(crashers.count_and_wait, i, str(log_dir), str(gate)) for i in range(20)
+    ]
+    _wait_started(log_dir, 2)
+    stats = warm_pool.statistics()
+    assert stats.running == 2
+    assert stats.queued == 18
+    gate.touch()
+    shoal.wait(futures, timeout=TIMEOUT)
+
+
+# -- the board itself -------------------------------------------------------------
+
+
+@pytest.fixture
+def board() -> _board.Board:
+    return _board.Board(multiprocessing.get_context("spawn"))
+
+
+def test_the_first_of_start_and_close_wins(board: _board.Board) -> None:
+    worker_side = board.for_worker()
+    board.reset(3)
+    assert _board.start(worker_side, 3, 17)
+    assert not board.close(3)  # started: cancel() fails
+    board.reset(4)
+    assert board.close(4)
+    assert not _board.start(worker_side, 4, 18)  # closed: the worker skips it
+    assert board.close(4)  # closing twice still says it never starts
+    assert board.running() is not None and board.running()[0] == 17  # type: ignore[index]
+    assert board.close_many([4, 5, 6]) == [5, 6]
+
+
+def test_a_dead_workers_board_never_blocks(board: _board.Board) -> None:
+    board.reset(1)
+    board.reset(2)
+    _board.start(board.for_worker(), 2, 5)
+    board.lock.acquire()  # as if the worker died holding it
+    result: list[bool] = []
+    closer = threading.Thread(target=lambda: result.extend((board.close(1), board.close(2))))
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # it waits while the worker may be alive ...
+    board.dead = True  # ... and reads the board once the dispatcher saw it die
+    closer.join(TIMEOUT)
+    assert result == [True, False]
+    assert board.close_many([1]) == []
