@@ -126,10 +126,13 @@ def test_cancel_from_a_done_callback_and_from_another_thread(
     log_dir = tmp_path / "log"
     log_dir.mkdir()
     gate = tmp_path / "gate"
+    first_gate = tmp_path / "first"
+    # Submitted to the idle pool first, it runs at once, and ends when the
+    # test says so: after the calls behind it are sent ahead.
+    first = warm_pool.submit(crashers.wait_for_file, str(first_gate), TIMEOUT)
     futures = [
         warm_pool.submit(crashers.count_and_wait, i, str(log_dir), str(gate)) for i in range(20)
     ]
-    first = warm_pool.submit(crashers.square, 3)
     results: list[bool] = []
     called_back = threading.Event()
 
@@ -142,6 +145,7 @@ def test_cancel_from_a_done_callback_and_from_another_thread(
     others = threading.Thread(target=lambda: results.extend(f.cancel() for f in futures[5:10]))
     others.start()
     others.join(TIMEOUT)
+    first_gate.touch()
     assert called_back.wait(TIMEOUT)
     gate.touch()
     shoal.wait(futures, timeout=TIMEOUT)
