@@ -16,10 +16,13 @@ stops at a fraction of its budget and its note says how far it got.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import math
 import os
+import random
 import statistics
+import tempfile
 import threading
 import time
 import warnings
@@ -40,6 +43,20 @@ ARRAY_BYTES = 50_000_000
 # get 3, process-map (30 s per slow pool at chunksize 1) gets 1.
 PROCESS_ROUNDS = 2
 CHEAP_ROUNDS = 3
+# The scheduling rows (process-mixed, -random, -cancel) first run this many
+# no-op calls through map(), so a pool that sizes its batches from measured
+# durations has learnt that calls are tiny before the long ones arrive.
+TINY_CALLS = 2_000
+# process-mixed: one long call, then n short ones.
+LONG_CALL = 2.0
+SHORT_CALL = 0.1
+# process-random: sleeps drawn from an exponential distribution; the seed
+# gives every implementation (and every round) the same durations.
+RANDOM_MEAN = 0.005
+RANDOM_SEED = 9
+# process-cancel: n calls of this long, cancelled this long after submission.
+CANCEL_CALL = 0.2
+CANCEL_AFTER = 0.05
 
 
 def _legend() -> str:
@@ -232,6 +249,102 @@ def _bare_processes(calls: int) -> float:
     return time.perf_counter() - start
 
 
+# -- scheduling: calls of mixed and unknown length on a pool that has seen tiny ones ----
+
+
+def _warm_for_tiny_calls(pool: Pool) -> None:
+    """Warm every worker up, then run ``TINY_CALLS`` no-op calls through ``map()``.
+
+    The map comes last so that what a pool has measured just before the timed
+    region is calls of a few microseconds.
+    """
+    if not getattr(pool, "map_needs_same_function", False):
+        _warm_workers(pool)
+    collections.deque(pool.map(work.noop, range(TINY_CALLS), None), maxlen=0)
+
+
+def _mixed_ideal(n: int) -> float:
+    """Seconds two workers need at best for one long call and ``n`` short ones."""
+    return max(LONG_CALL, (LONG_CALL + n * SHORT_CALL) / WORKERS)
+
+
+def mixed(factory: Callable[..., Pool], ctx: Context) -> Measurement:
+    """Seconds until one long sleep and ``ctx.n`` short ones, submitted in that order, are done.
+
+    A pool that hands the short calls to the worker busy with the long one
+    (say, in one batch sized for tiny calls) leaves the other worker idle.
+    """
+    pool = factory(WORKERS)
+    _warm_for_tiny_calls(pool)
+    start = time.perf_counter()
+    long = pool.submit(time.sleep, LONG_CALL)
+    shorts = [pool.submit(time.sleep, SHORT_CALL) for _ in range(ctx.n)]
+    for handle in shorts:
+        pool.wait(handle)
+    shorts_done = time.perf_counter() - start
+    pool.wait(long)
+    elapsed = time.perf_counter() - start
+    pool.close()
+    note = f"the short calls done after {shorts_done:.2f} s; ideal {_mixed_ideal(ctx.n):.1f} s"
+    return Measurement(elapsed, note)
+
+
+def _random_durations(n: int) -> list[float]:
+    rng = random.Random(RANDOM_SEED)
+    return [rng.expovariate(1 / RANDOM_MEAN) for _ in range(n)]
+
+
+def _random_ideal(n: int) -> float:
+    """Seconds two workers need at best for the ``n`` random sleeps: their sum over two."""
+    return math.fsum(_random_durations(n)) / WORKERS
+
+
+def random_sleeps(factory: Callable[..., Pool], ctx: Context) -> Measurement:
+    """Seconds until ``ctx.n`` sleeps of random length, submitted at once, are all done."""
+    durations = _random_durations(ctx.n)
+    pool = factory(WORKERS)
+    _warm_for_tiny_calls(pool)
+    start = time.perf_counter()
+    handles = [pool.submit(time.sleep, seconds) for seconds in durations]
+    for handle in handles:
+        pool.wait(handle)
+    elapsed = time.perf_counter() - start
+    pool.close()
+    ideal = _random_ideal(ctx.n)
+    return Measurement(elapsed, f"{elapsed / ideal:.2f}x the ideal {ideal:.2f} s")
+
+
+def cancel_queued(factory: Callable[..., Pool], ctx: Context, note: str) -> Measurement:
+    """How many of ``ctx.n`` queued calls ``cancel()`` stops, ``CANCEL_AFTER`` s after submission.
+
+    Each call leaves a file as it starts (and another as it finishes); once
+    the pool has shut down, a call whose ``cancel()`` returned True and that
+    started is a violation: a cancelled call ran. The pool shuts down with
+    its queue cancelled, so the calls ``cancel()`` missed need not all run.
+    """
+    pool = factory(WORKERS)
+    _warm_for_tiny_calls(pool)
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-") as directory:
+        handles = [
+            pool.submit(work.mark_and_sleep, directory, index, CANCEL_CALL)
+            for index in range(ctx.n)
+        ]
+        time.sleep(CANCEL_AFTER)
+        cancelled = [handle.cancel() for handle in handles]
+        unfinished = _close_within(pool)
+        marks = set(os.listdir(directory))
+    started = [index for index in range(ctx.n) if f"started-{index}" in marks]
+    violations = [index for index in started if cancelled[index]]
+    finished = sum(1 for index in violations if f"finished-{index}" in marks)
+    notes = [
+        f"{len(violations)} cancelled calls started ({finished} finished)",
+        f"{len(started)} of {ctx.n} calls started",
+        note,
+        unfinished and f"{unfinished}: calls may have started after the check",
+    ]
+    return Measurement(sum(cancelled), "; ".join(filter(None, notes)))
+
+
 def startup(factory: Callable[..., Pool], ctx: Context, method: str | None = None) -> Measurement:
     """Milliseconds from creating the pool to the first result, in a fresh interpreter.
 
@@ -356,6 +469,61 @@ register(
     impls=for_pools(PROCESS_POOLS, cpu_speedup),
     # A ratio of two timings on a shared machine: five rounds for a steady median.
     max_rounds=5,
+    legend=_legend,
+)
+register(
+    "process-mixed",
+    f"one {LONG_CALL:g} s sleep, then n {SHORT_CALL:g} s sleeps, on a pool warmed with "
+    f"{TINY_CALLS:,} no-op calls; seconds until all are done (ideal {_mixed_ideal(40):.1f} s)",
+    unit="s",
+    better=LOWER,
+    n=40,
+    # Not fewer under --quick: with 20 short calls, running them all beside the
+    # long one is ideal, so a pool that never moves calls to the freed worker
+    # would look perfect.
+    quick_n=40,
+    impls=for_pools(PROCESS_POOLS, mixed),
+    max_rounds=PROCESS_ROUNDS,
+    legend=_legend,
+)
+register(
+    "process-random",
+    f"n sleeps of random length (exponential, mean {RANDOM_MEAN * 1000:g} ms, seed "
+    f"{RANDOM_SEED}) submitted at once on a pool warmed with {TINY_CALLS:,} no-op calls; "
+    f"seconds until all are done (ideal, their sum / {WORKERS}: {_random_ideal(2_000):.2f} s, "
+    f"{_random_ideal(200):.2f} s under --quick)",
+    unit="s",
+    better=LOWER,
+    n=2_000,
+    quick_n=200,
+    impls=for_pools(PROCESS_POOLS, random_sleeps),
+    max_rounds=PROCESS_ROUNDS,
+    legend=_legend,
+)
+_NO_CANCEL = "its AsyncResult has no cancel()"
+# How each pool is shut down after the cancels (Pool.close(cancel=True)), for the notes.
+_CANCEL_SHUTDOWN = {
+    "concurrent.futures": "shutdown(cancel_futures=True)",
+    "shoal": "shutdown(cancel_futures=True)",
+    "loky": "shutdown(kill_workers=True): loky has no cancel_futures",
+    "pebble": "stop(); pebble's cancel() also stops a running call by killing its worker, "
+    "so its cancelled calls may have started",
+}
+register(
+    "process-cancel",
+    f"submit n calls of {CANCEL_CALL:g} s on a pool warmed with {TINY_CALLS:,} no-op calls, "
+    f"cancel() them all {CANCEL_AFTER * 1000:g} ms later: how many cancels succeed (the note "
+    "counts cancelled calls that started anyway, which should be 0)",
+    unit="cancelled",
+    better=HIGHER,
+    n=40,
+    quick_n=40,
+    impls={
+        name: functools.partial(cancel_queued, PROCESS_POOLS[name], note=note)
+        for name, note in _CANCEL_SHUTDOWN.items()
+    },
+    not_applicable={name: _NO_CANCEL for name in PROCESS_POOLS if name not in _CANCEL_SHUTDOWN},
+    max_rounds=CHEAP_ROUNDS,
     legend=_legend,
 )
 register(

@@ -41,3 +41,18 @@ def spin(iterations: int) -> int:
 def array_sum(array: Any) -> float:
     """Sum a numpy array in the worker: it has to arrive whole."""
     return float(array.sum())
+
+
+def mark_and_sleep(directory: str, index: int, seconds: float) -> None:
+    """Leave a file ``started-<index>`` in ``directory``, sleep, then leave ``finished-<index>``.
+
+    The ``process-cancel`` row checks afterwards that no call whose
+    ``cancel()`` returned True started: a cancelled call must not run. The
+    first file is made before the sleep, so a call killed while sleeping
+    still counts as started.
+    """
+    with open(os.path.join(directory, f"started-{index}"), "x"):
+        pass
+    time.sleep(seconds)
+    with open(os.path.join(directory, f"finished-{index}"), "x"):
+        pass
