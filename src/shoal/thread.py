@@ -32,8 +32,12 @@ Concurrency:
   the queued call that claimed this thread (when no other thread is free).
   Module fields: ``_exiting`` and ``_live_pools`` are guarded by
   ``_global_lock``.
-  Lock order: ``_global_lock``, then a pool's ``_shutdown_lock``, then a
-  future's ``_condition``.
+  Lock order: a pool's ``_shutdown_lock``, then ``_global_lock`` (a thread
+  starts under the pool's lock and registers in ``_live_threads``); a
+  future's ``_condition`` is never taken under either (futures are
+  cancelled and failed after the pool's lock is released).
+  ``_python_exit`` takes ``_global_lock`` and then each pool's lock one
+  after the other, never both at once.
   User code (the calls, done-callbacks, the initializer) never runs under a
   shoal lock: futures are cancelled and failed after the pool lock is
   released.

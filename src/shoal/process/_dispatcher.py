@@ -30,9 +30,22 @@ blocked sending results).
 How many tasks a worker holds ("in flight") follows the measured task
 duration: enough to cover ``BATCH_SECONDS`` of work, at least one, at most
 ``MAX_IN_FLIGHT``. Tiny tasks therefore travel hundreds to a message, while
-long ones go one at a time and are not hoarded by one worker while another
-idles. A worker is topped up when it falls below half of its share, so its
-next batch is already in its socket when it finishes the current one.
+long ones go one at a time. A worker is topped up when it falls below half
+of its share, so its next batch is already in its socket when it finishes
+the current one.
+
+A call sent ahead is still the caller's (``_board``): the call a worker
+gets while idle starts at once (its future is marked running as it goes
+out), and every other Task gets a slot on the worker's start board, which
+the worker claims before it starts the call and ``cancel()`` closes first
+if it can. A future is marked running when its call becomes the first
+unanswered one of its worker (``_mark_head``), so ``running()`` shows at
+most one call per worker that has not quite started. A worker that is
+idle with nothing queued takes the later half of the open calls of the
+busiest worker (``_steal``): closed on the victim's board (it answers
+SKIPPED for each when it gets there), they go out again from the front of
+the backlog. A map's slices have no futures, get no slot and are not
+stolen.
 Calls whose buffers travel through shared memory are bounded apart: a
 worker holds at most ``MAX_HEAVY_IN_FLIGHT`` entries with segments, and a
 buffer that calls in flight already carry is not copied again but shared
@@ -61,8 +74,10 @@ any other call.
 Concurrency:
   Threads: user threads touch only ``Shared`` (under ``Shared.lock``) and
   the wake pipe, and, while the dispatcher is parked, the workers listed in
-  ``Shared.idle`` (their ``in_flight``, ``sent``, ``outbox``, ``parts`` and
-  socket), under ``Shared.lock``. The dispatcher thread owns everything else here:
+  ``Shared.idle`` (their ``in_flight``, ``sent``, ``calls``, ``heavy``,
+  ``outbox``, ``parts`` and socket, and ``Shared.flush``), under
+  ``Shared.lock``; and, from ``cancel()``, a worker's start board, under
+  the board's own lock. The dispatcher thread owns everything else here:
   the backlog, the workers, their sockets, the in-flight tables, the
   selector, the counters; it owns the workers again once it has unparked
   (under ``Shared.lock``), before it reads or writes any of them. It takes
@@ -77,7 +92,10 @@ Concurrency:
   who writes what of it.
   Lock order: ``Shared.lock``, then a future's ``_condition``; a
   ``MapRun.lock`` is taken with no other lock held; ``Shared.pipe_lock``
-  (the wake pipe's descriptors) is innermost. The
+  (the wake pipe's descriptors) is innermost. A start board's lock comes
+  after a future's ``_condition`` (``cancel()``) or alone (``_steal``);
+  the dispatcher never waits on it without a timeout (a worker killed
+  while holding it keeps it forever). The
   dispatcher completes futures (which runs done-callbacks, user code) with
   no lock held, and a submitter pickles a call (which may run user code in
   ``__reduce__``) before it takes ``Shared.lock``.

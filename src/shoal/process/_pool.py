@@ -42,9 +42,15 @@ Concurrency:
   Threads: user threads call ``submit``/``shutdown``/``statistics``; the
   dispatcher thread (one per pool, started on the first submit) owns the
   workers. They share one :class:`~._dispatcher.Shared` record.
-  Lock order: ``_global_lock``, then ``Shared.lock``, then a future's
-  ``_condition``. User code never runs under a shoal lock: cancelled
-  futures are notified after the lock is released.
+  Lock order: ``Shared.lock``, then ``_global_lock`` (the first submit
+  starts the dispatcher under ``Shared.lock`` and registers it in
+  ``_dispatchers``) or a future's ``_condition`` (the hand-over marks the
+  handed call running under ``Shared.lock``); then a start board's lock
+  (``cancel()`` of a call sent ahead, under its future's ``_condition``:
+  see ``_board``). ``_python_exit`` takes ``_global_lock`` and then each
+  pool's ``Shared.lock`` one after the other, never both at once. User code
+  never runs under a shoal lock: cancelled futures are notified after the
+  lock is released.
   The dispatcher holds the ``Shared`` record, not the pool, so an abandoned
   pool can be collected; a weak-reference callback then shuts it down.
 """
