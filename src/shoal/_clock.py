@@ -1,8 +1,9 @@
 """The one place shoal reads the time.
 
-Timeouts, deadlines and retry back-offs ask a :class:`Clock`; tests swap in a
-fake one instead of sleeping. The default is ``time.monotonic``: wall-clock
-jumps never fire a timeout early or late.
+Timeouts and deadlines call this module's ``monotonic`` (looked up at each
+call, so a test may replace it with a fake to step time instead of
+sleeping). It is ``time.monotonic``: wall-clock jumps never fire a timeout
+early or late.
 """
 
 from __future__ import annotations

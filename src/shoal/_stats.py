@@ -1,4 +1,4 @@
-"""The record ``executor.statistics()`` returns."""
+"""The record ``ProcessPoolExecutor.statistics()`` returns (the thread pool has none yet)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ class ExecutorStatistics:
     Attributes:
         workers: worker processes (or threads) alive now, starting ones included.
         idle: workers with nothing to run.
-        queued: calls submitted and not yet sent to a worker.
-        running: calls sent to a worker whose result has not come back.
+        queued: calls submitted and not started: not sent to a worker yet, or
+            sent ahead to one and waiting behind the call it runs.
+        running: calls a worker runs now (one per busy worker).
         completed: calls that returned a result.
         failed: calls that raised, or were lost with their worker.
         respawned: workers started to replace one that died or retired.
