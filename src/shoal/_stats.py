@@ -20,6 +20,9 @@ class ExecutorStatistics:
         completed: calls that returned a result.
         failed: calls that raised, or were lost with their worker.
         respawned: workers started to replace one that died or retired.
+        longest_running: seconds since the call that has run longest of those
+            running now started (0.0 when none runs; calls of a ``map()``
+            are not counted).
     """
 
     workers: int
@@ -29,3 +32,4 @@ class ExecutorStatistics:
     completed: int
     failed: int
     respawned: int
+    longest_running: float = 0.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,6 +208,7 @@ def test_statistics_count_calls_sent_ahead_as_queued(
     log_dir = tmp_path / "log"
     log_dir.mkdir()
     gate = tmp_path / "gate"
+    before = time.monotonic()
     futures = [
         warm_pool.submit(crashers.count_and_wait, i, str(log_dir), str(gate)) for i in range(20)
     ]
@@ -214,8 +216,16 @@ def test_statistics_count_calls_sent_ahead_as_queued(
     stats = warm_pool.statistics()
     assert stats.running == 2
     assert stats.queued == 18
+    # The dispatcher knows when each running call started (the workers' clock is ours).
+    dispatcher = warm_pool._dispatcher
+    assert dispatcher is not None
+    starts = dispatcher.started()
+    assert len(starts) == 2
+    assert all(before <= start <= time.monotonic() for start in starts.values())
+    assert 0 < stats.longest_running <= time.monotonic() - before
     gate.touch()
     shoal.wait(futures, timeout=TIMEOUT)
+    assert warm_pool.statistics().longest_running == 0.0
 
 
 # -- the board itself -------------------------------------------------------------

@@ -622,6 +622,24 @@ class Dispatcher:
         waiting = count_calls(list(self._backlog)) + max(0, held - busy)
         return len(workers), len(workers) - busy, waiting, busy
 
+    def started(self) -> dict[int, float]:
+        """When each call running now started, by task id (``time.monotonic()``); a snapshot.
+
+        From each busy worker's start board: the worker writes the id and
+        start of every submitted call it starts (a map's slices are not
+        listed). What a timeout counts from.
+        """
+        found: dict[int, float] = {}
+        for worker in list(self._workers.values()):
+            in_flight = worker.in_flight
+            head = in_flight[0] if in_flight else None
+            if type(head) is not Task:
+                continue
+            running = worker.board.running()
+            if running is not None and running[0] == head.id:
+                found[running[0]] = running[1]
+        return found
+
     # -- the loop ----------------------------------------------------------
 
     def start(self) -> None:

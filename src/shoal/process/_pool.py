@@ -68,6 +68,7 @@ from concurrent.futures import process as _std_process
 from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
+from .. import _clock
 from .._executor import Executor, as_index
 from .._future import Future
 from .._process_errors import BrokenProcessPool
@@ -569,7 +570,9 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         workers, idle, backlog, running = (
             (0, 0, 0, 0) if dispatcher is None else dispatcher.counts()
         )
+        starts = {} if dispatcher is None else dispatcher.started()
         return ExecutorStatistics(
+            longest_running=_clock.monotonic() - min(starts.values()) if starts else 0.0,
             workers=workers,
             idle=idle,
             queued=count_calls(list(shared.queue)) + backlog,
