@@ -10,6 +10,7 @@ test sees exactly which calls ran.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import threading
@@ -263,3 +264,18 @@ def test_a_dead_workers_board_never_blocks(board: _board.Board) -> None:
     closer.join(TIMEOUT)
     assert result == [True, False]
     assert board.close_many([1]) == []
+
+
+def test_the_debug_log_tells_workers_starting_and_dying(
+    start_method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="shoal.process")
+    with shoal.ProcessPoolExecutor(max_workers=1, mp_context=start_method) as pool:
+        with pytest.raises(shoal.WorkerLostError):
+            pool.submit(os._exit, 3).result(timeout=TIMEOUT)
+        assert pool.submit(crashers.square, 4).result(timeout=TIMEOUT) == 16
+    messages = [r.getMessage() for r in caplog.records if r.name == "shoal.process"]
+    assert any("started" in m and "in place of one gone" not in m for m in messages)
+    assert any("died with exit code 3 holding 1 calls" in m for m in messages)
+    assert any("in place of one gone" in m for m in messages)
+    assert any(m.endswith(" left") for m in messages)

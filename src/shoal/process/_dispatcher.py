@@ -132,6 +132,9 @@ if TYPE_CHECKING:
 
 __all__ = ("Dispatcher", "Shared", "Task")
 
+# Debug records of what happens to workers and calls (start, exit, crash,
+# steal, give-back), for problems in the field: enable with
+# logging.getLogger("shoal.process").setLevel(logging.DEBUG).
 LOGGER_PROCESS = logging.getLogger("shoal.process")
 
 # Tunables.
@@ -1584,10 +1587,14 @@ class Dispatcher:
         self._workers[worker.fd] = worker
         self._selector.register(worker.fd, selectors.EVENT_READ, ("sock", worker))
         self._selector.register(process.sentinel, selectors.EVENT_READ, ("sentinel", worker))
-        if self._departed > 0:
+        replacing = self._departed > 0
+        if replacing:
             # This worker takes the place of one that died or retired.
             self._departed -= 1
             self._shared.respawned += 1
+        LOGGER_PROCESS.debug(
+            "%s started (pid %s)%s", name, process.pid, " in place of one gone" if replacing else ""
+        )
         return True
 
     def _retire(self, worker: _Worker) -> None:
@@ -1620,6 +1627,12 @@ class Dispatcher:
         _wire.unlink_prefix(f"{self._shm_prefix}-w{process.pid}")
         held, started = self._unanswered(worker)
         how = _signal_name(exitcode)
+        if worker.retiring and exitcode == 0:
+            LOGGER_PROCESS.debug("%s (pid %s) left", worker.name, process.pid)
+        else:
+            LOGGER_PROCESS.debug(
+                "%s (pid %s) died %s holding %d calls", worker.name, process.pid, how, len(held)
+            )
         if worker.init_error is not None:
             error = worker.init_error
             self._break(
@@ -1672,6 +1685,10 @@ class Dispatcher:
             unstarted.insert(0, Slice(lost.run, lost.start + 1, lost.stop))
             lost.stop = lost.start + 1
         self._backlog.extendleft(reversed(unstarted))
+        if unstarted:
+            LOGGER_PROCESS.debug(
+                "%d calls %s had not started go back to the queue", len(unstarted), worker.name
+            )
         if lost.blob is not None:
             self.segments.release(lost.blob)
         error = WorkerLostError(
