@@ -65,6 +65,33 @@ def _unpickle(action: str) -> FailOnUnpickle:
     return FailOnUnpickle(action)
 
 
+class UnpicklesNotIn(Exception):
+    """An exception that unpickles anywhere but in the process ``pid``.
+
+    There, unpickling it runs the action: raised by a call in a worker, it
+    loads back in the worker (which checks that before sending it) and
+    fails in the parent.
+    """
+
+    def __init__(self, pid: int, action: str) -> None:
+        super().__init__(pid, action)
+        self.pid = pid
+        self.action = action
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_unpickle_exception_not_in, (self.pid, self.action))
+
+
+def _unpickle_exception_not_in(pid: int, action: str) -> UnpicklesNotIn:
+    if os.getpid() == pid:
+        _do(action)
+    return UnpicklesNotIn(pid, action)
+
+
+def raise_unpickling_not_in(pid: int, action: str) -> None:
+    raise UnpicklesNotIn(pid, action)
+
+
 def take(argument: object) -> str:
     return "ran"
 
