@@ -60,6 +60,13 @@ class FailOnUnpickle:
         return (_unpickle, (self.action,))
 
 
+class CallableFailOnUnpickle(FailOnUnpickle):
+    """A callable that, unpickled, runs the action: a function that does not unpickle."""
+
+    def __call__(self, *args: object) -> str:
+        return "ran"
+
+
 def _unpickle(action: str) -> FailOnUnpickle:
     _do(action)
     return FailOnUnpickle(action)

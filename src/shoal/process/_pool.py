@@ -12,8 +12,14 @@ call to that worker itself instead, saving a thread wake-up (the
   naming the exit code or signal; a new worker takes its place and every
   other call completes. The pool breaks (``BrokenProcessPool``) only when its
   initializer fails or workers keep dying while starting.
-* An exception in a call, an argument that cannot be pickled, a result that
-  cannot be pickled or unpickled: that one future fails, with that error.
+* An exception in a call (``SystemExit`` included), an argument that cannot
+  be pickled, a result that cannot be pickled: that one future fails, with
+  that error.
+* A function, argument, result or exception that cannot be unpickled (in
+  the worker, or in the parent): that one future fails with
+  :class:`shoal.process.UnpicklingFailedError`, a ``BrokenProcessPool`` as
+  the standard pool raises in these cases, caused by the unpickling error;
+  unlike the standard pool, the pool goes on.
 * Ctrl-C in the main thread: leaving a ``with`` block on KeyboardInterrupt,
   or the interpreter exiting on one, stops the workers at once instead of
   waiting for the running calls. The workers themselves do nothing on SIGINT;
