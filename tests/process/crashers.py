@@ -155,6 +155,23 @@ def report_pid_and_wait(pid_path: str, gate_path: str, timeout: float = 30.0) ->
     return os.getpid()
 
 
+# The digest of the initializer's argument in this worker (keep_digest).
+_initarg_digest: str | None = None
+
+
+def keep_digest(data: object) -> None:
+    """An initializer: remember the SHA-256 of ``data`` (bytes, or a numpy array)."""
+    import hashlib
+
+    global _initarg_digest
+    _initarg_digest = hashlib.sha256(data).hexdigest()  # type: ignore[arg-type]
+
+
+def digest_and_wait(pid_path: str, gate_path: str) -> tuple[int, str | None]:
+    """report_pid_and_wait(), then (this worker's pid, what keep_digest() kept)."""
+    return report_pid_and_wait(pid_path, gate_path), _initarg_digest
+
+
 def array_sum(array: object) -> float:
     return float(array.sum())  # type: ignore[attr-defined]
 

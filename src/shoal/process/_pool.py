@@ -303,6 +303,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._serial = next(_serials)
         self._initializer = initializer  # type: ignore[assignment]  # typeshed says -> None
         self._initargs = tuple(initargs)
+        self._shm_prefix = f"shoal-{os.getpid()}-{self._serial}"
         self._initializer_blob: _wire.Blob | None = None
         self._initializer_objects: tuple[Callable[..., object], tuple[Any, ...]] | None = None
         if initializer is not None:
@@ -312,7 +313,13 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                     initializer,
                     self._initargs,
                     {},
-                    f"shoal-{os.getpid()}-{self._serial}i",
+                    # Every worker of the pool, the ones started later too,
+                    # reads the same blob: its big buffers go to kept
+                    # segments (which a reader maps and leaves in place),
+                    # named under the pool's prefix so that the pool's
+                    # sweeps remove them once no worker will start (the
+                    # dispatcher's end, or _stop if it never started).
+                    _wire.kept_prefix(self._shm_prefix),
                     main_by_value=self._by_value,
                 )
             except Exception:
@@ -322,7 +329,6 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                 # with the reason.
                 self._initializer_objects = (initializer, self._initargs)
         self._shared = Shared()
-        self._shm_prefix = f"shoal-{os.getpid()}-{self._serial}"
         self._ids = itertools.count()
         self._dispatcher: Dispatcher | None = None
 
@@ -527,6 +533,9 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                 _dispatchers.pop(self._serial, None)
             # No worker will start again: let go of the initializer and its
             # arguments (a multiprocessing Queue, say), though the pool object lives on.
+            if dispatcher is None and self._initializer_blob is not None:
+                # Its kept segments; a dispatcher removes them as it ends.
+                _wire.discard(self._initializer_blob)
             self._initializer_blob = self._initializer_objects = None
             self._initializer = None
             self._initargs = ()

@@ -40,8 +40,10 @@ read is removed by ``discard`` or ``unlink_prefix``.
 
 Kept segments, named ``{prefix}-s-{n}``, are the exception: their writer
 (the parent, through a Store) shares one among every call in flight that
-carries the same bytes, and unlinks it once all of them are answered. The
-reader maps a kept segment copy-on-write and leaves it in place.
+carries the same bytes, and unlinks it once all of them are answered; or,
+for a pool's initializer (pickled once, read by every worker it starts),
+once no worker will start. The reader maps a kept segment copy-on-write and
+leaves it in place.
 
 A segment left behind by a
 process that died without cleaning up is removed by a survivor (its
