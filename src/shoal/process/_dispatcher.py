@@ -1433,7 +1433,7 @@ class Dispatcher:
                     call = task.describe()
                     what = f"the exception ({failure.type_name}) raised by {call}"
                     error = self._unpickling_error(call, what, failure.__cause__, None)
-                except BaseException as exc:  # pragma: no cover - the worker's own pickle
+                except BaseException as exc:  # pragma: no cover - its envelope: plain data
                     error = exc
                 else:
                     if unpickling:
