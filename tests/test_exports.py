@@ -194,6 +194,24 @@ def test_exception_tree(cls, bases):
         raise error
 
 
+def test_unpickling_failed_error_is_a_broken_process_pool_and_an_unpickling_error():
+    from shoal.process import BrokenProcessPool, UnpicklingFailedError
+
+    assert "UnpicklingFailedError" in shoal.process.__all__
+    assert UnpicklingFailedError.__module__ == "shoal.process"
+    assert shoal._errors.UnpicklingFailedError is UnpicklingFailedError
+    error = UnpicklingFailedError("m", side="parent", task="task 1 (f)")
+    for base in (
+        BrokenProcessPool,
+        concurrent.futures.process.BrokenProcessPool,
+        concurrent.futures.BrokenExecutor,
+        RuntimeError,
+        pickle.UnpicklingError,
+    ):
+        assert isinstance(error, base), base
+    assert not isinstance(error, shoal.WorkerLostError)
+
+
 def test_worker_lost_error_is_a_broken_process_pool():
     from shoal.process import BrokenProcessPool
 

@@ -8,12 +8,15 @@ handled error into an unhandled one::
     TimeoutError                       <- TaskTimeoutError   (the task ran too long; stopped)
     RuntimeError <- concurrent.futures.BrokenExecutor <- BrokenExecutor
         <- BrokenProcessPool  <- WorkerLostError            (exit code / signal, task name)
+                              <- UnpicklingFailedError      (a call or result did not unpickle;
+                                 (also a pickle.UnpicklingError)   the call, the side)
         <- BrokenThreadPool                                 (initializer failed)
     concurrent.futures.InvalidStateError <- InvalidStateError
 
 ``BrokenProcessPool`` and ``BrokenThreadPool`` are also reachable as
 ``shoal.process.BrokenProcessPool`` and ``shoal.thread.BrokenThreadPool``, the
-places the standard library keeps them.
+places the standard library keeps them; ``UnpicklingFailedError`` only as
+``shoal.process.UnpicklingFailedError``.
 
 ``TimeoutError`` itself is the builtin: ``result(timeout=...)``, ``wait`` and
 ``as_completed`` raise it when the *caller* stops waiting; the task goes on.
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._process_errors import BrokenProcessPool as BrokenProcessPool
+    from ._process_errors import UnpicklingFailedError as UnpicklingFailedError
     from ._process_errors import WorkerLostError as WorkerLostError
 
 __all__ = (
@@ -37,6 +41,7 @@ __all__ = (
     "CancelledError",
     "InvalidStateError",
     "TaskTimeoutError",
+    "UnpicklingFailedError",
     "WorkerLostError",
 )
 
@@ -82,7 +87,7 @@ class BrokenThreadPool(BrokenExecutor, concurrent.futures.thread.BrokenThreadPoo
 def __getattr__(name: str) -> Any:
     # The process-pool errors subclass concurrent.futures.process's, whose
     # import pulls in multiprocessing; load them only when asked for.
-    if name in ("BrokenProcessPool", "WorkerLostError"):
+    if name in ("BrokenProcessPool", "UnpicklingFailedError", "WorkerLostError"):
         from . import _process_errors
 
         return getattr(_process_errors, name)

@@ -8,18 +8,20 @@ Apart from ``_errors`` because subclassing the standard
 from __future__ import annotations
 
 import concurrent.futures.process
+import pickle
 
 from ._errors import BrokenExecutor
 
-__all__ = ("BrokenProcessPool", "WorkerLostError")
+__all__ = ("BrokenProcessPool", "UnpicklingFailedError", "WorkerLostError")
 
 
 class BrokenProcessPool(BrokenExecutor, concurrent.futures.process.BrokenProcessPool):
     """The process pool cannot run this task or any more tasks.
 
-    shoal's pool survives the death of a worker (see :class:`WorkerLostError`);
-    it breaks only when it cannot start workers at all, for example when the
-    initializer fails.
+    shoal's pool survives the death of a worker (see :class:`WorkerLostError`)
+    and a call or result that does not unpickle (see
+    :class:`UnpicklingFailedError`); it breaks only when it cannot start
+    workers at all, for example when the initializer fails.
     """
 
     __module__ = "shoal.process"
@@ -55,6 +57,64 @@ class WorkerLostError(BrokenProcessPool):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild_worker_lost, (str(self), self.exitcode, self.task, self.pid))
+
+
+class UnpicklingFailedError(BrokenProcessPool, pickle.UnpicklingError):
+    """A call could not be unpickled in the worker, or its outcome in the parent.
+
+    The standard pool breaks as a whole when this happens, so code written
+    for it catches ``BrokenProcessPool``; shoal fails only this call (the
+    pool goes on, every other call completes) with this subclass of it. The
+    message names the call and the side; the error raised while unpickling
+    (anything, ``SystemExit`` included) is the ``__cause__``:
+
+    * side ``"worker"``: the function or the arguments of the call did not
+      unpickle in the worker (its traceback there is the cause's
+      ``__cause__``). A ``SystemExit`` raised by the call itself is not
+      this: it reaches the caller, as in the standard library.
+    * side ``"parent"``: the call's result, or the exception it raised, did
+      not unpickle in the process that submitted it.
+
+    It is also a ``pickle.UnpicklingError``: that is what happened, whatever
+    the cause raised, and code that catches ``pickle.PickleError`` to tell
+    a serialization problem from a crashed worker (a
+    :class:`WorkerLostError`) keeps doing so; and shoal raised
+    ``UnpicklingError`` for a result that did not unpickle before this
+    class existed. Both bases are plain ``Exception`` subclasses with no
+    state of their own, so neither changes what the other means.
+
+    ``__cause__`` does not survive pickling (no exception's does): a copy
+    keeps the message and the attributes.
+
+    Attributes:
+        side: ``"worker"`` or ``"parent"``, where the unpickling failed.
+        task: a short description of the call, or None.
+        pid: the process id of the worker (side ``"worker"``), or None.
+    """
+
+    __module__ = "shoal.process"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        side: str = "parent",
+        task: str | None = None,
+        pid: int | None = None,
+    ):
+        super().__init__(message)
+        self.side = side
+        self.task = task
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_unpickling_failed, (str(self), self.side, self.task, self.pid))
+
+
+def _rebuild_unpickling_failed(
+    message: str, side: str, task: str | None, pid: int | None
+) -> UnpicklingFailedError:
+    return UnpicklingFailedError(message, side=side, task=task, pid=pid)
 
 
 def _rebuild_worker_lost(

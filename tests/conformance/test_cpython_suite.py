@@ -28,10 +28,12 @@ Two lists keep tests out of the run, each entry with its reason:
   behaviour users rely on and only peeks at a private attribute on the way,
   the reason says so and names where shoal checks that behaviour instead.
 * ``DESIGN_SKIPS``: shoal deliberately behaves differently, as its contract
-  (DESIGN.md, ``shoal/process/_pool.py``) says: a worker that dies, or a call
-  or result that cannot be unpickled, fails only that call and the pool goes
-  on, instead of breaking the whole pool; the default start method is
-  ``forkserver`` on Linux; ``max_tasks_per_child`` also works under ``fork``.
+  (DESIGN.md, ``shoal/process/_pool.py``) says: a worker that dies fails
+  only that call and the pool goes on, instead of breaking the whole pool;
+  the default start method is ``forkserver`` on Linux;
+  ``max_tasks_per_child`` also works under ``fork``. (A call or result that
+  cannot be unpickled also fails only that call, but with a
+  ``BrokenProcessPool``, as CPython's ``test_deadlock`` expects: those run.)
 
 Everything else that fails is a difference a drop-in replacement must not
 have. The process-pool classes run when ``PROCESS_POOL`` is true; each CPython
@@ -181,12 +183,6 @@ OPEN_SKIPS: dict[str, str] = {}
 # module docstring). Keyed like PRIVATE_DETAIL_SKIPS.
 DESIGN_SKIPS: dict[str, str] = {}
 if PROCESS_POOL:
-    _ONLY_THAT_CALL = (
-        "shoal fails only that call, with the error itself, and the pool goes on "
-        "(_pool.py: 'An exception in a call, an argument that cannot be pickled, a "
-        "result that cannot be pickled or unpickled: that one future fails'); the "
-        "standard pool breaks as a whole (BrokenProcessPool)."
-    )
     DESIGN_SKIPS.update(
         {
             **_per_start_method(
@@ -210,28 +206,6 @@ if PROCESS_POOL:
                 "is given (read through the private _mp_context); shoal's default "
                 "start method is forkserver on Linux, with or without "
                 "max_tasks_per_child.",
-            ),
-            **_per_start_method(
-                "test_deadlock.ProcessPool{}ExecutorDeadlockTest.test_exit_at_task_unpickle",
-                "a call whose arguments raise SystemExit while unpickling in the "
-                "worker: the future raises that SystemExit. " + _ONLY_THAT_CALL,
-            ),
-            **_per_start_method(
-                "test_deadlock.ProcessPool{}ExecutorDeadlockTest.test_error_at_task_unpickle",
-                "a call whose arguments raise UnpicklingError while unpickling in "
-                "the worker: the future raises that UnpicklingError. " + _ONLY_THAT_CALL,
-            ),
-            **_per_start_method(
-                "test_deadlock.ProcessPool{}ExecutorDeadlockTest"
-                ".test_error_during_result_unpickle_in_result_handler",
-                "a result that raises UnpicklingError while unpickling in the "
-                "parent: the future raises UnpicklingError. " + _ONLY_THAT_CALL,
-            ),
-            **_per_start_method(
-                "test_deadlock.ProcessPool{}ExecutorDeadlockTest"
-                ".test_exit_during_result_unpickle_in_result_handler",
-                "a result that raises SystemExit while unpickling in the parent: "
-                "the future raises UnpicklingError (caused by the SystemExit). " + _ONLY_THAT_CALL,
             ),
         }
     )

@@ -60,9 +60,43 @@ class FailOnUnpickle:
         return (_unpickle, (self.action,))
 
 
+class CallableFailOnUnpickle(FailOnUnpickle):
+    """A callable that, unpickled, runs the action: a function that does not unpickle."""
+
+    def __call__(self, *args: object) -> str:
+        return "ran"
+
+
 def _unpickle(action: str) -> FailOnUnpickle:
     _do(action)
     return FailOnUnpickle(action)
+
+
+class UnpicklesNotIn(Exception):
+    """An exception that unpickles anywhere but in the process ``pid``.
+
+    There, unpickling it runs the action: raised by a call in a worker, it
+    loads back in the worker (which checks that before sending it) and
+    fails in the parent.
+    """
+
+    def __init__(self, pid: int, action: str) -> None:
+        super().__init__(pid, action)
+        self.pid = pid
+        self.action = action
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_unpickle_exception_not_in, (self.pid, self.action))
+
+
+def _unpickle_exception_not_in(pid: int, action: str) -> UnpicklesNotIn:
+    if os.getpid() == pid:
+        _do(action)
+    return UnpicklesNotIn(pid, action)
+
+
+def raise_unpickling_not_in(pid: int, action: str) -> None:
+    raise UnpicklesNotIn(pid, action)
 
 
 def take(argument: object) -> str:
@@ -119,6 +153,23 @@ def report_pid_and_wait(pid_path: str, gate_path: str, timeout: float = 30.0) ->
     os.replace(pid_path + ".tmp", pid_path)
     wait_for_file(gate_path, timeout)
     return os.getpid()
+
+
+# The digest of the initializer's argument in this worker (keep_digest).
+_initarg_digest: str | None = None
+
+
+def keep_digest(data: object) -> None:
+    """An initializer: remember the SHA-256 of ``data`` (bytes, or a numpy array)."""
+    import hashlib
+
+    global _initarg_digest
+    _initarg_digest = hashlib.sha256(data).hexdigest()  # type: ignore[arg-type]
+
+
+def digest_and_wait(pid_path: str, gate_path: str) -> tuple[int, str | None]:
+    """report_pid_and_wait(), then (this worker's pid, what keep_digest() kept)."""
+    return report_pid_and_wait(pid_path, gate_path), _initarg_digest
 
 
 def array_sum(array: object) -> float:

@@ -8,7 +8,6 @@ parent itself is not a case (it would take the test run down with it).
 from __future__ import annotations
 
 import itertools
-import pickle
 import time
 
 import crashers
@@ -30,11 +29,11 @@ CASES = {
     ),
     ("unpickle-call", "raise"): (
         lambda p: p.submit(crashers.take, crashers.FailOnUnpickle("raise")),
-        crashers.Boom,
+        shoal.process.UnpicklingFailedError,
     ),
     ("unpickle-call", "sysexit"): (
         lambda p: p.submit(crashers.take, crashers.FailOnUnpickle("sysexit")),
-        SystemExit,
+        shoal.process.UnpicklingFailedError,
     ),
     ("unpickle-call", "exit"): (
         lambda p: p.submit(crashers.take, crashers.FailOnUnpickle("exit")),
@@ -66,11 +65,11 @@ CASES = {
     ),
     ("unpickle-result", "raise"): (
         lambda p: p.submit(crashers.return_failing_unpickle, "raise"),
-        pickle.UnpicklingError,
+        shoal.process.UnpicklingFailedError,
     ),
     ("unpickle-result", "sysexit"): (
         lambda p: p.submit(crashers.return_failing_unpickle, "sysexit"),
-        pickle.UnpicklingError,
+        shoal.process.UnpicklingFailedError,
     ),
 }
 
@@ -97,6 +96,10 @@ def test_crash_matrix(case: tuple[str, str], shared_pool: shoal.ProcessPoolExecu
         assert any("could not be pickled" in note for note in info.value.__notes__)
     if expected is shoal.WorkerLostError:
         assert "died" in str(info.value)
+    if moment.startswith("unpickle") and expected is not shoal.WorkerLostError:
+        # What unpickling raised, SystemExit included, is the cause.
+        cause = {"raise": crashers.Boom, "sysexit": SystemExit}[_action]
+        assert type(info.value.__cause__) is cause
     assert [f.result(TIMEOUT) for f in before + after] == [i * i for i in range(20)] * 2
     assert pool.submit(crashers.square, 9).result(TIMEOUT) == 81
 

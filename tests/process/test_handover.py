@@ -74,7 +74,7 @@ def test_errors_stay_on_their_future(
     with pytest.raises(crashers.Boom):
         pool.submit(crashers.take, crashers.FailOnPickle("raise")).result(TIMEOUT)
     _settle(pool)
-    with pytest.raises(crashers.Boom):
+    with pytest.raises(shoal.process.UnpicklingFailedError):
         pool.submit(crashers.take, crashers.FailOnUnpickle("raise")).result(TIMEOUT)
     _settle(pool)
     assert pool.submit(crashers.square, 3).result(TIMEOUT) == 9

@@ -140,8 +140,10 @@ def test_an_item_that_does_not_unpickle_in_the_worker_fails_only_its_call(
         "every call but one to complete",
     )
     assert [next(results) for _ in range(at)] == list(range(at))
-    with pytest.raises(crashers.Boom, match=f"item {at} does not unpickle here"):
+    with pytest.raises(shoal.process.UnpicklingFailedError, match=f"call {at} of map") as info:
         next(results)
+    assert type(info.value.__cause__) is crashers.Boom
+    assert f"item {at} does not unpickle here" in str(info.value.__cause__)
 
 
 def test_a_function_that_does_not_pickle_fails_the_map_not_the_pool(
@@ -364,6 +366,6 @@ def test_a_map_of_many_calls_matches_the_builtin_map(
         assert list(results) == [value(i) for i in range(n)]
         return
     assert [next(results) for _ in range(bad_at)] == [value(i) for i in range(bad_at)]
-    with pytest.raises((TypeError, crashers.Boom)):
+    with pytest.raises((TypeError, crashers.Boom, shoal.process.UnpicklingFailedError)):
         next(results)
     results.close()  # type: ignore[attr-defined]

@@ -69,11 +69,13 @@ def test_an_argument_that_does_not_unpickle_fails_only_its_call_of_a_map(
     arguments[10] = crashers.FailOnUnpickle("raise")
     results = pool.map(crashers.take, arguments)
     assert [next(results) for _ in range(10)] == ["ran"] * 10
-    with pytest.raises(crashers.Boom):
+    with pytest.raises(shoal.process.UnpicklingFailedError) as info:
         next(results)
+    assert type(info.value.__cause__) is crashers.Boom
     mixed = [pool.submit(crashers.take, a) for a in arguments]
     outcomes = [type(f.exception(TIMEOUT)) for f in mixed]
-    assert outcomes == [type(None)] * 10 + [crashers.Boom] + [type(None)] * 19
+    failed = shoal.process.UnpicklingFailedError
+    assert outcomes == [type(None)] * 10 + [failed] + [type(None)] * 19
 
 
 def test_worker_exception_has_remote_traceback(pool: shoal.ProcessPoolExecutor) -> None:

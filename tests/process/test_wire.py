@@ -471,7 +471,8 @@ def test_unpicklable_exception_comes_back_as_substitute(prefix, error, type_name
     pickle.loads(pickle.dumps(rebuilt))  # the substitute itself travels
 
 
-def test_exception_the_parent_cannot_load_becomes_substitute(prefix):
+def test_exception_the_parent_cannot_load_raises_with_its_name(prefix):
+    # The dispatcher fails the call with an UnpicklingFailedError from it.
     module = types.ModuleType("shoal_test_only_in_worker")
     exec("class WorkerOnly(Exception):\n    pass\n", module.__dict__)
     sys.modules[module.__name__] = module
@@ -479,10 +480,23 @@ def test_exception_the_parent_cannot_load_becomes_substitute(prefix):
         blob = _wire.dumps_error(caught(module.WorkerOnly("boom")), prefix)
     finally:
         del sys.modules[module.__name__]
-    rebuilt = _wire.load_error(blob)
-    assert type(rebuilt) is _wire.UnpicklableError
-    assert rebuilt.type_name == "shoal_test_only_in_worker.WorkerOnly"
-    assert rebuilt.message == "boom" and "unpickled in the parent" in rebuilt.reason
+    with pytest.raises(_wire.ExceptionNotUnpickled) as info:
+        _wire.load_error(blob)
+    assert info.value.type_name == "shoal_test_only_in_worker.WorkerOnly"
+    assert info.value.message == "boom"
+    cause = info.value.__cause__
+    assert isinstance(cause, ModuleNotFoundError)
+    # The worker's traceback of the exception that did not load.
+    assert isinstance(cause.__context__, _wire.RemoteTraceback)
+    assert "raise_in_a_named_frame" in cause.__context__.text
+    assert "WorkerOnly: boom" in str(info.value)
+
+
+@pytest.mark.parametrize("unpickling", [False, True])
+def test_error_blob_says_whether_unpickling_the_call_raised_it(prefix, unpickling):
+    blob = _wire.dumps_error(caught(KeyError("k")), prefix, unpickling=unpickling)
+    error, marked = _wire.load_failure(blob)
+    assert type(error) is KeyError and marked is unpickling
 
 
 def test_exception_with_a_big_array_uses_and_frees_shared_memory(prefix):

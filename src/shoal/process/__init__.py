@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._process_errors import BrokenProcessPool as BrokenProcessPool
+from .._process_errors import UnpicklingFailedError as UnpicklingFailedError
 from .._process_errors import WorkerLostError as WorkerLostError
 
 if TYPE_CHECKING:
     from ._pool import ProcessPoolExecutor as ProcessPoolExecutor
 
-__all__ = ("BrokenProcessPool", "ProcessPoolExecutor", "WorkerLostError")
+__all__ = ("BrokenProcessPool", "ProcessPoolExecutor", "UnpicklingFailedError", "WorkerLostError")
 
 
 def __getattr__(name: str) -> Any:

@@ -122,7 +122,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .. import _clock
 from .._future import CANCELLED, LOGGER, PENDING, RUNNING, Future
-from .._process_errors import BrokenProcessPool, WorkerLostError
+from .._process_errors import BrokenProcessPool, UnpicklingFailedError, WorkerLostError
 from . import _board, _segments, _wire, _worker
 from ._runs import Failed, MapRun, Slice
 
@@ -1467,9 +1467,18 @@ class Dispatcher:
                     del value
             else:
                 try:
-                    error = _wire.load_error(blob)
-                except BaseException as exc:
+                    error, unpickling = _wire.load_failure(blob)
+                except _wire.ExceptionNotUnpickled as failure:
+                    call = task.describe()
+                    what = f"the exception ({failure.type_name}) raised by {call}"
+                    error = self._unpickling_error(call, what, failure.__cause__, None)
+                except BaseException as exc:  # pragma: no cover - its envelope: plain data
                     error = exc
+                else:
+                    if unpickling:
+                        call = task.describe()
+                        what = f"the function or the arguments of {call}"
+                        error = self._unpickling_error(call, what, error, worker)
                 self._settle(task, Failed(error))
                 failed += 1
                 del error
@@ -1513,14 +1522,43 @@ class Dispatcher:
 
     def _unpickling_failed(self, task: Sent, exc: BaseException) -> None:
         """Fail ``task``, whose result arrived but does not unpickle here."""
-        error = pickle.UnpicklingError(
-            f"the result of {task.describe()} could not be unpickled in the "
-            f"parent process: {exc!r}. Return values must unpickle in the "
-            "process that submitted the call."
-        )
-        error.__cause__ = exc
+        call = task.describe()
+        error = self._unpickling_error(call, f"the result of {call}", exc, None)
         self._settle(task, Failed(error))
         self._shared.failed += 1
+
+    @staticmethod
+    def _unpickling_error(
+        call: str, what: str, exc: BaseException | None, worker: _Worker | None
+    ) -> UnpicklingFailedError:
+        """The error of ``call``: ``what`` did not unpickle in ``worker`` (None: here).
+
+        A ``BrokenProcessPool``, as the standard pool raises (for the whole
+        pool) in these cases, so that ``except BrokenProcessPool`` written for
+        it still sees them; only this call fails, the pool goes on.
+        """
+        if worker is not None:
+            pid = worker.process.pid
+            error = UnpicklingFailedError(
+                f"{what} could not be unpickled in the worker process (pid {pid}): "
+                f"{exc!r}. A call's function and arguments must unpickle in the "
+                "worker: their modules and classes importable there, their "
+                "__reduce__/__setstate__ not raising. Only this call failed; the "
+                "pool goes on.",
+                side="worker",
+                task=call,
+                pid=pid,
+            )
+        else:
+            error = UnpicklingFailedError(
+                f"{what} could not be unpickled in the parent process: {exc!r}. "
+                "Results and exceptions must unpickle in the process that "
+                "submitted the call. Only this call failed; the pool goes on.",
+                side="parent",
+                task=call,
+            )
+        error.__cause__ = exc
+        return error
 
     def _account(self, worker: _Worker, answered: int, total: float) -> None:
         """After ``answered`` answers of ``worker`` that ran ``total`` seconds."""

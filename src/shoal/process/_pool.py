@@ -12,8 +12,14 @@ call to that worker itself instead, saving a thread wake-up (the
   naming the exit code or signal; a new worker takes its place and every
   other call completes. The pool breaks (``BrokenProcessPool``) only when its
   initializer fails or workers keep dying while starting.
-* An exception in a call, an argument that cannot be pickled, a result that
-  cannot be pickled or unpickled: that one future fails, with that error.
+* An exception in a call (``SystemExit`` included), an argument that cannot
+  be pickled, a result that cannot be pickled: that one future fails, with
+  that error.
+* A function, argument, result or exception that cannot be unpickled (in
+  the worker, or in the parent): that one future fails with
+  :class:`shoal.process.UnpicklingFailedError`, a ``BrokenProcessPool`` as
+  the standard pool raises in these cases, caused by the unpickling error;
+  unlike the standard pool, the pool goes on.
 * Ctrl-C in the main thread: leaving a ``with`` block on KeyboardInterrupt,
   or the interpreter exiting on one, stops the workers at once instead of
   waiting for the running calls. The workers themselves do nothing on SIGINT;
@@ -304,6 +310,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._serial = next(_serials)
         self._initializer = initializer  # type: ignore[assignment]  # typeshed says -> None
         self._initargs = tuple(initargs)
+        self._shm_prefix = f"shoal-{os.getpid()}-{self._serial}"
         self._initializer_blob: _wire.Blob | None = None
         self._initializer_objects: tuple[Callable[..., object], tuple[Any, ...]] | None = None
         if initializer is not None:
@@ -313,7 +320,13 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                     initializer,
                     self._initargs,
                     {},
-                    f"shoal-{os.getpid()}-{self._serial}i",
+                    # Every worker of the pool, the ones started later too,
+                    # reads the same blob: its big buffers go to kept
+                    # segments (which a reader maps and leaves in place),
+                    # named under the pool's prefix so that the pool's
+                    # sweeps remove them once no worker will start (the
+                    # dispatcher's end, or _stop if it never started).
+                    _wire.kept_prefix(self._shm_prefix),
                     main_by_value=self._by_value,
                 )
             except Exception:
@@ -323,7 +336,6 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                 # with the reason.
                 self._initializer_objects = (initializer, self._initargs)
         self._shared = Shared()
-        self._shm_prefix = f"shoal-{os.getpid()}-{self._serial}"
         self._ids = itertools.count()
         self._dispatcher: Dispatcher | None = None
 
@@ -528,6 +540,9 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                 _dispatchers.pop(self._serial, None)
             # No worker will start again: let go of the initializer and its
             # arguments (a multiprocessing Queue, say), though the pool object lives on.
+            if dispatcher is None and self._initializer_blob is not None:
+                # Its kept segments; a dispatcher removes them as it ends.
+                _wire.discard(self._initializer_blob)
             self._initializer_blob = self._initializer_objects = None
             self._initializer = None
             self._initargs = ()

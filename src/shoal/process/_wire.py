@@ -23,9 +23,11 @@ Wire format::
                   once per RUN message (see RUN below) and has no kwargs
     items blob= Blob of a sequence of a map's items (a slice of its calls)
     error blob= Blob whose data is a plain pickle of
-                  (type_name, message, traceback_text, exception_data)
-                  and whose segments are those of exception_data; read it
-                  with load_error() only.
+                  (type_name, message, traceback_text, exception_data,
+                  unpickling) and whose segments are those of
+                  exception_data; unpickling is True when the exception
+                  was raised unpickling the call, not by the call. Read it
+                  with load_error() or load_failure() only.
 
 Shared memory: a buffer of at least ``SHM_THRESHOLD`` bytes (a numpy array,
 a big ``bytes``/``bytearray``/``memoryview``) is written to a POSIX
@@ -38,8 +40,10 @@ read is removed by ``discard`` or ``unlink_prefix``.
 
 Kept segments, named ``{prefix}-s-{n}``, are the exception: their writer
 (the parent, through a Store) shares one among every call in flight that
-carries the same bytes, and unlinks it once all of them are answered. The
-reader maps a kept segment copy-on-write and leaves it in place.
+carries the same bytes, and unlinks it once all of them are answered; or,
+for a pool's initializer (pickled once, read by every worker it starts),
+once no worker will start. The reader maps a kept segment copy-on-write and
+leaves it in place.
 
 A segment left behind by a
 process that died without cleaning up is removed by a survivor (its
@@ -94,6 +98,7 @@ __all__ = (
     "SHM_THRESHOLD",
     "SKIPPED",
     "Blob",
+    "ExceptionNotUnpickled",
     "RemoteTraceback",
     "Store",
     "UnpicklableError",
@@ -108,6 +113,7 @@ __all__ = (
     "is_kept",
     "kept_prefix",
     "load_error",
+    "load_failure",
     "loads",
     "long_header",
     "recv",
@@ -720,6 +726,28 @@ class UnpicklableError(Exception):
         return f"{head} (the exception could not be sent by the worker: {self.reason})"
 
 
+class ExceptionNotUnpickled(Exception):
+    """load_error() could not unpickle the exception of an error blob here.
+
+    Raised from the error that unpickling raised (its ``__cause__``), whose
+    ``__context__``, when it had none, is the RemoteTraceback of the
+    exception that did not unpickle.
+
+    Attributes:
+        type_name: the qualified name of the exception's type.
+        message: ``str()`` of the exception, as the worker saw it.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(type_name, message)
+        self.type_name = type_name
+        self.message = message
+
+    def __str__(self) -> str:
+        head = f"{self.type_name}: {self.message}" if self.message else self.type_name
+        return f"{head} (the exception could not be unpickled here: {self.__cause__!r})"
+
+
 def _safe_str(obj: object) -> str:
     try:
         return str(obj)
@@ -735,13 +763,15 @@ def _type_name(exc: BaseException) -> str:
     return f"{module}.{kind.__qualname__}"
 
 
-def dumps_error(exc: BaseException, shm_prefix: str) -> Blob:
+def dumps_error(exc: BaseException, shm_prefix: str, unpickling: bool = False) -> Blob:
     """Pickle ``exc`` with its formatted traceback; read the blob with load_error().
 
     An exception that cannot be pickled, or whose pickle does not load back
     here (an ``__init__`` with required arguments that ``args`` lacks, say),
     is replaced by an UnpicklableError with its type name and message. The
     traceback text always travels. Never raises for a bad exception.
+    ``unpickling`` travels with it (see load_failure()): True for an
+    exception raised unpickling the call rather than by the call.
     """
     try:
         text = "".join(traceback.format_exception(exc))
@@ -766,19 +796,27 @@ def dumps_error(exc: BaseException, shm_prefix: str) -> Blob:
         inner_data, segments = _store(data, buffers, shm_prefix)
     except OSError:  # shared memory is full: in band then
         inner_data, segments = _pickle(payload, out_of_band=False)[0], ()
-    outer = pickle.dumps((type_name, message, text, inner_data), protocol=5)
+    outer = pickle.dumps((type_name, message, text, inner_data, unpickling), protocol=5)
     return outer, segments
 
 
 def load_error(blob: Blob) -> BaseException:
     """Rebuild an exception sent by dumps_error(), its worker traceback as ``__cause__``.
 
-    If the exception does not unpickle here (its class exists only in the
-    worker, say), an UnpicklableError with its type name and message is
-    returned instead. Unlinks the blob's segments.
+    Raises ExceptionNotUnpickled if the exception does not unpickle here
+    (its class exists only in the worker, say; whatever unpickling raised,
+    SystemExit included). Unlinks the blob's segments.
+    """
+    return load_failure(blob)[0]
+
+
+def load_failure(blob: Blob) -> tuple[BaseException, bool]:
+    """load_error(), and whether the exception was raised unpickling the call.
+
+    The second value is the ``unpickling`` given to dumps_error().
     """
     try:
-        type_name, message, text, inner_data = pickle.loads(blob[0])
+        type_name, message, text, inner_data, unpickling = pickle.loads(blob[0])
     except BaseException:
         discard(blob)
         raise
@@ -788,11 +826,12 @@ def load_error(blob: Blob) -> BaseException:
         if not isinstance(obj, BaseException):
             raise TypeError(f"expected an exception, got {type(obj).__name__}")
         exc = obj
-    except Exception as error:
-        reason = f"it could not be unpickled in the parent: {type(error).__name__}: {error}"
-        exc = UnpicklableError(type_name, message, reason)
+    except BaseException as error:  # anything, even a SystemExit in __setstate__
+        if error.__context__ is None and error.__cause__ is None:
+            error.__context__ = RemoteTraceback(text)
+        raise ExceptionNotUnpickled(type_name, message) from error
     exc.__cause__ = RemoteTraceback(text)
-    return exc
+    return exc, unpickling
 
 
 # -- framing -------------------------------------------------------------------

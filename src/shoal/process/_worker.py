@@ -186,9 +186,13 @@ def _function(functions: list[Any], index: int) -> Any:
 
 
 def _unpickling_failed(exc: BaseException, prefix: str) -> _wire.Blob:
-    """The error blob of a call whose function or arguments did not unpickle here."""
-    exc.add_note(f"(shoal: raised while unpickling the call in worker pid {os.getpid()})")
-    return _wire.dumps_error(exc, prefix)
+    """The error blob of a call whose function or arguments did not unpickle here.
+
+    Marked as such (``unpickling``): the parent fails the call with an
+    UnpicklingFailedError caused by ``exc``, which it names the call in. Not
+    raised here, where the call has no name: the function may be what failed.
+    """
+    return _wire.dumps_error(exc, prefix, unpickling=True)
 
 
 def _invoke(
