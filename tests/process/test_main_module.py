@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -120,12 +121,22 @@ def test_calls_that_fail_after_the_program_ended_are_reported_on_stderr(
     )
     proc = _run([str(script)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    report = proc.stderr[proc.stderr.index("shoal: 3 call(s)") :]
+    found = re.search(r"shoal: (\d+) call\(s\) submitted", proc.stderr)
+    assert found, proc.stderr
+    report = proc.stderr[found.start() :]
     assert "task 3 (work): ValueError: bad item 3" in report
     assert "task 5 (work): WorkerLostError:" in report
     assert "exit code 7" in report
-    assert "call 1 of map(work): ValueError: bad item 3" in report
     assert "task 8 " not in report  # the watched one
+    if "can't fork at interpreter shutdown" in report:
+        # Python 3.12+ forks no new worker once the interpreter has begun to
+        # exit: when the crash comes after that, the calls left cannot run,
+        # and say so.
+        assert start_method == "fork" and sys.version_info >= (3, 12)
+        assert "call 1 of map(work): " in report
+    else:
+        assert found.group(1) == "3"
+        assert "call 1 of map(work): ValueError: bad item 3" in report
 
 
 def test_nothing_is_reported_when_the_calls_succeed_or_were_awaited(tmp_path: Path) -> None:

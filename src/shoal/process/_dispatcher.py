@@ -606,6 +606,9 @@ class Dispatcher:
         self._mean_duration: float | None = None
         self._selector.register(shared.wake_r, selectors.EVENT_READ, None)
         self._read_buffer = bytearray(READ_CHUNK)
+        # Set once the dispatcher has looked at the first calls (and started
+        # the workers they need), or has stopped: see ProcessPoolExecutor._enqueue.
+        self.first_dispatch = threading.Event()
 
     # -- statistics (read from other threads) ------------------------------
 
@@ -664,6 +667,7 @@ class Dispatcher:
             self._kill_all()
             raise
         finally:
+            self.first_dispatch.set()
             self._close()
 
     def _loop(self) -> None:
@@ -693,6 +697,7 @@ class Dispatcher:
                 self._cancel_backlog()
             self._retire_idle()
             self._dispatch()
+            self.first_dispatch.set()
             if self._answered:
                 answered, self._answered = self._answered, []
                 for blob in answered:
@@ -1617,6 +1622,18 @@ class Dispatcher:
         except BaseException as exc:
             parent_sock.close()
             child_sock.close()
+            board.dead = True
+            if self._workers and isinstance(exc, Exception):
+                # The pool can go on with the workers it has. Python 3.12+
+                # refuses to fork once the interpreter has begun to exit, and
+                # the calls submitted before it did must still run.
+                self._max_workers = len(self._workers)
+                LOGGER_PROCESS.warning(
+                    "shoal could not start another worker process (%r); the pool goes on with %d",
+                    exc,
+                    len(self._workers),
+                )
+                return False
             self._break(f"shoal could not start a worker process: {exc!r}", exc)
             return False
         child_sock.close()

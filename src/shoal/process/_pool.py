@@ -102,6 +102,8 @@ _serials = itertools.count(1)
 # The kwargs of every call of map(): shared, never changed (the dispatcher only reads it).
 _NO_KWARGS: dict[str, Any] = {}
 _owner_pid = os.getpid()
+# How long the first submit to a fork pool waits for its first workers.
+_FIRST_WORKERS_WAIT = 10.0
 
 
 def _interrupted() -> bool:
@@ -448,14 +450,21 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
     def _enqueue(self, tasks: Iterable[Queued]) -> None:
         """Queue ``tasks`` for the dispatcher (started on first use) and wake it."""
         shared = self._shared
+        started = None
         with shared.lock:
             self._check_open()
             shared.queue.extend(tasks)
             if self._dispatcher is None:
-                self._start_dispatcher()
+                started = self._start_dispatcher()
         # Outside the lock: a write to the pipe lets the dispatcher run, and
         # it would only block on the lock we held.
         shared.wake()
+        if started is not None and self._context.get_start_method() == "fork":
+            # Python 3.12+ refuses to fork once the interpreter has begun to
+            # exit, so a script that submits and ends at once would leave its
+            # calls with no worker. The first workers start before submit
+            # returns, as with the standard pool (a few milliseconds under fork).
+            started.first_dispatch.wait(_FIRST_WORKERS_WAIT)
 
     def _check_open(self) -> None:
         """Raise if the pool takes no more calls. Hold ``Shared.lock``."""
@@ -467,7 +476,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         if _exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def _start_dispatcher(self) -> None:
+    def _start_dispatcher(self) -> Dispatcher:
         """Start the dispatcher thread. Hold ``Shared.lock``."""
         shared = self._shared
         shared.open_wake_pipe()
@@ -488,6 +497,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         with _global_lock:
             _dispatchers[self._serial] = (shared, dispatcher)
         weakref.finalize(self, _shut_down_abandoned(shared), None)
+        return dispatcher
 
     # -- stopping --------------------------------------------------------------
 
