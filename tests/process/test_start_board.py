@@ -39,6 +39,20 @@ def warm_pool(start_method: str) -> Iterator[shoal.ProcessPoolExecutor]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    """Where each call leaves a file named after it when it starts."""
+    path = tmp_path / "log"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Path:
+    """The file whose creation releases the calls that wait for it."""
+    return tmp_path / "gate"
+
+
 def _started(log_dir: Path) -> set[int]:
     return {int(p.name) for p in log_dir.iterdir()}
 
@@ -53,11 +67,8 @@ def _wait_started(log_dir: Path, count: int) -> None:
 
 
 def test_only_started_calls_are_running_and_the_others_cancel(
-    warm_pool: shoal.ProcessPoolExecutor, tmp_path: Path
+    warm_pool: shoal.ProcessPoolExecutor, log_dir: Path, gate: Path
 ) -> None:
-    log_dir = tmp_path / "log"
-    log_dir.mkdir()
-    gate = tmp_path / "gate"
     futures = [
         warm_pool.submit(crashers.count_and_wait, i, str(log_dir), str(gate)) for i in range(40)
     ]
@@ -81,10 +92,7 @@ def test_only_started_calls_are_running_and_the_others_cancel(
             assert future.result() == i
 
 
-def test_shutdown_cancels_calls_sent_ahead(start_method: str, tmp_path: Path) -> None:
-    log_dir = tmp_path / "log"
-    log_dir.mkdir()
-    gate = tmp_path / "gate"
+def test_shutdown_cancels_calls_sent_ahead(start_method: str, log_dir: Path, gate: Path) -> None:
     pool = shoal.ProcessPoolExecutor(max_workers=2, mp_context=start_method)
     list(pool.map(crashers.square, range(3000)))
     futures = [pool.submit(crashers.count_and_wait, i, str(log_dir), str(gate)) for i in range(50)]
@@ -102,11 +110,8 @@ def test_shutdown_cancels_calls_sent_ahead(start_method: str, tmp_path: Path) ->
 
 
 def test_an_idle_worker_takes_calls_sent_ahead_to_a_busy_one(
-    warm_pool: shoal.ProcessPoolExecutor, tmp_path: Path
+    warm_pool: shoal.ProcessPoolExecutor, gate: Path
 ) -> None:
-    log_dir = tmp_path / "log"
-    log_dir.mkdir()
-    gate = tmp_path / "gate"
     # One call that blocks until the test says so, then many short ones: all
     # of them are sent ahead, and the ones that land behind the blocked call
     # can only finish if the other worker takes them.
@@ -123,11 +128,8 @@ def test_an_idle_worker_takes_calls_sent_ahead_to_a_busy_one(
 
 
 def test_cancel_from_a_done_callback_and_from_another_thread(
-    warm_pool: shoal.ProcessPoolExecutor, tmp_path: Path
+    warm_pool: shoal.ProcessPoolExecutor, tmp_path: Path, log_dir: Path, gate: Path
 ) -> None:
-    log_dir = tmp_path / "log"
-    log_dir.mkdir()
-    gate = tmp_path / "gate"
     first_gate = tmp_path / "first"
     # Submitted to the idle pool first, it runs at once, and ends when the
     # test says so: after the calls behind it are sent ahead.
@@ -159,11 +161,8 @@ def test_cancel_from_a_done_callback_and_from_another_thread(
 
 @pytest.mark.parametrize("round_", range(3))
 def test_cancel_races_with_starts_and_never_lies(
-    warm_pool: shoal.ProcessPoolExecutor, tmp_path: Path, round_: int
+    warm_pool: shoal.ProcessPoolExecutor, log_dir: Path, gate: Path, round_: int
 ) -> None:
-    log_dir = tmp_path / "log"
-    log_dir.mkdir()
-    gate = tmp_path / "gate"
     gate.touch()  # nothing blocks: cancels race with the workers starting calls
     futures = [
         warm_pool.submit(crashers.count_and_wait, i, str(log_dir), str(gate)) for i in range(300)
@@ -178,11 +177,8 @@ def test_cancel_races_with_starts_and_never_lies(
 
 
 def test_a_worker_dying_with_calls_sent_ahead(
-    warm_pool: shoal.ProcessPoolExecutor, tmp_path: Path
+    warm_pool: shoal.ProcessPoolExecutor, tmp_path: Path, log_dir: Path, gate: Path
 ) -> None:
-    log_dir = tmp_path / "log"
-    log_dir.mkdir()
-    gate = tmp_path / "gate"
     pid_path = tmp_path / "pid"
     dying = warm_pool.submit(crashers.report_pid_and_wait, str(pid_path), str(gate), TIMEOUT)
     rest = [
@@ -204,11 +200,8 @@ def test_a_worker_dying_with_calls_sent_ahead(
 
 
 def test_statistics_count_calls_sent_ahead_as_queued(
-    warm_pool: shoal.ProcessPoolExecutor, tmp_path: Path
+    warm_pool: shoal.ProcessPoolExecutor, log_dir: Path, gate: Path
 ) -> None:
-    log_dir = tmp_path / "log"
-    log_dir.mkdir()
-    gate = tmp_path / "gate"
     before = time.monotonic()
     futures = [
         warm_pool.submit(crashers.count_and_wait, i, str(log_dir), str(gate)) for i in range(20)
