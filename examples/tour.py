@@ -78,9 +78,17 @@ def main() -> None:
         except shoal.WorkerLostError as error:
             print("    WorkerLostError:", str(error).split(". ")[0])
         print("    the other calls:", [f.result(timeout=30) for f in healthy])
+
+        step("7. a call stays yours until a worker starts it")
+        calls = [pool.submit(time.sleep, 0.2) for _ in range(20)]
+        time.sleep(0.05)
+        running = sum(f.running() for f in calls)
+        cancelled = sum(f.cancel() for f in calls)
+        print(f"    20 calls of 0.2 s, 50 ms later: {running} running, {cancelled} cancelled")
+        shoal.wait(calls, timeout=30)
         print("   ", pool.statistics())
 
-    step("7. shut down: every worker is gone")
+    step("8. shut down: every worker is gone")
     print("   done.")
 
 
