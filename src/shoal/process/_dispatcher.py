@@ -672,6 +672,7 @@ class Dispatcher:
 
     def _loop(self) -> None:
         shared = self._shared
+        first_dispatched = False
         while True:
             timeout = self._select_timeout()
             self._park()
@@ -697,7 +698,9 @@ class Dispatcher:
                 self._cancel_backlog()
             self._retire_idle()
             self._dispatch()
-            self.first_dispatch.set()
+            if not first_dispatched:
+                first_dispatched = True
+                self.first_dispatch.set()
             if self._answered:
                 answered, self._answered = self._answered, []
                 for blob in answered:
@@ -949,6 +952,13 @@ class Dispatcher:
         its start board (closed there, the victim skips them), and they go out
         again, first in the queue. True if any were taken.
         """
+        # Nothing to take unless a worker holds two calls or more: the common
+        # case, looked at on every turn of the loop, costs one pass.
+        for worker in self._workers.values():
+            if worker.calls - len(worker.stolen) > 1:
+                break
+        else:
+            return False
         limit = self._max_tasks
         workers = list(self._workers.values())
         thieves = sum(
