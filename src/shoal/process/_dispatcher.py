@@ -715,7 +715,10 @@ class Dispatcher:
         runs: set[int] = set()
         entries: list[Queued] = [*self._backlog, *self._sending]
         for worker in self._workers.values():
-            entries.extend(worker.in_flight)
+            stolen = worker.stolen
+            # A stolen call's entry stays with its old worker until skipped:
+            # the call itself is in the backlog or with its new worker.
+            entries.extend(e for e in worker.in_flight if not (type(e) is Task and e.id in stolen))
         for entry in entries:
             if type(entry) is Task:
                 future = entry.future
@@ -1383,15 +1386,8 @@ class Dispatcher:
                 return  # a map's slice: its calls have no futures of their own
             if stolen and entry.id in stolen:
                 continue
-            future = entry.future
-            state = future._state
-            if state == RUNNING:
+            if _mark_running(entry.future):  # a cancelled one's waiters are told
                 return
-            if state == PENDING:
-                if future.set_running_or_notify_cancel():
-                    return
-            elif state == CANCELLED:
-                future.set_running_or_notify_cancel()  # tells its waiters
 
     def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
         tag = message[0]
