@@ -78,6 +78,7 @@ def main() -> None:
         except shoal.WorkerLostError as error:
             print("    WorkerLostError:", str(error).split(". ")[0])
         print("    the other calls:", [f.result(timeout=30) for f in healthy])
+        print("   ", pool.statistics())
 
         step("7. a call stays yours until a worker starts it")
         calls = [pool.submit(time.sleep, 0.2) for _ in range(20)]
@@ -86,7 +87,6 @@ def main() -> None:
         cancelled = sum(f.cancel() for f in calls)
         print(f"    20 calls of 0.2 s, 50 ms later: {running} running, {cancelled} cancelled")
         shoal.wait(calls, timeout=30)
-        print("   ", pool.statistics())
 
     step("8. shut down: every worker is gone")
     print("   done.")
