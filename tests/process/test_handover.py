@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 import shoal
-from shoal.process import _dispatcher, _pool, _wire, _worker
+from shoal.process import _pool, _tasks, _wire, _worker
 
 TIMEOUT = 30
 
@@ -173,8 +173,8 @@ def test_a_call_handed_to_a_worker_that_just_died_is_not_lost(
         process = psutil.Process(victim.process.pid)
         process.kill()
         process.wait(TIMEOUT)
-        task = _dispatcher.Task(10**9, shoal.Future(), crashers.square, (7,), {})
-        task.blob = _wire.dumps_call(crashers.square, (7,), {}, "shoal-test-unused")
+        task = _tasks.Task(10**9, shoal.Future(), crashers.square, (7,), {})
+        task.pickled(_wire.dumps_call(crashers.square, (7,), {}, "shoal-test-unused"), True)
         # Its socket's other end is closed: nothing was sent, nothing changed.
         assert dispatcher.send_now(task) is False
         assert not task.future.running()

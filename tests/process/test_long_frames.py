@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 import shoal
-from shoal.process import _dispatcher, _wire
+from shoal.process import _channel, _frames, _handover, _wire
 
 TIMEOUT = 30
 LONG = struct.Struct("!iQ")
@@ -46,28 +46,28 @@ def _send_long(conn, message) -> None:
 def _send_result_long(conn, task_id, ok, blob, duration) -> None:
     data, segments = blob
     if segments:
-        _send_long(conn, (_wire.RESULTS, [(task_id, ok, blob, duration)]))
+        _send_long(conn, (_frames.RESULTS, [(task_id, ok, blob, duration)]))
         return
-    head = struct.pack("!iQBq?d", -1, 18 + len(data), _wire.RESULT_MARK, task_id, ok, duration)
+    head = struct.pack("!iQBq?d", -1, 18 + len(data), _frames.RESULT_MARK, task_id, ok, duration)
     _write_all(conn.fileno(), head, data)
 
 
 def answer_with_long_headers() -> None:
     """The initializer: from now on this worker frames everything it sends with the long header."""
-    _wire.send = _send_long
-    _wire.send_result = _send_result_long
+    _frames.send = _send_long
+    _frames.send_result = _send_result_long
 
 
 def framing_is_long() -> bool:
     """In a worker: whether answer_with_long_headers() is in force."""
-    return _wire.send_result is _send_result_long and _wire.send is _send_long
+    return _frames.send_result is _send_result_long and _frames.send is _send_long
 
 
 long_frames = 0
 
 
 def long_frame(message, zero_copy=False):
-    """_dispatcher._frame as for a message past 2 GiB: parts after the long header."""
+    """_frames.frame as for a message past 2 GiB: parts after the long header."""
     global long_frames
     long_frames += 1
     payload = pickle.dumps(message, protocol=5)
@@ -75,7 +75,7 @@ def long_frame(message, zero_copy=False):
 
 
 def test_every_frame_with_the_long_header_both_ways(start_method: str, monkeypatch) -> None:
-    monkeypatch.setattr(_dispatcher, "_frame", long_frame)
+    monkeypatch.setattr(_frames, "frame", long_frame)
     with shoal.ProcessPoolExecutor(
         max_workers=2, mp_context=start_method, initializer=answer_with_long_headers
     ) as pool:
@@ -87,7 +87,7 @@ def test_every_frame_with_the_long_header_both_ways(start_method: str, monkeypat
 def test_every_call_framed_as_parts(start_method: str, monkeypatch) -> None:
     # What a call whose pickle is big gets: its frame is written in parts,
     # without a copy; here every call's frame is.
-    monkeypatch.setattr(_dispatcher, "ZERO_COPY_BYTES", 0)
+    monkeypatch.setattr(_handover, "ZERO_COPY_BYTES", 0)
     with shoal.ProcessPoolExecutor(max_workers=2, mp_context=start_method) as pool:
         exercise(pool)
 
@@ -112,13 +112,13 @@ def exercise(pool: shoal.ProcessPoolExecutor) -> None:
 def test_a_big_calls_frame_shares_its_pickle() -> None:
     # 2 GiB in parts, not copied into one buffer: shown with 1 MiB.
     blob = (b"x" * (1 << 20), ())
-    message = (_wire.RUN, [(1, blob)], [])
-    frame = _dispatcher._frame(message, zero_copy=True)
+    message = (_frames.RUN, [(1, blob)], [])
+    frame = _frames.frame(message, zero_copy=True)
     assert any(part is blob[0] for part in frame)
     data = b"".join(frame)
     assert struct.unpack_from("!i", data)[0] == len(data) - 4
     assert pickle.loads(data[4:]) == message
-    assert _dispatcher._frame(message) == data  # the same bytes as in one piece
+    assert _frames.frame(message) == data  # the same bytes as in one piece
 
 
 class FakeWorker:
@@ -142,9 +142,9 @@ def test_frames_kept_as_parts_and_bytes_go_out_in_order() -> None:
         expected = b"".join(f if isinstance(f, bytes) else b"".join(f) for f in frames)
         # The first frame goes partly out at once, as in send_now.
         written = left.send(frames[0][:4])
-        _dispatcher._keep(worker, frames[0], written)
+        _channel.keep(worker, frames[0], written)
         for frame in frames[1:]:
-            _dispatcher._keep(worker, frame, 0)
+            _channel.keep(worker, frame, 0)
         received = bytearray()
         while len(received) < len(expected):
             if worker.outbox:
@@ -154,7 +154,7 @@ def test_frames_kept_as_parts_and_bytes_go_out_in_order() -> None:
                     pass
             if worker.parts and not worker.outbox:
                 with contextlib.suppress(BlockingIOError):
-                    _dispatcher._write_parts(left.fileno(), worker.parts)
+                    _channel.write_parts(left.fileno(), worker.parts)
             received += right.recv(1 << 20)
         assert bytes(received) == expected
         assert not worker.outbox and not worker.parts

@@ -23,7 +23,7 @@ import types
 import numpy as np
 import pytest
 
-from shoal.process import _wire
+from shoal.process import _frames, _wire
 
 SHM = "/dev/shm"
 BIG = _wire.SHM_THRESHOLD + 17  # an odd size, above the threshold
@@ -521,15 +521,15 @@ def test_send_and_recv_over_a_pipe(prefix):
     left, right = multiprocessing.Pipe(duplex=True)
     with left, right:
         blob = _wire.dumps(np.arange(BIG, dtype=np.uint8), prefix)
-        message = (_wire.RESULTS, [(7, True, blob, 0.25)])
-        _wire.send(left, message)
+        message = (_frames.RESULTS, [(7, True, blob, 0.25)])
+        _frames.send(left, message)
         assert right.poll(5)
-        got = _wire.recv(right)
+        got = _frames.recv(right)
         assert got == message
         np.testing.assert_array_equal(_wire.loads(got[1][0][2]), np.arange(BIG, dtype=np.uint8))
         left.close()
         with pytest.raises(EOFError):
-            _wire.recv(right)
+            _frames.recv(right)
 
 
 class RecordingWrites:
@@ -563,12 +563,12 @@ def test_an_answer_past_2_gib_goes_with_the_long_length_header(monkeypatch):
     body = 1 + 8 + 1 + 8
     data = mmap.mmap(-1, 2**31 - body)
     fake = RecordingWrites()
-    monkeypatch.setattr(_wire, "os", fake)
+    monkeypatch.setattr(_frames, "os", fake)
     with memoryview(data) as pickle_bytes:
-        _wire.send_result(FakeConnection(), 7, True, (pickle_bytes, ()), 0.5)
+        _frames.send_result(FakeConnection(), 7, True, (pickle_bytes, ()), 0.5)
     (head_size, head), *rest = fake.writes
     assert head_size == LONG_HEAD.size
-    assert LONG_HEAD.unpack(head) == (-1, 2**31, _wire.RESULT_MARK, 7, True, 0.5)
+    assert LONG_HEAD.unpack(head) == (-1, 2**31, _frames.RESULT_MARK, 7, True, 0.5)
     # The pickle follows in writes of its own, not glued to the header (a
     # copy of 2 GiB), resumed where the kernel stopped.
     assert [size for size, _ in rest] == [len(data), len(data) - 0x7FFFF000]
@@ -577,25 +577,25 @@ def test_an_answer_past_2_gib_goes_with_the_long_length_header(monkeypatch):
 
 def test_a_small_answer_keeps_the_short_length_header(monkeypatch):
     fake = RecordingWrites()
-    monkeypatch.setattr(_wire, "os", fake)
+    monkeypatch.setattr(_frames, "os", fake)
     data = pickle.dumps("small")
-    _wire.send_result(FakeConnection(), 7, False, (data, ()), 0.5)
+    _frames.send_result(FakeConnection(), 7, False, (data, ()), 0.5)
     [(size, frame)] = fake.writes
     assert size == 4 + 1 + 8 + 1 + 8 + len(data)
-    assert struct.unpack_from("!iBq?d", frame) == (size - 4, _wire.RESULT_MARK, 7, False, 0.5)
+    assert struct.unpack_from("!iBq?d", frame) == (size - 4, _frames.RESULT_MARK, 7, False, 0.5)
     assert frame[22:] == data
 
 
 def test_a_connection_reads_a_message_framed_with_the_long_header():
-    # What the dispatcher sends past 2 GiB (see _dispatcher._frame), shown
+    # What the dispatcher sends past 2 GiB (see _frames.frame), shown
     # with a small message: the worker's Connection.recv_bytes takes the long
     # header at any length.
     left, right = multiprocessing.Pipe(duplex=True)
     with left, right:
-        payload = pickle.dumps((_wire.RUN, [(1, (b"call", ()))], []), protocol=5)
+        payload = pickle.dumps((_frames.RUN, [(1, (b"call", ()))], []), protocol=5)
         os.write(left.fileno(), struct.pack("!iQ", -1, len(payload)) + payload)
         assert right.poll(5)
-        assert _wire.recv(right) == (_wire.RUN, [(1, (b"call", ()))], [])
+        assert _frames.recv(right) == (_frames.RUN, [(1, (b"call", ()))], [])
 
 
 class CountsPickling:

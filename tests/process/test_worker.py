@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 import pytest
 
-from shoal.process import _wire, _worker
+from shoal.process import _frames, _wire, _worker
 
 SHM = "/dev/shm"
 BIG = _wire.SHM_THRESHOLD + 3
@@ -154,29 +154,30 @@ class Parent:
 
     def recv(self, timeout=WAIT):
         assert self.conn.poll(timeout), "the worker did not answer in time"
-        return _wire.recv(self.conn)
+        return _frames.recv(self.conn)
 
     def ready(self):
-        assert self.recv() == (_wire.READY, self.process.pid)
+        assert self.recv() == (_frames.READY, self.process.pid)
 
     def call(self, fn, *args, **kwargs):
-        return next(self.task_ids), _wire.dumps_call(fn, args, kwargs, self.prefix), -1, -1
+        blob = _wire.dumps_call(fn, args, kwargs, self.prefix)
+        return _frames.CALL, next(self.task_ids), blob, -1, -1
 
     def run(self, *tasks):
-        _wire.send(self.conn, (_wire.RUN, list(tasks), []))
+        _frames.send(self.conn, (_frames.RUN, list(tasks), []))
 
     def results(self, count):
         """Read RESULTS messages until ``count`` results came; return them in order."""
         results = []
         while len(results) < count:
             tag, batch = self.recv()
-            assert tag == _wire.RESULTS and batch
+            assert tag == _frames.RESULTS and batch
             results.extend(batch)
         assert len(results) == count
         return results
 
     def exit(self):
-        _wire.send(self.conn, (_wire.EXIT,))
+        _frames.send(self.conn, (_frames.EXIT,))
         self.process.join(WAIT)
         return self.process.exitcode
 
@@ -263,16 +264,16 @@ def test_functions_sent_once_per_message_and_calls_that_carry_only_arguments(par
         return _wire.dumps(values, prefix)
 
     tasks = [
-        (1, args(1, 2), 0, -1),
-        (2, args(1, 2), 1, -1),
+        (_frames.CALL, 1, args(1, 2), 0, -1),
+        (_frames.CALL, 2, args(1, 2), 1, -1),
         parent.call(add, 10, b=20),  # a whole call blob, in the same message
-        (4, args(LoadFails()), 0, -1),  # its arguments do not unpickle
-        (5, args(1, 2), 1, -1),
-        (6, args(5, 6), 0, -1),
+        (_frames.CALL, 4, args(LoadFails()), 0, -1),  # its arguments do not unpickle
+        (_frames.CALL, 5, args(1, 2), 1, -1),
+        (_frames.CALL, 6, args(5, 6), 0, -1),
     ]
-    _wire.send(parent.conn, (_wire.RUN, tasks, functions))
+    _frames.send(parent.conn, (_frames.RUN, tasks, functions))
     results = parent.results(len(tasks))
-    assert [r[0] for r in results] == [1, 2, tasks[2][0], 4, 5, 6]
+    assert [r[0] for r in results] == [1, 2, tasks[2][1], 4, 5, 6]
     assert value_of(results[0]) == 3
     for result in (results[1], results[4]):
         error = error_of(result, unpickling=True)
@@ -298,10 +299,10 @@ def test_a_mixed_batch_answers_every_task_in_order(parents, prefix):
         parent.call(array_sum_and_double, big),  # shared memory both ways
         parent.call(pid),  # still the same process after all that
     ]
-    assert len(tasks[6][1][1]) == 1
+    assert len(tasks[6][2][1]) == 1
     parent.run(*tasks)
     results = parent.results(len(tasks))
-    assert [r[0] for r in results] == [t[0] for t in tasks]
+    assert [r[0] for r in results] == [t[1] for t in tasks]
 
     assert value_of(results[0]) == 3
 
@@ -360,7 +361,7 @@ def test_initializer_runs_before_tasks(parents, prefix):
 def test_initializer_failure_sends_init_failed_and_exits_zero(parents, prefix):
     parent = parents(_wire.dumps_call(failing_initializer, (), {}, prefix))
     tag, blob = parent.recv()
-    assert tag == _wire.INIT_FAILED
+    assert tag == _frames.INIT_FAILED
     error = _wire.load_error(blob)
     assert type(error) is RuntimeError and "refuses" in str(error)
     assert "failing_initializer" in error.__cause__.text
@@ -390,7 +391,7 @@ def test_a_program_a_call_starts_gets_sigint_with_its_default_meaning(parents):
 def test_an_unknown_message_is_an_internal_error(parents, capfd):
     parent = parents()
     parent.ready()
-    _wire.send(parent.conn, (99,))
+    _frames.send(parent.conn, (99,))
     parent.process.join(WAIT)
     assert parent.process.exitcode == _worker.EXIT_INTERNAL_ERROR
 
@@ -404,12 +405,12 @@ def test_results_before_a_slow_task_are_not_held_back(parents, tmp_path):
     # The slow task cannot finish before the gate exists, so the fast result
     # must arrive on its own.
     tag, batch = parent.recv()
-    assert tag == _wire.RESULTS
-    assert [r[0] for r in batch] == [fast[0]]
+    assert tag == _frames.RESULTS
+    assert [r[0] for r in batch] == [fast[1]]
     assert value_of(batch[0]) == 2
     gate.touch()
     (result,) = parent.results(1)
-    assert result[0] == slow[0] and value_of(result) == "released"
+    assert result[0] == slow[1] and value_of(result) == "released"
     assert parent.exit() == _worker.EXIT_OK
 
 
@@ -481,7 +482,7 @@ def test_a_whole_conversation_prints_nothing_on_stderr(ctx, tmp_path):
             """
             import multiprocessing, os, sys
             import numpy as np
-            from shoal.process import _wire, _worker
+            from shoal.process import _frames, _wire, _worker
 
             def double(array):
                 return array * 2
@@ -495,13 +496,13 @@ def test_a_whole_conversation_prints_nothing_on_stderr(ctx, tmp_path):
                 process = ctx.Process(target=_worker.worker_main, args=(there, config))
                 process.start()
                 there.close()
-                assert _wire.recv(here)[0] == _wire.READY
+                assert _frames.recv(here)[0] == _frames.READY
                 array = np.arange(1_000_000, dtype=np.float64)
                 call = _wire.dumps_call(double, (array,), {}, prefix)
-                _wire.send(here, (_wire.RUN, [(1, call, -1, -1)], []))
-                tag, [(task_id, ok, blob, duration)] = _wire.recv(here)
+                _frames.send(here, (_frames.RUN, [(_frames.CALL, 1, call, -1, -1)], []))
+                tag, [(task_id, ok, blob, duration)] = _frames.recv(here)
                 assert ok and (_wire.loads(blob) == array * 2).all()
-                _wire.send(here, (_wire.EXIT,))
+                _frames.send(here, (_frames.EXIT,))
                 process.join(20)
                 assert process.exitcode == 0
                 assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]

@@ -1,6 +1,6 @@
 """ProcessPoolExecutor, the user-facing side of shoal's process pool.
 
-``submit`` turns a call into a :class:`~._dispatcher.Task`, appends it to the
+``submit`` turns a call into a :class:`~._tasks.Task`, appends it to the
 queue it shares with the pool's dispatcher thread and wakes that thread;
 the dispatcher sends it to a worker (see ``_dispatcher.py`` for the data
 flow). When the dispatcher is idle and so is a worker, ``submit`` writes the
@@ -47,7 +47,7 @@ does, can deadlock the child. ``fork``, ``forkserver`` and ``spawn`` all work.
 Concurrency:
   Threads: user threads call ``submit``/``shutdown``/``statistics``; the
   dispatcher thread (one per pool, started on the first submit) owns the
-  workers. They share one :class:`~._dispatcher.Shared` record.
+  workers. They share one :class:`~._shared.Shared` record.
   Lock order: ``Shared.lock``, then ``_global_lock`` (the first submit
   starts the dispatcher under ``Shared.lock`` and registers it in
   ``_dispatchers``) or a future's ``_condition`` (the hand-over marks the
@@ -80,15 +80,10 @@ from .._future import Future
 from .._process_errors import BrokenProcessPool
 from .._stats import ExecutorStatistics
 from . import _runs, _wire
-from ._dispatcher import (
-    Dispatcher,
-    Queued,
-    Shared,
-    Task,
-    count_calls,
-    main_by_value,
-    usable_cpus,
-)
+from ._dispatcher import Dispatcher
+from ._lifecycle import main_by_value, usable_cpus
+from ._shared import Shared
+from ._tasks import Queued, Task, count_calls
 
 __all__ = ("ProcessPoolExecutor", "default_context")
 
@@ -388,11 +383,10 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             )
         except Exception:
             return False
-        # The task as the dispatcher must find it once sent: a call blob
-        # (kwargs None says so), no arguments. Set before it can see the task.
+        # The task as the dispatcher must find it once sent: a call blob, no
+        # arguments. Set before it can see the task.
         args, kwargs = task.args, task.kwargs
-        task.blob = blob
-        task.args = task.kwargs = None
+        task.pickled(blob, whole=True)
         shared = self._shared
         sent = False
         try:

@@ -103,13 +103,39 @@ class MapRun:
         """The calls not cut into a slice yet."""
         return len(self.results) - self.next
 
-    def describe(self, index: int) -> str:
-        """ "call 12 of map(score)", or "chunk 3 of map(score)" for a chunked map."""
+    def describe(self, index: int | None = None) -> str:
+        """ "call 12 of map(score)", or "chunk 3 of map(score)" for a chunked map.
+
+        Without ``index``: the calls not cut yet ("calls 12 to 99 of map(score)").
+        """
         fn, what = self.fn, "call"
         if isinstance(fn, functools.partial) and fn.func in CHUNK_RUNNERS:
             fn, what = fn.args[0], "chunk"
         name = getattr(fn, "__qualname__", None) or repr(fn)
+        if index is None:
+            return f"{what}s {self.next} to {len(self.results) - 1} of map({name})"
         return f"{what} {index} of map({name})"
+
+    # The task kinds' common methods (see _tasks).
+
+    def cancel_unsent(self) -> bool:
+        """Cancel the calls not cut yet; the run leaves the queue (True)."""
+        self.cancel_rest()
+        return True
+
+    def fail(self, error: BaseException) -> int:
+        """Fail the calls not cut yet; return how many (none if its ``map()`` stopped early)."""
+        if self.cancelled:  # nobody reads its results any more
+            self.cancel_rest()
+            return 0
+        return self.settle_rest(Failed(error))
+
+    def left_behind(self) -> MapRun:
+        return self
+
+    def drop(self) -> None:
+        """Nothing to let go of: a run is pickled slice by slice."""
+        return
 
     def cut(self, count: int) -> Slice:
         """The next ``count`` calls (at most what is left), as a slice."""
@@ -174,12 +200,14 @@ class Slice:
 
     In a worker's in-flight queue, ``start`` moves past each call answered.
     ``blob`` is the pickle of the items while it is on its way; ``loaded``
-    says the worker has unpickled them (``_wire.LOADED``). ``singly``: send
+    says the worker has unpickled them (``_frames.LOADED``). ``singly``: send
     these calls one per slice (the worker could not unpickle them as one
     list, or died trying, so each must fail or pass on its own).
     """
 
     __slots__ = ("blob", "loaded", "run", "singly", "start", "stop")
+
+    slot = -1  # no start-board slot: a slice runs once sent
 
     def __init__(self, run: MapRun, start: int, stop: int) -> None:
         self.run = run
@@ -203,10 +231,31 @@ class Slice:
         """This slice's items (a range slice of a range: three numbers to pickle)."""
         return self.run.items[self.start : self.stop]
 
-    def settle(self, outcome: Any) -> None:
-        """The call at ``start`` ended with ``outcome`` (a result, or Failed)."""
+    # The task kinds' common methods (see _tasks).
+
+    def settle(self, outcome: Any) -> bool:
+        """The call at ``start`` ended with ``outcome`` (a result, or Failed).
+
+        True once every call of the slice has ended.
+        """
         self.run.results[self.start] = outcome
         self.start += 1
+        return self.start == self.stop
+
+    def cancel_unsent(self) -> bool:
+        """False: a slice, once cut, is running (its calls go out again after a crash)."""
+        return False
+
+    def left_behind(self) -> MapRun:
+        return self.run
+
+    def drop(self) -> Any:
+        """Let go of the items' pickle (it is made again if the slice goes out again)."""
+        blob, self.blob = self.blob, None
+        return blob
+
+    def fail(self, error: BaseException) -> int:
+        return self.fail_all(error)
 
     def fail_all(self, error: BaseException) -> int:
         """Fail every call left in this slice; return how many."""

@@ -1,4 +1,4 @@
-"""The wire of the process pool: framing, pickling, shared memory, remote tracebacks.
+"""The wire of the process pool: pickling, shared memory, remote tracebacks.
 
 This module is mechanism only: it turns objects into bytes and back and moves
 big buffers through shared memory. What to send, when, and what a failure
@@ -7,14 +7,8 @@ means for a task is decided by the dispatcher (parent) and the worker loop
 library, ``_by_value`` (how functions and classes of ``__main__`` travel),
 and ``cloudpickle`` when plain pickle cannot do the job.
 
-Wire format::
+What travels in the messages (``_frames`` frames them)::
 
-    frame     = length, payload: as ``Connection.send_bytes`` writes it
-                  length: 4 bytes, signed, big-endian; past MAX_SHORT_LENGTH
-                  (2 GiB - 1), -1 then the length in 8 bytes, unsigned
-                  payload: a message, or an answer framed by send_result()
-    message   = pickle.dumps((TAG, ...), protocol=5), one per Connection.send_bytes
-                  tuples of ints, floats, strings, bools, lists and Blobs only
     Blob      = (data: bytes, segments: ((name, size), ...))
                   data: a protocol-5 pickle of one object; its out-of-band
                   buffers live, in order, in the shared-memory segments
@@ -73,7 +67,6 @@ import itertools
 import mmap
 import os
 import pickle
-import struct
 import traceback
 import types
 from collections.abc import Callable
@@ -87,23 +80,13 @@ except ImportError:  # pragma: no cover - Windows
     _posixshmem = None
 
 __all__ = (
-    "EXIT",
-    "INIT_FAILED",
-    "LOADED",
-    "MAX_SHORT_LENGTH",
-    "READY",
-    "RESLICE",
-    "RESULTS",
-    "RUN",
     "SHM_THRESHOLD",
-    "SKIPPED",
     "Blob",
     "ExceptionNotUnpickled",
     "RemoteTraceback",
     "Store",
     "UnpicklableError",
     "create_segment",
-    "decode_result",
     "discard",
     "dumps",
     "dumps_call",
@@ -115,41 +98,9 @@ __all__ = (
     "load_error",
     "load_failure",
     "loads",
-    "long_header",
-    "recv",
-    "send",
-    "send_result",
     "unlink",
     "unlink_prefix",
 )
-
-# Message tags (the first element of every message).
-# parent -> worker: (RUN, [entry, ...], functions), where an entry is
-#   (task_id, blob, index, slot): the call of a call blob (index -1) or
-#   functions[index](*args) of an args blob, and functions is a list of
-#   function pickles (bytes) made by dumps_function(); slot is the call's
-#   slot on the worker's start board (see _board), or -1 for a call the
-#   worker may start without asking (it was sent to an idle worker).
-#   The worker unpickles each function once per message, on first use.
-#   An entry (first_id, count, items_blob, fn, star) is a slice of a map: the
-#   calls fn(item) (fn(*item) if star) for the count items of items_blob,
-#   answered as first_id, first_id + 1, ...; fn is an index into functions, or
-#   a pickle (dumps_inband) unpickled afresh for each call.
-RUN = 1
-EXIT = 2  # parent -> worker: (EXIT,)
-READY = 3  # worker -> parent: (READY, pid)
-INIT_FAILED = 4  # worker -> parent: (INIT_FAILED, error_blob)
-RESULTS = 5  # worker -> parent: (RESULTS, [(task_id, ok, blob, duration_s), ...])
-# worker -> parent: (RESLICE, first_id): the items of that slice do not
-# unpickle as one list; send its calls again one per entry.
-RESLICE = 6
-# worker -> parent: (LOADED, first_id): the items of that slice (of more than
-# one call) are unpickled; its calls start. A worker that dies before saying
-# so died unpickling them, not in a call.
-LOADED = 7
-# worker -> parent: (SKIPPED, task_id): that call's slot was closed (it was
-# cancelled, or taken by another worker); it did not run.
-SKIPPED = 8
 
 # Buffers of at least this many bytes go through shared memory. A segment
 # costs a fixed few tens of microseconds (shm_open, write, close and unlink on
@@ -832,86 +783,3 @@ def load_failure(blob: Blob) -> tuple[BaseException, bool]:
         raise ExceptionNotUnpickled(type_name, message) from error
     exc.__cause__ = RemoteTraceback(text)
     return exc, unpickling
-
-
-# -- framing -------------------------------------------------------------------
-
-
-def send(conn: Any, message: tuple[Any, ...]) -> None:
-    """Send one message (a tuple of plain data and Blobs) over a Connection."""
-    conn.send_bytes(pickle.dumps(message, protocol=5))
-
-
-def recv(conn: Any) -> Any:
-    """Receive one message; raises EOFError/OSError when the other side is gone.
-
-    An answer sent by ``send_result`` comes back as ``(RESULTS, [answer])``.
-    """
-    data = conn.recv_bytes()
-    if data[:1] == b"R":
-        return (RESULTS, [decode_result(memoryview(data))])
-    return pickle.loads(data)
-
-
-# The longest payload a 4-byte length can announce. A longer one goes, as in
-# ``Connection.send_bytes``, after the length -1 and then its real length in
-# 8 bytes; ``Connection.recv_bytes`` and the dispatcher read both forms.
-MAX_SHORT_LENGTH = 0x7FFFFFFF
-_LONG_LENGTH = struct.Struct("!iQ")
-
-# One answer, framed for the parent without pickling the envelope: the
-# length header of ``Connection.send_bytes`` (4 bytes, big-endian), then
-# ``R``, the task id, ok, the duration, and the result's pickle. A worker
-# sends one per call, so this is the hottest message on the wire. Answers
-# whose blob has shared-memory segments go as a pickled RESULTS message.
-RESULT_MARK = 0x52  # "R"; a pickled message starts with 0x80 instead
-_RESULT_HEAD = struct.Struct("!iBq?d")
-# The same with the long length header, for a pickle past 2 GiB.
-_LONG_RESULT_HEAD = struct.Struct("!iQBq?d")
-# After the mark: the task id, ok and the duration; the pickle starts at RESULT_DATA_OFFSET.
-RESULT_BODY = struct.Struct("!q?d")
-RESULT_DATA_OFFSET = 1 + RESULT_BODY.size
-_RESULT_BYTES = _RESULT_HEAD.size - 4  # the payload before the pickle
-
-
-def long_header(size: int) -> bytes:
-    """The length header of a payload of ``size`` bytes past MAX_SHORT_LENGTH."""
-    return _LONG_LENGTH.pack(-1, size)
-
-
-def send_result(conn: Any, task_id: int, ok: bool, blob: Blob, duration: float) -> None:
-    """Send one call's answer over a Connection, as cheaply as the wire allows."""
-    data, segments = blob
-    if segments:
-        send(conn, (RESULTS, [(task_id, ok, blob, duration)]))
-        return
-    size = _RESULT_BYTES + len(data)
-    if size > 0x7FFFFFFF:  # MAX_SHORT_LENGTH, spelt out: no global lookup on the hot path
-        head = _LONG_RESULT_HEAD.pack(-1, size, RESULT_MARK, task_id, ok, duration)
-        _write_all(conn.fileno(), head, data)
-        return
-    frame = _RESULT_HEAD.pack(size, RESULT_MARK, task_id, ok, duration) + data
-    fd = conn.fileno()
-    written = os.write(fd, frame)
-    if written < len(frame):  # a full socket buffer: the rest, as it drains
-        view = memoryview(frame)[written:]
-        while view:
-            view = view[os.write(fd, view) :]
-
-
-def _write_all(fd: int, *parts: bytes) -> None:
-    """Write ``parts`` in order to a blocking descriptor, each without a copy.
-
-    For big frames: gluing the header to a pickle of gigabytes would copy it
-    all once more.
-    """
-    for part in parts:
-        view = memoryview(part)
-        while view:
-            view = view[os.write(fd, view) :]
-
-
-def decode_result(payload: memoryview) -> tuple[int, bool, Blob, float]:
-    """Read an answer framed by ``send_result`` (its payload, after the length)."""
-    task_id, ok, duration = RESULT_BODY.unpack_from(payload, 1)
-    return task_id, ok, (bytes(payload[RESULT_DATA_OFFSET:]), ()), duration

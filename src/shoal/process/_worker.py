@@ -3,18 +3,17 @@
 The parent (the dispatcher thread of a pool) starts one process per worker
 with ``target=worker_main, args=(conn, config)``, where ``conn`` is the
 child's end of a duplex ``multiprocessing`` pipe, and speaks the protocol of
-``_wire`` over it::
+``_frames`` over it (the pickles inside are ``_wire``'s)::
 
     parent                                   worker
     ------                                   ------
                                              initializer (if any)
              <-- (READY, pid) or (INIT_FAILED, error_blob), then exit 0
     (RUN, [entry, ...], functions) -->       runs the calls in order; an entry
-                                             is (task_id, call_blob) or
-                                             (task_id, args_blob, index into
-                                             functions): see _wire.RUN
+                                             is a CALL (one call) or a SLICE
+                                             (calls of a map): see _frames
              <-- one answer per call, sent before the next call starts
-                 (_wire.send_result; RESULTS when it has shared memory)
+                 (_frames.send_result; RESULTS when it has shared memory)
     (EXIT,) -->                              exits 0
     parent gone (EOF on the pipe,            exits 0 (EXIT_ORPHANED when the
     or the watchdog sees it die)             watchdog had to do it)
@@ -71,7 +70,7 @@ import time
 import traceback
 from typing import Any
 
-from . import _board, _wire
+from . import _board, _frames, _wire
 
 __all__ = (
     "EXIT_INTERNAL_ERROR",
@@ -225,7 +224,7 @@ def _run_one(
 ) -> tuple[int, bool, _wire.Blob, float] | None:
     """Run one call of a RUN message and return its answer; never raises for the user's sake.
 
-    ``entry`` is ``(task_id, blob, index, slot)`` (see ``_wire.RUN``);
+    ``entry`` is ``(CALL, task_id, blob, index, slot)`` (see ``_frames``);
     ``functions`` holds the message's function pickles, each replaced by its
     function when first unpickled. None when the call's slot on the start
     board was closed (cancelled, or taken by another worker): it must not
@@ -233,7 +232,7 @@ def _run_one(
     local here and released when this returns; the arguments before the
     result is pickled.
     """
-    task_id, blob, index, slot = entry
+    _, task_id, blob, index, slot = entry
     if board is not None and not _board.start(board, slot, task_id):
         return None
     try:
@@ -253,31 +252,31 @@ def _run_one(
 
 
 def _run_slice(conn: Any, batch: list[Any], prefix: str, functions: list[Any]) -> None:
-    """Run the calls of the map's slice at the end of ``batch`` (see ``_wire.RUN``).
+    """Run the calls of the map's slice at the end of ``batch`` (see ``_frames.RUN``).
 
     Takes the entry off ``batch``, so that its pickle is freed once
     unpickled, and answers each call before starting the next. Raises
     OSError when the parent is gone.
     """
-    first_id, count, blob, fn_ref, star = batch.pop()
+    _, first_id, count, blob, fn_ref, star = batch.pop()
     try:
         items = _wire.loads(blob)
     except BaseException as exc:
         if count > 1:
             # One of the items, maybe, does not unpickle here: the parent
             # sends the calls again one by one, so only that call fails.
-            _wire.send(conn, (_wire.RESLICE, first_id))
+            _frames.send(conn, (_frames.RESLICE, first_id))
             return
-        _wire.send_result(conn, first_id, False, _unpickling_failed(exc, prefix), 0.0)
+        _frames.send_result(conn, first_id, False, _unpickling_failed(exc, prefix), 0.0)
         return
     del blob
     if count > 1:
-        # From here on a death is one call's (see _wire.LOADED).
-        _wire.send(conn, (_wire.LOADED, first_id))
+        # From here on a death is one call's (see _frames.LOADED).
+        _frames.send(conn, (_frames.LOADED, first_id))
     if type(items) is not list:
         items = list(items)  # a range or tuple slice
     items.reverse()  # pop() from the end: each item is freed once its call ran
-    send_result = _wire.send_result
+    send_result = _frames.send_result
     for task_id in range(first_id, first_id + count):
         item = items.pop()
         try:
@@ -305,9 +304,10 @@ def _run_message(conn: Any, message: Any, prefix: str, board: Any) -> bool:
     del message
     batch.reverse()  # pop() from the end: each call blob is freed once run
     run_one = _run_one
-    send_result = _wire.send_result
+    send_result = _frames.send_result
+    slice_kind = _frames.SLICE
     while batch:
-        if len(batch[-1]) == 5:
+        if batch[-1][0] == slice_kind:
             try:
                 _run_slice(conn, batch, prefix, functions)
             except OSError:
@@ -316,10 +316,10 @@ def _run_message(conn: Any, message: Any, prefix: str, board: Any) -> bool:
         entry = batch.pop()
         answer = run_one(entry, prefix, functions, board)
         if answer is None:  # cancelled, or taken by another worker
-            skipped = entry[0]
+            skipped = entry[1]
             del entry
             try:
-                _wire.send(conn, (_wire.SKIPPED, skipped))
+                _frames.send(conn, (_frames.SKIPPED, skipped))
             except OSError:
                 return False
             continue
@@ -360,10 +360,11 @@ def _initialize(conn: Any, config: dict[str, Any], prefix: str) -> bool:
             logging.getLogger("concurrent.futures").critical(
                 "Exception in initializer:", exc_info=True
             )
-            _wire.send(conn, (_wire.INIT_FAILED, _wire.dumps_error(_from_user_frame(exc), prefix)))
+            error = _wire.dumps_error(_from_user_frame(exc), prefix)
+            _frames.send(conn, (_frames.INIT_FAILED, error))
             return False
         del fn, args, kwargs
-    _wire.send(conn, (_wire.READY, os.getpid()))
+    _frames.send(conn, (_frames.READY, os.getpid()))
     return True
 
 
@@ -436,15 +437,15 @@ def _loop(conn: Any, config: dict[str, Any], prefix: str) -> bool:
                 pass
         spin = True
         try:
-            message = _wire.recv(conn)
+            message = _frames.recv(conn)
         except (EOFError, OSError):
             return True  # the parent is gone
         tag = message[0]
-        if tag == _wire.RUN:
+        if tag == _frames.RUN:
             if not _run_message(conn, message, prefix, board):
                 return True  # the parent is gone
             del message
-        elif tag == _wire.EXIT:
+        elif tag == _frames.EXIT:
             return False
         else:
             raise RuntimeError(f"shoal worker: unknown message tag {tag!r} in {message!r:.200}")
