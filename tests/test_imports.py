@@ -130,6 +130,7 @@ def test_process_worker_does_not_import_the_parent_side():
         "shoal.process",
         "shoal.process._worker",
         "shoal.process._wire",
+        "shoal.process._shm",
         "shoal.process._by_value",
         "shoal.process._tracker",
         "shoal.process._board",

@@ -21,10 +21,10 @@ import numpy as np
 import psutil
 import pytest
 
-from shoal.process import _wire, _worker
+from shoal.process import _shm, _wire, _worker
 
 SHM = "/dev/shm"
-BIG = _wire.SHM_THRESHOLD + 3
+BIG = _shm.SHM_THRESHOLD + 3
 WAIT = 20.0  # seconds: the bound on every blocking step (spawn is slow on 2 cores)
 _serial = itertools.count()
 
@@ -192,7 +192,7 @@ def prefix():
     name = f"shoal-{os.getpid()}-tw{next(_serial)}"
     yield name
     left = segments_named(name)
-    _wire.unlink_prefix(name)
+    _shm.unlink_prefix(name)
     assert left == [], f"segments left behind: {left}"
 
 
@@ -463,7 +463,7 @@ def test_the_worker_exits_when_its_parent_is_killed_mid_task(ctx, prefix, tmp_pa
             process.kill()
         process.join(WAIT)
         here.close()
-        _wire.unlink_prefix(prefix)
+        _shm.unlink_prefix(prefix)
     children = [
         c
         for c in psutil.Process().children(recursive=True)
@@ -481,7 +481,7 @@ def test_a_whole_conversation_prints_nothing_on_stderr(ctx, tmp_path):
             """
             import multiprocessing, os, sys
             import numpy as np
-            from shoal.process import _wire, _worker
+            from shoal.process import _shm, _wire, _worker
 
             def double(array):
                 return array * 2

@@ -79,7 +79,7 @@ from .._executor import Executor, as_index
 from .._future import Future
 from .._process_errors import BrokenProcessPool
 from .._stats import ExecutorStatistics
-from . import _runs, _wire
+from . import _runs, _shm, _wire
 from ._dispatcher import (
     Dispatcher,
     Queued,
@@ -328,7 +328,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                     # named under the pool's prefix so that the pool's
                     # sweeps remove them once no worker will start (the
                     # dispatcher's end, or _stop if it never started).
-                    _wire.kept_prefix(self._shm_prefix),
+                    _shm.kept_prefix(self._shm_prefix),
                     main_by_value=self._by_value,
                 )
             except Exception:
@@ -552,7 +552,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             # arguments (a multiprocessing Queue, say), though the pool object lives on.
             if dispatcher is None and self._initializer_blob is not None:
                 # Its kept segments; a dispatcher removes them as it ends.
-                _wire.discard(self._initializer_blob)
+                _shm.discard(self._initializer_blob)
             self._initializer_blob = self._initializer_objects = None
             self._initializer = None
             self._initargs = ()

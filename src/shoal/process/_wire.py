@@ -1,11 +1,12 @@
-"""The wire of the process pool: framing, pickling, shared memory, remote tracebacks.
+"""The wire of the process pool: framing, pickling, remote tracebacks.
 
-This module is mechanism only: it turns objects into bytes and back and moves
-big buffers through shared memory. What to send, when, and what a failure
-means for a task is decided by the dispatcher (parent) and the worker loop
-(child), which both import this module. It imports only the standard
-library, ``_by_value`` (how functions and classes of ``__main__`` travel),
-and ``cloudpickle`` when plain pickle cannot do the job.
+This module is mechanism only: it turns objects into bytes and back, their
+big buffers out of band. What to send, when, and what a failure means for a
+task is decided by the dispatcher (parent) and the worker loop (child),
+which both import this module. It imports only the standard library,
+``_by_value`` (how functions and classes of ``__main__`` travel), ``_shm``
+(the shared-memory segments that carry big buffers) and ``cloudpickle``
+when plain pickle cannot do the job.
 
 Wire format::
 
@@ -30,28 +31,10 @@ Wire format::
                   with load_error() or load_failure() only.
 
 Shared memory: a buffer of at least ``SHM_THRESHOLD`` bytes (a numpy array,
-a big ``bytes``/``bytearray``/``memoryview``) is written to a POSIX
-shared-memory segment named ``{prefix}-{n}`` (``/dev/shm/{prefix}-{n}`` on
-Linux) instead of the pickle. The writer creates the segment and forgets it;
-the reader maps it and unlinks it at once, and the objects it rebuilds (a
-numpy array) use the mapped pages without a copy; the memory goes with the
-last of them. A segment whose blob is never
-read is removed by ``discard`` or ``unlink_prefix``.
-
-Kept segments, named ``{prefix}-s-{n}``, are the exception: their writer
-(the parent, through a Store) shares one among every call in flight that
-carries the same bytes, and unlinks it once all of them are answered; or,
-for a pool's initializer (pickled once, read by every worker it starts),
-once no worker will start. The reader maps a kept segment copy-on-write and
-leaves it in place.
-
-A segment left behind by a
-process that died without cleaning up is removed by a survivor (its
-workers' watchdogs, or the tracker of ``_tracker``). Segments are opened with
-``_posixshmem`` rather than ``multiprocessing.shared_memory``, whose resource
-tracker would warn about segments that another process unlinked. Where
-``_posixshmem`` is missing (Windows, whose named memory dies with its last
-handle, before the reader could attach) every buffer travels in band.
+a big ``bytes``/``bytearray``/``memoryview``) travels in a shared-memory
+segment instead of the pickle; ``_shm`` creates, reads and unlinks them,
+and says who removes a segment when. Where there is no POSIX shared memory
+(Windows) every buffer travels in band.
 
 Big ``bytes`` and ``bytearray`` objects arrive as ``bytes`` and
 ``bytearray``. A ``memoryview`` of any size (plain pickle refuses them)
@@ -60,17 +43,14 @@ arrives as a ``memoryview`` over a private copy with the same contents,
 ``memoryview.cast`` accepts (e.g. ``'<i'`` or a numpy struct format) it
 arrives as a 1-D memoryview of unsigned bytes with the same contents.
 
-Concurrency: every function may be called from any thread. The only shared
-state is the segment counter, an ``itertools.count`` (atomic under the GIL;
-a name collision would be refused by ``O_EXCL`` and retried anyway).
+Concurrency: every function may be called from any thread; this module
+has no shared state of its own (``_shm`` has the segment counter).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import itertools
-import mmap
 import os
 import pickle
 import struct
@@ -79,12 +59,8 @@ import types
 from collections.abc import Callable
 from typing import Any, Protocol, TypeAlias
 
-from . import _by_value, _tracker
-
-try:
-    import _posixshmem  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - Windows
-    _posixshmem = None
+from . import _by_value, _shm
+from ._shm import SHM_THRESHOLD, Segments
 
 __all__ = (
     "EXIT",
@@ -95,14 +71,12 @@ __all__ = (
     "RESLICE",
     "RESULTS",
     "RUN",
-    "SHM_THRESHOLD",
     "SKIPPED",
     "Blob",
     "ExceptionNotUnpickled",
     "RemoteTraceback",
     "Store",
     "UnpicklableError",
-    "create_segment",
     "decode_result",
     "discard",
     "dumps",
@@ -110,8 +84,6 @@ __all__ = (
     "dumps_error",
     "dumps_function",
     "dumps_inband",
-    "is_kept",
-    "kept_prefix",
     "load_error",
     "load_failure",
     "loads",
@@ -119,7 +91,6 @@ __all__ = (
     "recv",
     "send",
     "send_result",
-    "unlink",
     "unlink_prefix",
 )
 
@@ -151,138 +122,11 @@ LOADED = 7
 # cancelled, or taken by another worker); it did not run.
 SKIPPED = 8
 
-# Buffers of at least this many bytes go through shared memory. A segment
-# costs a fixed few tens of microseconds (shm_open, write, close and unlink on
-# both sides) and is copied once in and once out; a buffer in band is copied
-# into the pickle, through the socket in 64 KiB slices and out again, and
-# keeps the dispatcher thread busy reading it. Below ~1 MiB the fixed cost
-# wins; above it shared memory is several times faster and keeps big messages
-# from clogging a worker's socket.
-SHM_THRESHOLD = 1 << 20
-
-Segments: TypeAlias = tuple[tuple[str, int], ...]
 Blob: TypeAlias = tuple[bytes, Segments]
 
-_SHM_DIR = "/dev/shm"
-# Kept segments are named {prefix}-s-{n}; no other name has "s" as its
-# second-to-last part (they end in -{n} or -w{pid}-{n}, prefixes in digits).
-_KEPT_MARK = "s"
-_KEPT_SUFFIX = f"-{_KEPT_MARK}"
-# Linux read()/write() move at most this much per call.
-_IO_CHUNK = 0x7FFFF000
-_counter = itertools.count()
-
-
-# -- shared-memory segments ------------------------------------------------
-
-
-def _create_segment(prefix: str, data: memoryview) -> str:
-    """Write ``data`` (1-D bytes) to a new segment and return its name."""
-    assert _posixshmem is not None
-    # Before the segment exists: if this process dies from here on, a
-    # survivor removes it (see _tracker).
-    _tracker.track(prefix)
-    while True:
-        name = f"{prefix}-{next(_counter)}"
-        try:
-            fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        except FileExistsError:  # pragma: no cover - a stale segment of a reused pid
-            continue
-        break
-    try:
-        try:
-            os.ftruncate(fd, data.nbytes)
-            offset = 0
-            while offset < data.nbytes:
-                offset += os.write(fd, data[offset : offset + _IO_CHUNK])
-        finally:
-            os.close(fd)
-    except BaseException:
-        _unlink(name)
-        raise
-    return name
-
-
-def kept_prefix(prefix: str) -> str:
-    """The prefix of the kept segments (see the module docstring) of ``prefix``."""
-    return f"{prefix}-{_KEPT_MARK}"
-
-
-def is_kept(name: str) -> bool:
-    """True for the name of a segment that its writer unlinks, not its reader."""
-    return name.rpartition("-")[0].endswith(_KEPT_SUFFIX)
-
-
-def create_segment(prefix: str, data: memoryview) -> str:
-    """Write ``data`` (1-D bytes) to a new segment named ``{prefix}-{n}``; return its name."""
-    return _create_segment(prefix, data)
-
-
-def _read_segment(name: str, size: int) -> memoryview | bytearray:
-    """Map a segment and unlink it (unless it is kept); return a writable view of its bytes.
-
-    No copy: the objects unpickled from the view (a numpy array, say) use the
-    mapped pages directly, and the mapping goes away with the last of them.
-    The segment is unlinked at once: the mapping keeps the memory alive, and
-    a failure below leaves nothing behind. A kept segment may be read by
-    other calls too: it is mapped copy-on-write, so that a call writing to
-    its argument changes its own copy of the pages, as it would a segment of
-    its own.
-    """
-    assert _posixshmem is not None
-    kept = is_kept(name)
-    fd = _posixshmem.shm_open("/" + name, os.O_RDONLY if kept else os.O_RDWR, 0)
-    try:
-        if not kept:
-            _unlink(name)
-        if os.fstat(fd).st_size < size:
-            raise EOFError(f"shared-memory segment {name!r} holds fewer than {size} bytes")
-        if size == 0:
-            return bytearray()
-        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY if kept else mmap.ACCESS_WRITE)
-    finally:
-        os.close(fd)
-    return memoryview(mapping)
-
-
-def _unlink(name: str) -> None:
-    if _posixshmem is None:  # pragma: no cover - Windows
-        return
-    with contextlib.suppress(FileNotFoundError):
-        _posixshmem.shm_unlink("/" + name)
-
-
-def unlink(name: str) -> None:
-    """Unlink one segment; a missing one is ignored."""
-    _unlink(name)
-
-
-def discard(blob: Blob) -> None:
-    """Unlink the segments of a blob that will never be read (missing ones are ignored).
-
-    Kept segments too: a blob that shares them is released through its
-    writer's Store instead.
-    """
-    for name, _size in blob[1]:
-        _unlink(name)
-
-
-def unlink_prefix(prefix: str) -> None:
-    """Unlink every segment named ``prefix`` or ``prefix-...``.
-
-    The ``-`` boundary keeps ``shoal-1-1`` from matching ``shoal-1-10``'s
-    segments, while a pool's prefix still covers its workers'
-    (``shoal-1-1-w42-7``). It lists ``/dev/shm``, so on systems without it
-    (macOS) only discard() can remove segments.
-    """
-    try:
-        names = os.listdir(_SHM_DIR)
-    except OSError:  # pragma: no cover - no /dev/shm
-        return
-    start = prefix + "-"
-    for name in names:
-        if name == prefix or name.startswith(start):
-            _unlink(name)
+# The dispatcher's names for these, until it imports _shm itself.
+discard = _shm.discard
+unlink_prefix = _shm.unlink_prefix
 
 
 # -- pickling ----------------------------------------------------------------
@@ -437,7 +281,7 @@ class _BigBuffer(Exception):
 def _small_in_band(buffer: pickle.PickleBuffer) -> bool:
     """A buffer_callback keeping small buffers in band and refusing big ones."""
     with memoryview(buffer) as view:
-        if view.nbytes >= SHM_THRESHOLD and _posixshmem is not None:
+        if view.nbytes >= SHM_THRESHOLD and _shm.AVAILABLE:
             raise _BigBuffer
     return True
 
@@ -446,7 +290,7 @@ def _collector(
     buffers: list[pickle.PickleBuffer], out_of_band: bool
 ) -> Callable[[pickle.PickleBuffer], bool] | None:
     """A buffer_callback keeping big contiguous buffers out of band (in ``buffers``)."""
-    if not out_of_band or _posixshmem is None:
+    if not out_of_band or not _shm.AVAILABLE:
         return None  # every buffer in band
     threshold = SHM_THRESHOLD
 
@@ -547,11 +391,11 @@ def _store(
     try:
         for buffer in buffers:
             with buffer.raw() as view:
-                name = _create_segment(shm_prefix, view) if store is None else store.put(view)
+                name = _shm.create_segment(shm_prefix, view) if store is None else store.put(view)
                 segments.append((name, view.nbytes))
     except BaseException:
         if store is None:
-            discard((data, tuple(segments)))
+            _shm.discard((data, tuple(segments)))
         else:
             store.release((data, tuple(segments)))
         raise
@@ -680,9 +524,9 @@ def loads(blob: Blob) -> Any:
     buffers: list[memoryview | bytearray] = []
     try:
         for name, size in segments:
-            buffers.append(_read_segment(name, size))
+            buffers.append(_shm.read_segment(name, size))
     except BaseException:
-        discard(blob)  # the segments not reached
+        _shm.discard(blob)  # the segments not reached
         raise
     return pickle.loads(data, buffers=buffers)
 
@@ -818,7 +662,7 @@ def load_failure(blob: Blob) -> tuple[BaseException, bool]:
     try:
         type_name, message, text, inner_data, unpickling = pickle.loads(blob[0])
     except BaseException:
-        discard(blob)
+        _shm.discard(blob)
         raise
     exc: BaseException
     try:

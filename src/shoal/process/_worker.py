@@ -71,7 +71,7 @@ import time
 import traceback
 from typing import Any
 
-from . import _board, _wire
+from . import _board, _shm, _wire
 
 __all__ = (
     "EXIT_INTERNAL_ERROR",
@@ -135,7 +135,7 @@ def _watch_parent(parent_pid: int, ppid: int, pool_prefix: str) -> None:
         time.sleep(WATCHDOG_INTERVAL)
         if _parent_gone(parent_pid, ppid):
             try:
-                _wire.unlink_prefix(pool_prefix)
+                _shm.unlink_prefix(pool_prefix)
             finally:
                 os._exit(EXIT_ORPHANED)
 
@@ -150,7 +150,7 @@ def _orphaned(parent_pid: int, ppid: int, pool_prefix: str) -> None:
     tracker and the other workers' watchdogs do that part.
     """
     pool_gone = _parent_gone(parent_pid, ppid)
-    _wire.unlink_prefix(pool_prefix if pool_gone else f"{pool_prefix}-w{os.getpid()}")
+    _shm.unlink_prefix(pool_prefix if pool_gone else f"{pool_prefix}-w{os.getpid()}")
 
 
 def _describe(fn: object) -> str:
