@@ -131,6 +131,8 @@ def test_process_worker_does_not_import_the_parent_side():
         "shoal.process._worker",
         "shoal.process._wire",
         "shoal.process._frames",
+        "shoal.process._remote",
+        "shoal.process._shm",
         "shoal.process._by_value",
         "shoal.process._tracker",
         "shoal.process._board",

@@ -21,7 +21,7 @@ import numpy
 import pytest
 
 import shoal
-from shoal.process import _wire
+from shoal.process import _shm
 
 TIMEOUT = 30
 SIZE = 2 << 20  # 2 MiB, over SHM_THRESHOLD
@@ -78,7 +78,7 @@ def test_every_worker_reads_an_initializer_with_a_big_buffer(
     )
     try:
         # Kept for the pool's life, under its prefix.
-        assert all(_wire.is_kept(n) for n in _segments(pool)) and _segments(pool)
+        assert all(_shm.is_kept(n) for n in _segments(pool)) and _segments(pool)
         first = _both_workers(pool, tmp_path, 1)
         assert len(first) == 2 and set(first.values()) == {digest}
         # A worker that replaces a dead one initializes from the same blob.

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 import shoal
-from shoal.process import _channel, _frames, _handover, _wire
+from shoal.process import _channel, _frames, _handover, _shm
 
 TIMEOUT = 30
 LONG = struct.Struct("!iQ")
@@ -102,7 +102,7 @@ def exercise(pool: shoal.ProcessPoolExecutor) -> None:
     assert list(pool.map(crashers.square, range(500))) == [i * i for i in range(500)]
     with pytest.raises(crashers.Boom):
         pool.submit(crashers.run, "raise").result(TIMEOUT)
-    big = bytes(range(256)) * (_wire.SHM_THRESHOLD // 128)
+    big = bytes(range(256)) * (_shm.SHM_THRESHOLD // 128)
     assert pool.submit(bytes, big).result(TIMEOUT) == big
     # Calls whose frames fill the socket, so that the rest waits in the outbox.
     texts = [str(i) * 300_000 for i in range(10)]

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import shoal
-from shoal.process import _wire
+from shoal.process import _shm
 
 np = pytest.importorskip("numpy")
 
@@ -83,13 +83,13 @@ def test_one_array_submitted_a_thousand_times_stays_bounded_in_shared_memory(
     warm_pool, monkeypatch
 ):
     created = []
-    real = _wire._create_segment
+    real = _shm._create_segment
 
     def counting(prefix, data):
         created.append(data.nbytes)
         return real(prefix, data)
 
-    monkeypatch.setattr(_wire, "_create_segment", counting)
+    monkeypatch.setattr(_shm, "_create_segment", counting)
     array = np.arange(ARRAY_BYTES // 8, dtype=np.float64)
     expected = float(array[0] + array[-1])
     prefix = warm_pool._shm_prefix

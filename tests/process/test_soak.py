@@ -568,7 +568,7 @@ def test_soak_shared_memory_payloads(tmp_path: Path) -> None:
     seed = _seed()
     log_dir = tmp_path / "starts"
     log_dir.mkdir()
-    size = (1 << 20) + 4096  # over _wire.SHM_THRESHOLD: out of band, both ways
+    size = (1 << 20) + 4096  # over _shm.SHM_THRESHOLD: out of band, both ways
     killer = Killer(log_dir, 4, (0.03, 0.1), seed)
     pool = shoal.ProcessPoolExecutor(max_workers=2)
     try:

@@ -68,7 +68,7 @@ def _check(error: BaseException | None, side: str, call: str, cause: type[BaseEx
     if side == "worker":
         assert error.pid is not None and f"pid {error.pid}" in str(error)
         # The worker's traceback of the failed unpickling.
-        assert isinstance(error.__cause__.__cause__, shoal.process._wire.RemoteTraceback)
+        assert isinstance(error.__cause__.__cause__, shoal.process._remote.RemoteTraceback)
         assert "_unpickle" in error.__cause__.__cause__.text
 
 

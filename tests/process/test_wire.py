@@ -1,4 +1,4 @@
-"""shoal.process._wire: blobs, shared memory, errors and framing, in one process.
+"""shoal.process._wire and _shm: blobs, shared memory, errors and framing, in one process.
 
 Every test gets its own segment prefix; afterwards no segment with that
 prefix may be left in /dev/shm and no child process may be left running.
@@ -23,10 +23,10 @@ import types
 import numpy as np
 import pytest
 
-from shoal.process import _frames, _wire
+from shoal.process import _frames, _remote, _shm, _wire
 
 SHM = "/dev/shm"
-BIG = _wire.SHM_THRESHOLD + 17  # an odd size, above the threshold
+BIG = _shm.SHM_THRESHOLD + 17  # an odd size, above the threshold
 _serial = itertools.count()
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(SHM), reason="needs /dev/shm (Linux)")
@@ -41,7 +41,7 @@ def prefix():
     name = f"shoal-{os.getpid()}-t{next(_serial)}"
     yield name
     left = segments_named(name)
-    _wire.unlink_prefix(name)
+    _shm.unlink_prefix(name)
     assert left == [], f"segments left behind: {left}"
 
 
@@ -122,7 +122,7 @@ def test_bytes_and_bytearray_keep_their_type(prefix, kind, size):
     blob, result = round_trip(obj, prefix)
     assert type(result) is kind
     assert result == obj
-    assert len(blob[1]) == (1 if size >= _wire.SHM_THRESHOLD else 0)
+    assert len(blob[1]) == (1 if size >= _shm.SHM_THRESHOLD else 0)
 
 
 def test_big_bytes_inside_call_arguments_go_out_of_band(prefix):
@@ -149,7 +149,7 @@ def test_memoryview_keeps_format_shape_and_readonly(prefix, size, readonly):
     assert type(result) is memoryview
     assert (result.format, result.shape, result.readonly) == ("i", view.shape, readonly)
     assert result.tobytes() == view.tobytes()
-    assert len(blob[1]) == (1 if size >= _wire.SHM_THRESHOLD else 0)
+    assert len(blob[1]) == (1 if size >= _shm.SHM_THRESHOLD else 0)
 
 
 def test_memoryview_with_a_format_cast_refuses_arrives_as_bytes(prefix):
@@ -246,7 +246,7 @@ def test_importable_function_needs_no_cloudpickle():
         import sys
         sys.modules["cloudpickle"] = None
         import os.path
-        from shoal.process import _wire
+        from shoal.process import _shm, _wire
         blob = _wire.dumps_call(os.path.join, ("a", "b"), {}, "shoal-x")
         assert b"posixpath" in blob[0] and b"join" in blob[0], blob
         fn, args, kwargs = _wire.loads(blob)
@@ -262,18 +262,18 @@ def test_a_subprocess_using_shared_memory_prints_no_warning():
     done = run_python(
         f"""
         import numpy as np
-        from shoal.process import _wire
+        from shoal.process import _shm, _wire
         prefix = {prefix!r}
         array = np.arange(1_000_000, dtype=np.float64)
         assert (_wire.loads(_wire.dumps(array, prefix)) == array).all()
-        _wire.discard(_wire.dumps(array, prefix))
+        _shm.discard(_wire.dumps(array, prefix))
         _wire.dumps(array, prefix + "-w1")
-        _wire.unlink_prefix(prefix)
+        _shm.unlink_prefix(prefix)
         print("ok")
         """
     )
     left = segments_named(prefix)
-    _wire.unlink_prefix(prefix)
+    _shm.unlink_prefix(prefix)
     assert (done.returncode, done.stdout, done.stderr, left) == (0, "ok\n", "", [])
 
 
@@ -354,7 +354,7 @@ def test_unpickling_error_surfaces_and_leaves_no_segment(prefix):
 
 def test_a_missing_segment_fails_loads_and_unlinks_the_others(prefix):
     blob = _wire.dumps([np.ones(BIG, np.uint8), np.zeros(BIG, np.uint8)], prefix)
-    _wire.discard((b"", blob[1][:1]))
+    _shm.discard((b"", blob[1][:1]))
     with pytest.raises(FileNotFoundError):
         _wire.loads(blob)
     assert segments_named(prefix) == []
@@ -362,7 +362,7 @@ def test_a_missing_segment_fails_loads_and_unlinks_the_others(prefix):
 
 def test_full_shared_memory_falls_back_to_in_band(prefix, monkeypatch):
     calls = []
-    real = _wire._create_segment
+    real = _shm._create_segment
 
     def second_fails(shm_prefix, view):
         calls.append(view.nbytes)
@@ -370,7 +370,7 @@ def test_full_shared_memory_falls_back_to_in_band(prefix, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(shm_prefix, view)
 
-    monkeypatch.setattr(_wire, "_create_segment", second_fails)
+    monkeypatch.setattr(_shm, "_create_segment", second_fails)
     arrays = [np.full(BIG, 1, np.uint8), np.full(BIG, 2, np.uint8)]
     blob, result = round_trip(arrays, prefix)
     assert len(calls) == 2 and blob[1] == ()
@@ -382,8 +382,8 @@ def test_discard_and_unlink_prefix(prefix):
     big = np.ones(BIG, dtype=np.uint8)
     blob = _wire.dumps(big, prefix)
     assert len(segments_named(prefix)) == 1
-    _wire.discard(blob)
-    _wire.discard(blob)  # missing segments are ignored
+    _shm.discard(blob)
+    _shm.discard(blob)  # missing segments are ignored
     assert segments_named(prefix) == []
     with pytest.raises(FileNotFoundError):
         _wire.loads(blob)
@@ -395,13 +395,13 @@ def test_discard_and_unlink_prefix(prefix):
     _wire.dumps(big, f"{prefix}-w12")
     try:
         assert len(segments_named(prefix)) == 3
-        _wire.unlink_prefix(f"{prefix}-w12")
+        _shm.unlink_prefix(f"{prefix}-w12")
         assert len(segments_named(prefix)) == 2
-        _wire.unlink_prefix(prefix)
+        _shm.unlink_prefix(prefix)
         assert segments_named(prefix) == []
         assert len(segments_named(sibling)) == 1
     finally:
-        _wire.unlink_prefix(sibling)
+        _shm.unlink_prefix(sibling)
 
 
 # -- errors -------------------------------------------------------------------
@@ -421,10 +421,10 @@ def caught(exc):
 
 def test_error_round_trip_keeps_type_args_and_remote_traceback(prefix):
     error = caught(KeyError("missing"))
-    rebuilt = _wire.load_error(_wire.dumps_error(error, prefix))
+    rebuilt = _remote.load_error(_remote.dumps_error(error, prefix))
     assert type(rebuilt) is KeyError and rebuilt.args == ("missing",)
     cause = rebuilt.__cause__
-    assert isinstance(cause, _wire.RemoteTraceback)
+    assert isinstance(cause, _remote.RemoteTraceback)
     assert "raise_in_a_named_frame" in cause.text and "KeyError: 'missing'" in cause.text
     assert str(cause).startswith('\n"""\n') and str(cause).endswith('"""')
     try:
@@ -436,7 +436,7 @@ def test_error_round_trip_keeps_type_args_and_remote_traceback(prefix):
 
 
 def test_system_exit_travels_as_itself(prefix):
-    rebuilt = _wire.load_error(_wire.dumps_error(caught(SystemExit(3)), prefix))
+    rebuilt = _remote.load_error(_remote.dumps_error(caught(SystemExit(3)), prefix))
     assert type(rebuilt) is SystemExit and rebuilt.code == 3
 
 
@@ -461,8 +461,8 @@ class HoldsALock(Exception):
     ids=["does-not-load-back", "does-not-pickle"],
 )
 def test_unpicklable_exception_comes_back_as_substitute(prefix, error, type_name, reason):
-    rebuilt = _wire.load_error(_wire.dumps_error(caught(error), prefix))
-    assert type(rebuilt) is _wire.UnpicklableError
+    rebuilt = _remote.load_error(_remote.dumps_error(caught(error), prefix))
+    assert type(rebuilt) is _remote.UnpicklableError
     assert rebuilt.type_name == type_name
     assert rebuilt.message == str(error)
     assert reason in rebuilt.reason
@@ -477,40 +477,40 @@ def test_exception_the_parent_cannot_load_raises_with_its_name(prefix):
     exec("class WorkerOnly(Exception):\n    pass\n", module.__dict__)
     sys.modules[module.__name__] = module
     try:
-        blob = _wire.dumps_error(caught(module.WorkerOnly("boom")), prefix)
+        blob = _remote.dumps_error(caught(module.WorkerOnly("boom")), prefix)
     finally:
         del sys.modules[module.__name__]
-    with pytest.raises(_wire.ExceptionNotUnpickled) as info:
-        _wire.load_error(blob)
+    with pytest.raises(_remote.ExceptionNotUnpickled) as info:
+        _remote.load_error(blob)
     assert info.value.type_name == "shoal_test_only_in_worker.WorkerOnly"
     assert info.value.message == "boom"
     cause = info.value.__cause__
     assert isinstance(cause, ModuleNotFoundError)
     # The worker's traceback of the exception that did not load.
-    assert isinstance(cause.__context__, _wire.RemoteTraceback)
+    assert isinstance(cause.__context__, _remote.RemoteTraceback)
     assert "raise_in_a_named_frame" in cause.__context__.text
     assert "WorkerOnly: boom" in str(info.value)
 
 
 @pytest.mark.parametrize("unpickling", [False, True])
 def test_error_blob_says_whether_unpickling_the_call_raised_it(prefix, unpickling):
-    blob = _wire.dumps_error(caught(KeyError("k")), prefix, unpickling=unpickling)
-    error, marked = _wire.load_failure(blob)
+    blob = _remote.dumps_error(caught(KeyError("k")), prefix, unpickling=unpickling)
+    error, marked = _remote.load_failure(blob)
     assert type(error) is KeyError and marked is unpickling
 
 
 def test_exception_with_a_big_array_uses_and_frees_shared_memory(prefix):
     error = caught(ValueError("with data", np.ones(BIG, dtype=np.uint8)))
-    blob = _wire.dumps_error(error, prefix)
+    blob = _remote.dumps_error(error, prefix)
     assert len(blob[1]) == 1
-    rebuilt = _wire.load_error(blob)
+    rebuilt = _remote.load_error(blob)
     np.testing.assert_array_equal(rebuilt.args[1], error.args[1])
     assert segments_named(prefix) == []
 
 
 def test_error_blob_can_be_discarded(prefix):
-    blob = _wire.dumps_error(caught(ValueError(np.ones(BIG, dtype=np.uint8))), prefix)
-    _wire.discard(blob)
+    blob = _remote.dumps_error(caught(ValueError(np.ones(BIG, dtype=np.uint8))), prefix)
+    _shm.discard(blob)
     assert segments_named(prefix) == []
 
 
@@ -610,7 +610,7 @@ def test_a_big_pickle_with_nothing_out_of_band_is_made_once(prefix):
     # A long str has no buffer for shared memory: pickling it again on the
     # full path would only cost time and, for a moment, twice the memory.
     CountsPickling.times = 0
-    text = "x" * (_wire.SHM_THRESHOLD + 1)
+    text = "x" * (_shm.SHM_THRESHOLD + 1)
     blob = _wire.dumps((text, CountsPickling()), prefix)
     assert blob[1] == ()
     assert CountsPickling.times == 1

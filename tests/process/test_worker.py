@@ -21,10 +21,10 @@ import numpy as np
 import psutil
 import pytest
 
-from shoal.process import _frames, _wire, _worker
+from shoal.process import _frames, _remote, _shm, _wire, _worker
 
 SHM = "/dev/shm"
-BIG = _wire.SHM_THRESHOLD + 3
+BIG = _shm.SHM_THRESHOLD + 3
 WAIT = 20.0  # seconds: the bound on every blocking step (spawn is slow on 2 cores)
 _serial = itertools.count()
 
@@ -193,7 +193,7 @@ def prefix():
     name = f"shoal-{os.getpid()}-tw{next(_serial)}"
     yield name
     left = segments_named(name)
-    _wire.unlink_prefix(name)
+    _shm.unlink_prefix(name)
     assert left == [], f"segments left behind: {left}"
 
 
@@ -218,7 +218,7 @@ def parents(ctx, prefix):
 
 def value_of(result):
     _task_id, ok, blob, duration = result
-    assert ok, _wire.load_error(blob)
+    assert ok, _remote.load_error(blob)
     assert duration >= 0.0
     return _wire.loads(blob)
 
@@ -228,7 +228,7 @@ def error_of(result, unpickling=False):
     _task_id, ok, blob, duration = result
     assert not ok
     assert duration >= 0.0
-    error, marked = _wire.load_failure(blob)
+    error, marked = _remote.load_failure(blob)
     assert marked is unpickling
     return error
 
@@ -308,7 +308,7 @@ def test_a_mixed_batch_answers_every_task_in_order(parents, prefix):
 
     error = error_of(results[1])
     assert type(error) is ValueError and error.args == ("first failure",)
-    assert isinstance(error.__cause__, _wire.RemoteTraceback)
+    assert isinstance(error.__cause__, _remote.RemoteTraceback)
     assert "in fail" in error.__cause__.text
     assert "_run_one" not in error.__cause__.text  # the worker's own frame is left out
 
@@ -362,7 +362,7 @@ def test_initializer_failure_sends_init_failed_and_exits_zero(parents, prefix):
     parent = parents(_wire.dumps_call(failing_initializer, (), {}, prefix))
     tag, blob = parent.recv()
     assert tag == _frames.INIT_FAILED
-    error = _wire.load_error(blob)
+    error = _remote.load_error(blob)
     assert type(error) is RuntimeError and "refuses" in str(error)
     assert "failing_initializer" in error.__cause__.text
     parent.process.join(WAIT)
@@ -464,7 +464,7 @@ def test_the_worker_exits_when_its_parent_is_killed_mid_task(ctx, prefix, tmp_pa
             process.kill()
         process.join(WAIT)
         here.close()
-        _wire.unlink_prefix(prefix)
+        _shm.unlink_prefix(prefix)
     children = [
         c
         for c in psutil.Process().children(recursive=True)
@@ -482,7 +482,7 @@ def test_a_whole_conversation_prints_nothing_on_stderr(ctx, tmp_path):
             """
             import multiprocessing, os, sys
             import numpy as np
-            from shoal.process import _frames, _wire, _worker
+            from shoal.process import _frames, _remote, _shm, _wire, _worker
 
             def double(array):
                 return array * 2

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _clock
 from .._future import CANCELLED
 from .._process_errors import UnpicklingFailedError
-from . import _frames, _wire
+from . import _frames, _remote, _shm, _wire
 from ._runs import Failed, MapRun, Slice
 from ._tasks import mark_running
 
@@ -155,7 +155,7 @@ class Answers:
         answered = 0
         for task_id, ok, blob, duration in results:
             if not in_flight:
-                _wire.discard(blob)
+                _shm.discard(blob)
                 continue  # the pool broke and failed this call already
             task = in_flight[0]
             if task.id != task_id:  # pragma: no cover - the worker answers in order
@@ -194,8 +194,8 @@ class Answers:
     def _call_error(self, worker: Worker, task: Sent, blob: _wire.Blob) -> BaseException:
         """The exception of a call that failed, from its error blob."""
         try:
-            error, unpickling = _wire.load_failure(blob)
-        except _wire.ExceptionNotUnpickled as failure:
+            error, unpickling = _remote.load_failure(blob)
+        except _remote.ExceptionNotUnpickled as failure:
             call = task.describe()
             what = f"the exception ({failure.type_name}) raised by {call}"
             return unpickling_error(call, what, failure.__cause__, None)
@@ -215,7 +215,7 @@ class Answers:
             worker.ready = True
         elif tag == _frames.INIT_FAILED:
             try:
-                error = _wire.load_error(message[1])
+                error = _remote.load_error(message[1])
             except BaseException as exc:
                 error = exc
             # The pool breaks when this worker has exited (it does so at once):

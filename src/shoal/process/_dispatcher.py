@@ -81,7 +81,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _clock
 from .._future import LOGGER, PENDING, Future
 from .._process_errors import BrokenProcessPool
-from . import _handover, _lifecycle, _policy, _segments, _wire, _worker
+from . import _handover, _lifecycle, _policy, _segments, _shm, _wire, _worker
 from ._answers import Answers, mark_head
 from ._batch import MAX_HEAVY_IN_FLIGHT, Batcher
 from ._channel import READ_CHUNK, Worker
@@ -466,7 +466,7 @@ class Dispatcher:
         process = worker.process
         process.join(1.0)
         exitcode = process.exitcode
-        _wire.unlink_prefix(f"{self._shm_prefix}-w{process.pid}")
+        _shm.unlink_prefix(f"{self._shm_prefix}-w{process.pid}")
         held, started = _lifecycle.unanswered(worker, self._release)
         how = _lifecycle.signal_name(exitcode)
         if worker.retiring and exitcode == 0:
@@ -592,7 +592,7 @@ class Dispatcher:
         self._crew.close()
         self._answers.answered = []
         self.segments.close()
-        _wire.unlink_prefix(self._shm_prefix)
+        _shm.unlink_prefix(self._shm_prefix)
         self._selector.close()
         # Nobody needs a wake-up any more: the pool refuses calls for good
         # (shut down or broken), and a dispatcher never starts twice.

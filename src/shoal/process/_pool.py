@@ -2,10 +2,9 @@
 
 ``submit`` turns a call into a :class:`~._tasks.Task`, appends it to the
 queue it shares with the pool's dispatcher thread and wakes that thread;
-the dispatcher sends it to a worker (see ``_dispatcher.py`` for the data
-flow). When the dispatcher is idle and so is a worker, ``submit`` writes the
-call to that worker itself instead, saving a thread wake-up (the
-"hand-over", described there). What survives what:
+the dispatcher sends it to a worker (see ``_dispatcher``). When the
+dispatcher is idle and so is a worker, ``submit`` writes the call to that
+worker itself instead, saving a thread wake-up (``_handover``). What survives what:
 
 * A worker that dies (a segfault, ``os._exit``, SIGKILL, the OOM killer)
   fails only the calls it held, each with :class:`shoal.WorkerLostError`
@@ -79,7 +78,7 @@ from .._executor import Executor, as_index
 from .._future import Future
 from .._process_errors import BrokenProcessPool
 from .._stats import ExecutorStatistics
-from . import _runs, _wire
+from . import _runs, _shm, _wire
 from ._dispatcher import Dispatcher
 from ._lifecycle import main_by_value, usable_cpus
 from ._shared import Shared
@@ -323,7 +322,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                     # named under the pool's prefix so that the pool's
                     # sweeps remove them once no worker will start (the
                     # dispatcher's end, or _stop if it never started).
-                    _wire.kept_prefix(self._shm_prefix),
+                    _shm.kept_prefix(self._shm_prefix),
                     main_by_value=self._by_value,
                 )
             except Exception:
@@ -546,7 +545,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             # arguments (a multiprocessing Queue, say), though the pool object lives on.
             if dispatcher is None and self._initializer_blob is not None:
                 # Its kept segments; a dispatcher removes them as it ends.
-                _wire.discard(self._initializer_blob)
+                _shm.discard(self._initializer_blob)
             self._initializer_blob = self._initializer_objects = None
             self._initializer = None
             self._initargs = ()

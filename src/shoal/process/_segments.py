@@ -32,7 +32,7 @@ import mmap
 import os
 import threading
 
-from . import _wire
+from . import _shm, _wire
 
 __all__ = ("Segments",)
 
@@ -74,7 +74,7 @@ class Segments:
     """The kept segments of one pool (a ``_wire.Store``); see the module docstring."""
 
     def __init__(self, prefix: str) -> None:
-        self._prefix = _wire.kept_prefix(prefix)
+        self._prefix = _shm.kept_prefix(prefix)
         self._lock = threading.Lock()
         self._by_name: dict[str, _Segment] = {}  # guarded by: _lock
         # The latest segment of each (id of the exporter, size).
@@ -111,7 +111,7 @@ class Segments:
             if same:
                 return segment.name
             self._drop(segment)
-        name = _wire.create_segment(self._prefix, view)
+        name = _shm.create_segment(self._prefix, view)
         segment = _Segment(name, view.nbytes, key)
         with self._lock:
             closed = self._closed
@@ -119,7 +119,7 @@ class Segments:
                 self._by_name[name] = segment
                 self._by_key[key] = segment
         if closed:  # the pool closed while we wrote
-            _wire.unlink(name)
+            _shm.unlink(name)
             raise OSError("shoal: the pool's shared memory is closed")
         return name
 
@@ -132,7 +132,7 @@ class Segments:
             with self._lock:
                 segment = self._by_name.get(name)
             if segment is None:
-                _wire.unlink(name)
+                _shm.unlink(name)
             else:
                 self._drop(segment)
 
@@ -152,7 +152,7 @@ class Segments:
 
     @staticmethod
     def _unlink(segment: _Segment) -> None:
-        _wire.unlink(segment.name)
+        _shm.unlink(segment.name)
         if segment.mapping is not None:
             # A comparison still reading it (close() only) keeps it open: the
             # mapping then goes when that comparison lets go of it.

@@ -1,11 +1,12 @@
-"""The wire of the process pool: pickling, shared memory, remote tracebacks.
+"""The wire of the process pool: pickling calls, results and their big buffers.
 
-This module is mechanism only: it turns objects into bytes and back and moves
-big buffers through shared memory. What to send, when, and what a failure
-means for a task is decided by the dispatcher (parent) and the worker loop
-(child), which both import this module. It imports only the standard
-library, ``_by_value`` (how functions and classes of ``__main__`` travel),
-and ``cloudpickle`` when plain pickle cannot do the job.
+This module is mechanism only: it turns objects into bytes and back, their
+big buffers out of band. What to send, when, and what a failure means for a
+task is decided by the dispatcher (parent) and the worker loop (child),
+which both import this module. It imports only the standard library,
+``_by_value`` (how functions and classes of ``__main__`` travel), ``_shm``
+(the shared-memory segments that carry big buffers) and ``cloudpickle``
+when plain pickle cannot do the job.
 
 What travels in the messages (``_frames`` frames them)::
 
@@ -14,38 +15,20 @@ What travels in the messages (``_frames`` frames them)::
                   buffers live, in order, in the shared-memory segments
     call blob = Blob of (fn, args, kwargs)
     args blob = Blob of args (a tuple), for a call whose function travels
-                  once per RUN message (see RUN below) and has no kwargs
+                  once per RUN message (see _frames) and has no kwargs
     items blob= Blob of a sequence of a map's items (a slice of its calls)
     error blob= Blob whose data is a plain pickle of
                   (type_name, message, traceback_text, exception_data,
                   unpickling) and whose segments are those of
                   exception_data; unpickling is True when the exception
-                  was raised unpickling the call, not by the call. Read it
-                  with load_error() or load_failure() only.
+                  was raised unpickling the call, not by the call. Made
+                  and read by _remote only.
 
 Shared memory: a buffer of at least ``SHM_THRESHOLD`` bytes (a numpy array,
-a big ``bytes``/``bytearray``/``memoryview``) is written to a POSIX
-shared-memory segment named ``{prefix}-{n}`` (``/dev/shm/{prefix}-{n}`` on
-Linux) instead of the pickle. The writer creates the segment and forgets it;
-the reader maps it and unlinks it at once, and the objects it rebuilds (a
-numpy array) use the mapped pages without a copy; the memory goes with the
-last of them. A segment whose blob is never
-read is removed by ``discard`` or ``unlink_prefix``.
-
-Kept segments, named ``{prefix}-s-{n}``, are the exception: their writer
-(the parent, through a Store) shares one among every call in flight that
-carries the same bytes, and unlinks it once all of them are answered; or,
-for a pool's initializer (pickled once, read by every worker it starts),
-once no worker will start. The reader maps a kept segment copy-on-write and
-leaves it in place.
-
-A segment left behind by a
-process that died without cleaning up is removed by a survivor (its
-workers' watchdogs, or the tracker of ``_tracker``). Segments are opened with
-``_posixshmem`` rather than ``multiprocessing.shared_memory``, whose resource
-tracker would warn about segments that another process unlinked. Where
-``_posixshmem`` is missing (Windows, whose named memory dies with its last
-handle, before the reader could attach) every buffer travels in band.
+a big ``bytes``/``bytearray``/``memoryview``) travels in a shared-memory
+segment instead of the pickle; ``_shm`` creates, reads and unlinks them,
+and says who removes a segment when. Where there is no POSIX shared memory
+(Windows) every buffer travels in band.
 
 Big ``bytes`` and ``bytearray`` objects arrive as ``bytes`` and
 ``bytearray``. A ``memoryview`` of any size (plain pickle refuses them)
@@ -54,186 +37,35 @@ arrives as a ``memoryview`` over a private copy with the same contents,
 ``memoryview.cast`` accepts (e.g. ``'<i'`` or a numpy struct format) it
 arrives as a 1-D memoryview of unsigned bytes with the same contents.
 
-Concurrency: every function may be called from any thread. The only shared
-state is the segment counter, an ``itertools.count`` (atomic under the GIL;
-a name collision would be refused by ``O_EXCL`` and retried anyway).
+Concurrency: every function may be called from any thread; this module
+has no shared state of its own (``_shm`` has the segment counter).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import itertools
-import mmap
-import os
 import pickle
-import traceback
 import types
 from collections.abc import Callable
 from typing import Any, Protocol, TypeAlias
 
-from . import _by_value, _tracker
-
-try:
-    import _posixshmem  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - Windows
-    _posixshmem = None
+from . import _by_value, _shm
+from ._shm import SHM_THRESHOLD, Segments
 
 __all__ = (
-    "SHM_THRESHOLD",
     "Blob",
-    "ExceptionNotUnpickled",
-    "RemoteTraceback",
     "Store",
-    "UnpicklableError",
-    "create_segment",
-    "discard",
     "dumps",
     "dumps_call",
-    "dumps_error",
     "dumps_function",
     "dumps_inband",
-    "is_kept",
-    "kept_prefix",
-    "load_error",
-    "load_failure",
     "loads",
-    "unlink",
-    "unlink_prefix",
+    "pickle_buffers",
+    "store_buffers",
 )
 
-# Buffers of at least this many bytes go through shared memory. A segment
-# costs a fixed few tens of microseconds (shm_open, write, close and unlink on
-# both sides) and is copied once in and once out; a buffer in band is copied
-# into the pickle, through the socket in 64 KiB slices and out again, and
-# keeps the dispatcher thread busy reading it. Below ~1 MiB the fixed cost
-# wins; above it shared memory is several times faster and keeps big messages
-# from clogging a worker's socket.
-SHM_THRESHOLD = 1 << 20
-
-Segments: TypeAlias = tuple[tuple[str, int], ...]
 Blob: TypeAlias = tuple[bytes, Segments]
-
-_SHM_DIR = "/dev/shm"
-# Kept segments are named {prefix}-s-{n}; no other name has "s" as its
-# second-to-last part (they end in -{n} or -w{pid}-{n}, prefixes in digits).
-_KEPT_MARK = "s"
-_KEPT_SUFFIX = f"-{_KEPT_MARK}"
-# Linux read()/write() move at most this much per call.
-_IO_CHUNK = 0x7FFFF000
-_counter = itertools.count()
-
-
-# -- shared-memory segments ------------------------------------------------
-
-
-def _create_segment(prefix: str, data: memoryview) -> str:
-    """Write ``data`` (1-D bytes) to a new segment and return its name."""
-    assert _posixshmem is not None
-    # Before the segment exists: if this process dies from here on, a
-    # survivor removes it (see _tracker).
-    _tracker.track(prefix)
-    while True:
-        name = f"{prefix}-{next(_counter)}"
-        try:
-            fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        except FileExistsError:  # pragma: no cover - a stale segment of a reused pid
-            continue
-        break
-    try:
-        try:
-            os.ftruncate(fd, data.nbytes)
-            offset = 0
-            while offset < data.nbytes:
-                offset += os.write(fd, data[offset : offset + _IO_CHUNK])
-        finally:
-            os.close(fd)
-    except BaseException:
-        _unlink(name)
-        raise
-    return name
-
-
-def kept_prefix(prefix: str) -> str:
-    """The prefix of the kept segments (see the module docstring) of ``prefix``."""
-    return f"{prefix}-{_KEPT_MARK}"
-
-
-def is_kept(name: str) -> bool:
-    """True for the name of a segment that its writer unlinks, not its reader."""
-    return name.rpartition("-")[0].endswith(_KEPT_SUFFIX)
-
-
-def create_segment(prefix: str, data: memoryview) -> str:
-    """Write ``data`` (1-D bytes) to a new segment named ``{prefix}-{n}``; return its name."""
-    return _create_segment(prefix, data)
-
-
-def _read_segment(name: str, size: int) -> memoryview | bytearray:
-    """Map a segment and unlink it (unless it is kept); return a writable view of its bytes.
-
-    No copy: the objects unpickled from the view (a numpy array, say) use the
-    mapped pages directly, and the mapping goes away with the last of them.
-    The segment is unlinked at once: the mapping keeps the memory alive, and
-    a failure below leaves nothing behind. A kept segment may be read by
-    other calls too: it is mapped copy-on-write, so that a call writing to
-    its argument changes its own copy of the pages, as it would a segment of
-    its own.
-    """
-    assert _posixshmem is not None
-    kept = is_kept(name)
-    fd = _posixshmem.shm_open("/" + name, os.O_RDONLY if kept else os.O_RDWR, 0)
-    try:
-        if not kept:
-            _unlink(name)
-        if os.fstat(fd).st_size < size:
-            raise EOFError(f"shared-memory segment {name!r} holds fewer than {size} bytes")
-        if size == 0:
-            return bytearray()
-        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY if kept else mmap.ACCESS_WRITE)
-    finally:
-        os.close(fd)
-    return memoryview(mapping)
-
-
-def _unlink(name: str) -> None:
-    if _posixshmem is None:  # pragma: no cover - Windows
-        return
-    with contextlib.suppress(FileNotFoundError):
-        _posixshmem.shm_unlink("/" + name)
-
-
-def unlink(name: str) -> None:
-    """Unlink one segment; a missing one is ignored."""
-    _unlink(name)
-
-
-def discard(blob: Blob) -> None:
-    """Unlink the segments of a blob that will never be read (missing ones are ignored).
-
-    Kept segments too: a blob that shares them is released through its
-    writer's Store instead.
-    """
-    for name, _size in blob[1]:
-        _unlink(name)
-
-
-def unlink_prefix(prefix: str) -> None:
-    """Unlink every segment named ``prefix`` or ``prefix-...``.
-
-    The ``-`` boundary keeps ``shoal-1-1`` from matching ``shoal-1-10``'s
-    segments, while a pool's prefix still covers its workers'
-    (``shoal-1-1-w42-7``). It lists ``/dev/shm``, so on systems without it
-    (macOS) only discard() can remove segments.
-    """
-    try:
-        names = os.listdir(_SHM_DIR)
-    except OSError:  # pragma: no cover - no /dev/shm
-        return
-    start = prefix + "-"
-    for name in names:
-        if name == prefix or name.startswith(start):
-            _unlink(name)
 
 
 # -- pickling ----------------------------------------------------------------
@@ -388,7 +220,7 @@ class _BigBuffer(Exception):
 def _small_in_band(buffer: pickle.PickleBuffer) -> bool:
     """A buffer_callback keeping small buffers in band and refusing big ones."""
     with memoryview(buffer) as view:
-        if view.nbytes >= SHM_THRESHOLD and _posixshmem is not None:
+        if view.nbytes >= SHM_THRESHOLD and _shm.AVAILABLE:
             raise _BigBuffer
     return True
 
@@ -397,7 +229,7 @@ def _collector(
     buffers: list[pickle.PickleBuffer], out_of_band: bool
 ) -> Callable[[pickle.PickleBuffer], bool] | None:
     """A buffer_callback keeping big contiguous buffers out of band (in ``buffers``)."""
-    if not out_of_band or _posixshmem is None:
+    if not out_of_band or not _shm.AVAILABLE:
         return None  # every buffer in band
     threshold = SHM_THRESHOLD
 
@@ -411,7 +243,7 @@ def _collector(
     return callback
 
 
-def _pickle(
+def pickle_buffers(
     obj: object, out_of_band: bool = True, main_by_value: bool = False
 ) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickle ``obj``; return the data and its out-of-band buffers (nothing stored yet).
@@ -488,7 +320,7 @@ class Store(Protocol):
         """The blob's readers are done with its segments."""
 
 
-def _store(
+def store_buffers(
     data: bytes, buffers: list[pickle.PickleBuffer], shm_prefix: str, store: Store | None = None
 ) -> Blob:
     """Write the out-of-band buffers to segments; unlink them all on failure."""
@@ -498,11 +330,11 @@ def _store(
     try:
         for buffer in buffers:
             with buffer.raw() as view:
-                name = _create_segment(shm_prefix, view) if store is None else store.put(view)
+                name = _shm.create_segment(shm_prefix, view) if store is None else store.put(view)
                 segments.append((name, view.nbytes))
     except BaseException:
         if store is None:
-            discard((data, tuple(segments)))
+            _shm.discard((data, tuple(segments)))
         else:
             store.release((data, tuple(segments)))
         raise
@@ -539,12 +371,12 @@ def dumps(
         ):
             return data, ()
         del data  # not two big pickles at once
-    data, buffers = _pickle(obj, main_by_value=main_by_value)
+    data, buffers = pickle_buffers(obj, main_by_value=main_by_value)
     try:
-        return _store(data, buffers, shm_prefix, store)
+        return store_buffers(data, buffers, shm_prefix, store)
     except OSError:
         pass  # not inside the except block: no chained OSError in user tracebacks
-    return _pickle(obj, out_of_band=False, main_by_value=main_by_value)[0], ()
+    return pickle_buffers(obj, out_of_band=False, main_by_value=main_by_value)[0], ()
 
 
 def dumps_call(
@@ -620,7 +452,7 @@ def dumps_function(fn: object, main_by_value: bool = False) -> bytes | None:
 def dumps_inband(obj: object, main_by_value: bool = False) -> bytes:
     """Pickle ``obj`` with every buffer in band (cloudpickle if need be): bytes that
     can be unpickled any number of times."""
-    return _pickle(obj, out_of_band=False, main_by_value=main_by_value)[0]
+    return pickle_buffers(obj, out_of_band=False, main_by_value=main_by_value)[0]
 
 
 def loads(blob: Blob) -> Any:
@@ -631,155 +463,8 @@ def loads(blob: Blob) -> Any:
     buffers: list[memoryview | bytearray] = []
     try:
         for name, size in segments:
-            buffers.append(_read_segment(name, size))
+            buffers.append(_shm.read_segment(name, size))
     except BaseException:
-        discard(blob)  # the segments not reached
+        _shm.discard(blob)  # the segments not reached
         raise
     return pickle.loads(data, buffers=buffers)
-
-
-# -- exceptions ---------------------------------------------------------------
-
-
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised in a worker, as text.
-
-    load_error() sets it as the ``__cause__`` of the rebuilt exception, so the
-    caller's traceback shows the worker's frames first, then "The above
-    exception was the direct cause of the following exception".
-    """
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.text}"""'
-
-
-class UnpicklableError(Exception):
-    """Stands in for a worker's exception that could not travel to the parent.
-
-    Attributes:
-        type_name: the qualified name of the original exception's type.
-        message: ``str()`` of the original exception.
-        reason: why it could not travel (the pickling or unpickling error).
-    """
-
-    def __init__(self, type_name: str, message: str, reason: str) -> None:
-        super().__init__(type_name, message, reason)
-        self.type_name = type_name
-        self.message = message
-        self.reason = reason
-
-    def __str__(self) -> str:
-        head = f"{self.type_name}: {self.message}" if self.message else self.type_name
-        return f"{head} (the exception could not be sent by the worker: {self.reason})"
-
-
-class ExceptionNotUnpickled(Exception):
-    """load_error() could not unpickle the exception of an error blob here.
-
-    Raised from the error that unpickling raised (its ``__cause__``), whose
-    ``__context__``, when it had none, is the RemoteTraceback of the
-    exception that did not unpickle.
-
-    Attributes:
-        type_name: the qualified name of the exception's type.
-        message: ``str()`` of the exception, as the worker saw it.
-    """
-
-    def __init__(self, type_name: str, message: str) -> None:
-        super().__init__(type_name, message)
-        self.type_name = type_name
-        self.message = message
-
-    def __str__(self) -> str:
-        head = f"{self.type_name}: {self.message}" if self.message else self.type_name
-        return f"{head} (the exception could not be unpickled here: {self.__cause__!r})"
-
-
-def _safe_str(obj: object) -> str:
-    try:
-        return str(obj)
-    except Exception as exc:  # a broken __str__ must not hide the error
-        return f"<str() failed: {type(exc).__name__}>"
-
-
-def _type_name(exc: BaseException) -> str:
-    kind = type(exc)
-    module = kind.__module__
-    if module in ("builtins", "__main__", None):
-        return kind.__qualname__
-    return f"{module}.{kind.__qualname__}"
-
-
-def dumps_error(exc: BaseException, shm_prefix: str, unpickling: bool = False) -> Blob:
-    """Pickle ``exc`` with its formatted traceback; read the blob with load_error().
-
-    An exception that cannot be pickled, or whose pickle does not load back
-    here (an ``__init__`` with required arguments that ``args`` lacks, say),
-    is replaced by an UnpicklableError with its type name and message. The
-    traceback text always travels. Never raises for a bad exception.
-    ``unpickling`` travels with it (see load_failure()): True for an
-    exception raised unpickling the call rather than by the call.
-    """
-    try:
-        text = "".join(traceback.format_exception(exc))
-    except Exception as error:
-        text = f"<the traceback could not be formatted: {error!r}>\n"
-    type_name = _type_name(exc)
-    message = _safe_str(exc)
-    payload: BaseException = exc
-    try:
-        data, buffers = _pickle(payload)
-        try:
-            pickle.loads(data, buffers=buffers)  # the copy is dropped at once
-        except BaseException:
-            for buffer in buffers:
-                buffer.release()
-            raise
-    except BaseException as error:  # anything, even a SystemExit in __setstate__
-        reason = f"{type(error).__name__}: {_safe_str(error)}"
-        payload = UnpicklableError(type_name, message, reason)
-        data, buffers = _pickle(payload)
-    try:
-        inner_data, segments = _store(data, buffers, shm_prefix)
-    except OSError:  # shared memory is full: in band then
-        inner_data, segments = _pickle(payload, out_of_band=False)[0], ()
-    outer = pickle.dumps((type_name, message, text, inner_data, unpickling), protocol=5)
-    return outer, segments
-
-
-def load_error(blob: Blob) -> BaseException:
-    """Rebuild an exception sent by dumps_error(), its worker traceback as ``__cause__``.
-
-    Raises ExceptionNotUnpickled if the exception does not unpickle here
-    (its class exists only in the worker, say; whatever unpickling raised,
-    SystemExit included). Unlinks the blob's segments.
-    """
-    return load_failure(blob)[0]
-
-
-def load_failure(blob: Blob) -> tuple[BaseException, bool]:
-    """load_error(), and whether the exception was raised unpickling the call.
-
-    The second value is the ``unpickling`` given to dumps_error().
-    """
-    try:
-        type_name, message, text, inner_data, unpickling = pickle.loads(blob[0])
-    except BaseException:
-        discard(blob)
-        raise
-    exc: BaseException
-    try:
-        obj = loads((inner_data, blob[1]))
-        if not isinstance(obj, BaseException):
-            raise TypeError(f"expected an exception, got {type(obj).__name__}")
-        exc = obj
-    except BaseException as error:  # anything, even a SystemExit in __setstate__
-        if error.__context__ is None and error.__cause__ is None:
-            error.__context__ = RemoteTraceback(text)
-        raise ExceptionNotUnpickled(type_name, message) from error
-    exc.__cause__ = RemoteTraceback(text)
-    return exc, unpickling

@@ -70,7 +70,7 @@ import time
 import traceback
 from typing import Any
 
-from . import _board, _frames, _wire
+from . import _board, _frames, _remote, _shm, _wire
 
 __all__ = (
     "EXIT_INTERNAL_ERROR",
@@ -134,7 +134,7 @@ def _watch_parent(parent_pid: int, ppid: int, pool_prefix: str) -> None:
         time.sleep(WATCHDOG_INTERVAL)
         if _parent_gone(parent_pid, ppid):
             try:
-                _wire.unlink_prefix(pool_prefix)
+                _shm.unlink_prefix(pool_prefix)
             finally:
                 os._exit(EXIT_ORPHANED)
 
@@ -149,7 +149,7 @@ def _orphaned(parent_pid: int, ppid: int, pool_prefix: str) -> None:
     tracker and the other workers' watchdogs do that part.
     """
     pool_gone = _parent_gone(parent_pid, ppid)
-    _wire.unlink_prefix(pool_prefix if pool_gone else f"{pool_prefix}-w{os.getpid()}")
+    _shm.unlink_prefix(pool_prefix if pool_gone else f"{pool_prefix}-w{os.getpid()}")
 
 
 def _describe(fn: object) -> str:
@@ -191,7 +191,7 @@ def _unpickling_failed(exc: BaseException, prefix: str) -> _wire.Blob:
     UnpicklingFailedError caused by ``exc``, which it names the call in. Not
     raised here, where the call has no name: the function may be what failed.
     """
-    return _wire.dumps_error(exc, prefix, unpickling=True)
+    return _remote.dumps_error(exc, prefix, unpickling=True)
 
 
 def _invoke(
@@ -209,14 +209,14 @@ def _invoke(
 def _pickle_outcome(ok: bool, outcome: Any, fn: Any, prefix: str) -> tuple[bool, _wire.Blob]:
     """The answer's (ok, blob) for what ``_invoke`` gave; never raises for the user's sake."""
     if not ok:
-        return False, _wire.dumps_error(outcome, prefix)
+        return False, _remote.dumps_error(outcome, prefix)
     try:
         return True, _wire.dumps(outcome, prefix)
     except BaseException as exc:
         # The pickling error itself, as the standard pool raises it (an
         # ``except TypeError`` keeps working), with a note saying what failed.
         exc.add_note(f"(shoal: the result of {_describe(fn)} could not be pickled)")
-        return False, _wire.dumps_error(exc, prefix)
+        return False, _remote.dumps_error(exc, prefix)
 
 
 def _run_one(
@@ -360,7 +360,7 @@ def _initialize(conn: Any, config: dict[str, Any], prefix: str) -> bool:
             logging.getLogger("concurrent.futures").critical(
                 "Exception in initializer:", exc_info=True
             )
-            error = _wire.dumps_error(_from_user_frame(exc), prefix)
+            error = _remote.dumps_error(_from_user_frame(exc), prefix)
             _frames.send(conn, (_frames.INIT_FAILED, error))
             return False
         del fn, args, kwargs
