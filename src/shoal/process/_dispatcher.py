@@ -1623,7 +1623,14 @@ class Dispatcher:
             process = cast("Any", self._ctx).Process(
                 target=_worker.worker_main, args=(child_sock, config), name=name
             )
-            with _main_file_checked():
+            # The worker needs the main module only for initializer objects
+            # sent by reference; otherwise it does not import it (_start).
+            from . import _start
+
+            with (
+                _main_file_checked(),
+                _start.without_main(name, skip=self._initializer_objects is None),
+            ):
                 process.start()
         except BaseException as exc:
             parent_sock.close()
