@@ -33,8 +33,11 @@ out the two entries that import the main module. Any other process
 started by anyone (the standard pool, the forkserver itself, another
 thread) gets them as before.
 
-Concurrency: the name of the process being started is thread-local;
-``_install_lock`` guards the one-time wrapping.
+Concurrency: the name of the process being started is thread-local (each
+dispatcher thread starts its own workers); ``_install_lock`` guards the
+one-time wrapping. It is innermost: the dispatcher may hold its
+``_main_file_lock`` around it, and nothing is called under it but the
+wrapping itself.
 """
 
 from __future__ import annotations
