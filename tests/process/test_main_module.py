@@ -248,6 +248,78 @@ def test_functions_defined_under_the_main_guard(tmp_path: Path, start_method: st
     assert proc.stdout.splitlines() == _expected(start_method)
 
 
+# -- the main module's top level does not run in the workers ------------------------
+
+# Each process that runs the script's top level leaves a mark named by its pid.
+MARKING_SCRIPT = """
+import multiprocessing, os, sys
+import shoal
+
+MARKS = sys.argv[1]
+open(os.path.join(MARKS, f"ran-{os.getpid()}"), "w").close()
+
+def pid():
+    return os.getpid()
+
+def init(queue):
+    queue.put(os.getpid())
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(METHOD)
+    if sys.argv[2] == "objects":
+        # A multiprocessing queue cannot go by shoal's pickle: the initializer
+        # travels by reference, and the worker needs the main module to find it.
+        queue = ctx.Queue()
+        pool = shoal.ProcessPoolExecutor(1, mp_context=ctx, initializer=init, initargs=(queue,))
+    else:
+        pool = shoal.ProcessPoolExecutor(2, mp_context=ctx)
+    with pool:
+        pids = {pool.submit(pid).result() for _ in range(4)}
+    if sys.argv[2] == "objects":
+        assert queue.get(timeout=30) in pids
+    print(" ".join(map(str, sorted(pids))))
+"""
+
+
+def _run_marking(tmp_path: Path, start_method: str, initializer: str) -> tuple[set[int], set[int]]:
+    """(worker pids, pids of the processes that ran the script's top level)."""
+    script = _script(tmp_path, MARKING_SCRIPT.replace("METHOD", repr(start_method)))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    proc = _run([str(script), str(marks), initializer], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    workers = {int(pid) for pid in proc.stdout.split()}
+    ran = {int(path.name.removeprefix("ran-")) for path in marks.iterdir()}
+    return workers, ran
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_the_workers_do_not_run_the_main_scripts_top_level(
+    tmp_path: Path, start_method: str
+) -> None:
+    if start_method not in START_METHODS:
+        pytest.skip(f"no {start_method} here")
+    workers, ran = _run_marking(tmp_path, start_method, "blob")
+    assert workers
+    # The parent ran it, and under forkserver the server may have (it preloads
+    # __main__ by default); no worker did.
+    assert not workers & ran
+    assert 1 <= len(ran) <= (2 if start_method == "forkserver" else 1)
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_a_worker_imports_the_main_module_when_its_initializer_goes_by_reference(
+    tmp_path: Path, start_method: str
+) -> None:
+    if start_method not in START_METHODS:
+        pytest.skip(f"no {start_method} here")
+    workers, ran = _run_marking(tmp_path, start_method, "objects")
+    assert len(workers) == 1
+    if start_method == "spawn":
+        # Nothing preloads it: the worker itself imported the script to find the initializer.
+        assert workers <= ran
+
+
 # -- the kept pickles, in this process ----------------------------------------------
 
 
@@ -312,3 +384,30 @@ def test_only_main_goes_by_value_and_only_when_asked() -> None:
     # Arguments of an importable function are untouched: the plain fast path.
     plain = _wire.dumps_call(os.path.join, ("a", "b"), {}, "shoal-test", main_by_value=True)
     assert b"cloudpickle" not in plain[0]
+
+
+def test_only_the_process_this_thread_starts_goes_without_the_main_module() -> None:
+    import threading
+    from multiprocessing import spawn
+
+    from shoal.process import _start
+
+    def main_keys(name: str) -> set[str]:
+        return set(spawn.get_preparation_data(name)) & set(_start.MAIN_KEYS)
+
+    usual = main_keys("other")
+    if not usual:
+        pytest.skip("this interpreter's __main__ is not imported by children")
+    seen_by_another_thread: list[set[str]] = []
+    with _start.without_main("shoal-worker-test"):
+        assert main_keys("shoal-worker-test") == set()
+        assert main_keys("other") == usual  # another process: as before
+        thread = threading.Thread(
+            target=lambda: seen_by_another_thread.append(main_keys("shoal-worker-test"))
+        )
+        thread.start()
+        thread.join(TIMEOUT)
+    assert seen_by_another_thread == [usual]
+    assert main_keys("shoal-worker-test") == usual  # and as before once started
+    with _start.without_main("shoal-worker-test", skip=False):
+        assert main_keys("shoal-worker-test") == usual

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .. import _clock
 from .._future import CANCELLED
 from .._process_errors import WorkerLostError
-from . import _board, _frames, _worker
+from . import _board, _frames, _start, _worker
 from ._channel import Worker
 
 if TYPE_CHECKING:
@@ -125,7 +125,10 @@ def start_worker(
         process = cast("Any", ctx).Process(
             target=_worker.worker_main, args=(child_sock, config), name=name
         )
-        with main_file_checked():
+        # The worker needs the main module only for initializer objects sent
+        # by reference; otherwise it does not import it (see _start).
+        skip_main = config.get("initializer_objects") is None
+        with main_file_checked(), _start.without_main(name, skip=skip_main):
             process.start()
     except BaseException:
         parent_sock.close()
