@@ -2,6 +2,34 @@
 
 The pool itself is imported on first use, so that a worker process, which
 imports ``shoal.process._worker``, does not load the parent's side.
+
+Its modules, one per protocol, by the data each owns:
+
+parent side
+  ``_pool``        the user's side: submit, map, shutdown, statistics
+  ``_shared``      what the pool object and its dispatcher share: the
+                   queue, the flags, the wake pipe, the counters
+  ``_dispatcher``  the dispatcher thread: its loop, dispatching, crashes,
+                   breaking and stopping
+  ``_tasks``       the task kinds (``_runs``: the calls of a ``map()``)
+  ``_policy``      the scheduling decisions, as pure functions
+  ``_batch``       a worker's calls, pickled into one RUN message
+  ``_answers``     the workers' answers and control messages, settled
+  ``_handover``    the latency path: a submitter sends to an idle worker
+  ``_channel``     one worker: its process, socket, buffers, calls held
+  ``_lifecycle``   the crew of workers: starting, retiring, what a dead one left
+  ``_start``       starting a worker without importing the main module
+  ``_segments``    shared-memory segments kept for the calls that carry them
+both sides
+  ``_frames``      the messages and their framing
+  ``_wire``        the pickles of calls and results, big buffers out of band
+  ``_remote``      a worker's exception, sent and rebuilt
+  ``_shm``         shared-memory segments: create, read, unlink
+  ``_board``       the start board: a call sent ahead stays the caller's
+  ``_by_value``    functions and classes of ``__main__``, by value
+  ``_tracker``     removes the segments of a pool whose processes all died
+worker side
+  ``_worker``      the worker's loop; imports nothing of the parent side
 """
 
 from __future__ import annotations

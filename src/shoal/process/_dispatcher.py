@@ -26,20 +26,8 @@ when an idle worker takes calls sent ahead to a busy one is ``_policy``'s
 to say. A call sent ahead is still the caller's (``_board``): it can be
 cancelled, or taken by an idle worker, until its worker starts it.
 
-The modules, by the data each owns:
-
-* ``_shared``: what the pool object and the dispatcher share (the queue,
-  the flags, the wake pipe, the counters);
-* ``_tasks`` (and ``_runs``): the task kinds;
-* ``_channel``: one worker: its process, socket, buffers, calls held;
-* ``_policy``: the scheduling decisions, as pure functions;
-* ``_batch``: a worker's calls, pickled into one RUN message;
-* ``_answers``: the workers' answers, settled;
-* ``_handover``: the latency path (park, unpark, send_now);
-* ``_lifecycle``: the crew of workers (starting, watching, retiring them),
-  and what a dead one left;
-* ``_frames`` and ``_wire``: the messages, and the pickles inside them;
-* here: the loop, dispatching, crashes, breaking and stopping.
+The other modules of the process pool (listed in ``shoal.process``) own
+the rest: the task kinds, the policy, the messages, the workers.
 
 Concurrency:
   Threads: user threads touch only ``Shared`` (under ``Shared.lock``) and
