@@ -212,3 +212,16 @@ def test_a_segment_is_rewritten_once_its_reader_let_go(store):
     with memoryview(second).cast("B") as view:
         new = store.put(view)
     assert inode(new) == number
+
+
+def test_a_spare_unlinked_by_someone_else_gives_way_to_a_new_segment(store):
+    # A worker whose call failed to unpickle unlinks the call's segments.
+    first, second = np.arange(ITEMS, dtype=np.float64), np.ones(ITEMS)
+    with memoryview(first).cast("B") as view:
+        old = store.put(view)
+    _shm.unlink(old)
+    store.release((b"", ((old, ITEMS * 8),)))
+    with memoryview(second).cast("B") as view:
+        new = store.put(view)
+    got = np.frombuffer(_shm.read_segment(new, ITEMS * 8), dtype=np.float64)
+    assert (got == second).all()

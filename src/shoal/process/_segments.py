@@ -193,6 +193,9 @@ class Segments:
                 _shm.write_into(spare.mapping, view)
             finally:
                 _shm.unclaim(spare.fd)
+        except OSError:  # unlinked by someone else (a failed loads), say: a new one then
+            self._unlink(spare)
+            return None
         except BaseException:
             self._unlink(spare)
             raise
