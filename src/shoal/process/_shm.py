@@ -16,6 +16,19 @@ are answered; or, for a pool's initializer (pickled once, read by every
 worker it starts), once no worker will start. The reader maps a kept
 segment copy-on-write and leaves it in place.
 
+Reuse: a kept segment whose calls are all answered may be written again
+for a later call (``_segments`` keeps a few such spares): rewriting pages
+that exist costs a memcpy, where a new segment costs the kernel allocating,
+zeroing and later freeing every page (about four times as long). It is safe
+only when no reader still maps the old bytes. A reader's mapping of a kept
+segment holds a shared ``flock`` on it (``read_segment``), from before the
+mapping exists until it is gone: after the call, when nothing uses the
+pages any more; never, while the worker keeps its argument in a global,
+say; at once, when the worker dies. The writer rewrites a segment only
+while it holds the exclusive lock (``claim``), and under a new name
+(``rename``), so that a reader holding the old one finds nothing rather
+than other bytes.
+
 A segment left behind by a process that died without cleaning up is
 removed by a survivor (its workers' watchdogs, or the tracker of
 ``_tracker``). Segments are opened with ``_posixshmem`` rather than
@@ -31,7 +44,9 @@ when is the business of its callers (the dispatcher, the worker loop,
 
 Concurrency: every function may be called from any thread. The only shared
 state is the segment counter, an ``itertools.count`` (atomic under the GIL;
-a name collision would be refused by ``O_EXCL`` and retried anyway).
+a name collision would be refused by ``O_EXCL`` and retried anyway). Who
+may rewrite a kept segment is decided by file locks between processes, not
+by a lock of this one: see "Reuse".
 """
 
 from __future__ import annotations
@@ -46,6 +61,7 @@ from . import _tracker
 
 try:
     import _posixshmem  # type: ignore[import-not-found]
+    import fcntl
 except ImportError:  # pragma: no cover - Windows
     _posixshmem = None
 
@@ -53,13 +69,18 @@ __all__ = (
     "AVAILABLE",
     "SHM_THRESHOLD",
     "Segments",
+    "claim",
     "create_segment",
     "discard",
     "is_kept",
     "kept_prefix",
+    "open_kept",
     "read_segment",
+    "rename",
+    "unclaim",
     "unlink",
     "unlink_prefix",
+    "write_into",
 )
 
 # Whether this platform has POSIX shared memory; without it every buffer
@@ -85,6 +106,8 @@ _KEPT_MARK = "s"
 _KEPT_SUFFIX = f"-{_KEPT_MARK}"
 # Linux read()/write() move at most this much per call.
 _IO_CHUNK = 0x7FFFF000
+# write_into() copies this much at a time, holding the GIL (about 1 ms).
+_COPY_CHUNK = 8 << 20
 _counter = itertools.count()
 
 
@@ -139,7 +162,8 @@ def read_segment(name: str, size: int) -> memoryview | bytearray:
     a failure below leaves nothing behind. A kept segment may be read by
     other calls too: it is mapped copy-on-write, so that a call writing to
     its argument changes its own copy of the pages, as it would a segment of
-    its own.
+    its own. Its writer may reuse it later: the mapping holds a shared lock
+    on it for as long as it lives (see "Reuse" above).
     """
     assert _posixshmem is not None
     kept = is_kept(name)
@@ -151,10 +175,66 @@ def read_segment(name: str, size: int) -> memoryview | bytearray:
             raise EOFError(f"shared-memory segment {name!r} holds fewer than {size} bytes")
         if size == 0:
             return bytearray()
+        if kept:
+            # Taken on the open file, which the mapping holds (mmap keeps a
+            # duplicate of fd, and the kernel the file): the lock goes with
+            # the mapping, when the last object using its pages goes.
+            fcntl.flock(fd, fcntl.LOCK_SH)
         mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY if kept else mmap.ACCESS_WRITE)
     finally:
         os.close(fd)
     return memoryview(mapping)
+
+
+def open_kept(name: str) -> int:
+    """A read-write descriptor of a kept segment, for its writer to reuse it later."""
+    assert _posixshmem is not None
+    fd: int = _posixshmem.shm_open("/" + name, os.O_RDWR, 0)
+    return fd
+
+
+def claim(fd: int) -> bool:
+    """True if no reader maps the kept segment of ``fd`` (writer side; see "Reuse").
+
+    Then the caller holds the segment's exclusive lock until it closes
+    ``fd`` or calls ``unclaim``; False while a reader's mapping holds the
+    shared lock.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def unclaim(fd: int) -> None:
+    """Let readers lock the segment of ``fd`` again (see ``claim``)."""
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def rename(name: str, prefix: str) -> str:
+    """Give a segment a new name ``{prefix}-{n}`` and return it.
+
+    A reuse gets a new name so that a reader holding the old one (there
+    should be none) finds nothing, as if it had been unlinked, rather than
+    other bytes. An existing segment of that name (a stale one of a reused
+    pid) is replaced.
+    """
+    new = f"{prefix}-{next(_counter)}"
+    os.rename(f"{_SHM_DIR}/{name}", f"{_SHM_DIR}/{new}")
+    return new
+
+
+def write_into(mapping: mmap.mmap, data: memoryview) -> None:
+    """Copy ``data`` (1-D bytes) to the start of ``mapping``.
+
+    In slices, each a memcpy under the GIL: the other threads get it in
+    between.
+    """
+    size = data.nbytes
+    for offset in range(0, size, _COPY_CHUNK):
+        end = min(offset + _COPY_CHUNK, size)
+        mapping[offset:end] = data[offset:end]
 
 
 def _unlink(name: str) -> None:
