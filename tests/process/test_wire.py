@@ -616,3 +616,17 @@ def test_a_big_pickle_with_nothing_out_of_band_is_made_once(prefix):
     assert CountsPickling.times == 1
     loaded, _counter = _wire.loads(blob)
     assert loaded == text
+
+
+def test_a_blob_that_cannot_be_read_leaves_the_kept_segments_of_other_calls(prefix):
+    # Calls in flight share a kept segment (the same array, submitted again
+    # and again); a call whose own segment is gone fails, and must not take
+    # the shared one with it: its writer unlinks it once all are answered.
+    kept = _shm.create_segment(_shm.kept_prefix(prefix), memoryview(b"k" * BIG))
+    own = _shm.create_segment(prefix, memoryview(b"o" * BIG))
+    _shm.discard(((), ((own, BIG),)))  # gone before the worker reads it
+    blob = _wire.dumps((np.zeros(1),), prefix)[0], ((kept, BIG), (own, BIG))
+    with pytest.raises(OSError):
+        _wire.loads(blob)
+    assert segments_named(prefix) == [kept]
+    _shm.discard(((), ((kept, BIG),)))

@@ -456,7 +456,7 @@ def dumps_inband(obj: object, main_by_value: bool = False) -> bytes:
 
 
 def loads(blob: Blob) -> Any:
-    """Rebuild the object of a blob; its segments are unlinked, also when this fails."""
+    """Rebuild the object of a blob; its segments are unlinked (but kept ones), also on failure."""
     data, segments = blob
     if not segments:
         return pickle.loads(data)
@@ -465,6 +465,8 @@ def loads(blob: Blob) -> Any:
         for name, size in segments:
             buffers.append(_shm.read_segment(name, size))
     except BaseException:
-        _shm.discard(blob)  # the segments not reached
+        # The segments not reached, but the kept ones: other calls in flight
+        # may carry them, and their writer unlinks them (see _segments).
+        _shm.discard((data, tuple(s for s in segments if not _shm.is_kept(s[0]))))
         raise
     return pickle.loads(data, buffers=buffers)
