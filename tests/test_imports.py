@@ -23,7 +23,7 @@ import shoal
 # only; the modules of one core layer (2) may import one another.
 LAYERS = [
     {"_errors", "_clock", "_stats"},
-    {"_future", "_process_errors"},
+    {"_future", "_process_errors", "_current"},
     {"_wait", "_executor", "_options"},
     {"thread", "process", "dask"},
     {"aio", "group", "progress", "cli", "__main__"},

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import typing as _typing
 
+from ._current import cancelled as cancelled
+from ._current import check_cancelled as check_cancelled
 from ._errors import BrokenExecutor as BrokenExecutor
 from ._errors import CancelledError as CancelledError
 from ._errors import InvalidStateError as InvalidStateError
@@ -45,6 +47,8 @@ __all__ = (
     "TimeoutError",
     "WorkerLostError",
     "as_completed",
+    "cancelled",
+    "check_cancelled",
     "wait",
 )
 

@@ -51,6 +51,7 @@ from typing import Any, Literal, ParamSpec, Self, TypeVar
 
 from . import _clock
 from ._future import Future
+from ._options import DEFAULT_OPTIONS, OptionsView, TaskOptions
 
 __all__ = ("Executor", "as_index")
 
@@ -164,24 +165,81 @@ class Executor(_base.Executor):
         """Schedule ``fn(*args, **kwargs)`` and return a :class:`Future` for it."""
         raise NotImplementedError
 
+    def options(
+        self,
+        *,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 0.0,
+        priority: int = 0,
+        name: str | None = None,
+    ) -> OptionsView:
+        """A view of this executor whose calls carry options; see ``shoal._options``.
+
+        Args:
+            timeout: seconds a call may run, counted from its start; past it
+                the call is stopped and fails with ``TaskTimeoutError``.
+            retries: how many more runs a call that fails may get.
+            retry_on: the exception classes that earn a retry.
+            backoff: seconds before the first retry, doubled for each next one.
+            priority: among calls not started, higher starts first.
+            name: how reprs and errors name the call.
+
+        Raises:
+            TypeError, ValueError: an option's value is wrong (named in the
+                message); nothing is queued.
+        """
+        options = DEFAULT_OPTIONS.merged(
+            timeout=timeout,
+            retries=retries,
+            retry_on=retry_on,
+            backoff=backoff,
+            priority=priority,
+            name=name,
+        )
+        return OptionsView(self, options)
+
+    def _submit_with(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future[T]:
+        """``submit`` of a call with ``options``. Executors that honour options override it."""
+        if options.plain:
+            return self.submit(fn, *args, **kwargs)
+        raise TypeError(f"{type(self).__name__} does not take per-call options")
+
     def _submit_many(
-        self, fn: Callable[..., T], arguments: Iterable[tuple[Any, ...]]
+        self,
+        fn: Callable[..., T],
+        arguments: Iterable[tuple[Any, ...]],
+        options: TaskOptions = DEFAULT_OPTIONS,
     ) -> list[Future[T]]:
         """Submit ``fn(*args)`` for each argument tuple; ``map`` calls this.
 
         Executors may override it to take their lock and wake their workers
         once for the lot rather than once per call.
         """
+        if not options.plain:
+            submit_with = self._submit_with
+            return [submit_with(options, fn, args, {}) for args in arguments]
         submit = self.submit
         return [submit(fn, *args) for args in arguments]
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+    ) -> None:
         """Free the executor's resources once the submitted calls are done.
 
         Args:
             wait: block until every submitted call has finished and the
                 workers are gone.
             cancel_futures: cancel the calls that have not started.
+            timeout: with ``wait``, stop the calls still running after this
+                many seconds; they fail with ``TaskTimeoutError``.
         """
 
     def __enter__(self) -> Self:
@@ -223,6 +281,31 @@ class Executor(_base.Executor):
         Raises:
             Exception: the first failing call's exception, at its position.
         """
+        # The machinery itself, whatever a subclass's map() makes of the
+        # arguments before it gets here.
+        return Executor._map_with(
+            self,
+            DEFAULT_OPTIONS,
+            fn,
+            iterables,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            ordered=ordered,
+        )
+
+    def _map_with(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., T],
+        iterables: tuple[Iterable[Any], ...],
+        *,
+        timeout: float | None,
+        chunksize: int | Literal["auto"],
+        buffersize: int | None,
+        ordered: bool,
+    ) -> Iterator[T]:
+        """``map``, each call (each chunk) carrying ``options``."""
         if isinstance(chunksize, str) and chunksize == "auto":
             if buffersize is None:
                 # Like Pool.map: the input is read whole anyway when no
@@ -254,12 +337,20 @@ class Executor(_base.Executor):
             # fn) once per chunk, as the standard pool does: each chunk gets
             # its own copy of a callable with state.
             results = self._map_calls(
-                functools.partial(runner, fn), chunks, deadline, buffersize, ordered, star=False
+                functools.partial(runner, fn),
+                chunks,
+                deadline,
+                buffersize,
+                ordered,
+                star=False,
+                options=options,
             )
             return _unchunk(results)
         if len(iterables) == 1:
-            return self._map_calls(fn, iterables[0], deadline, buffersize, ordered, star=False)
-        return self._map_calls(fn, arguments, deadline, buffersize, ordered)
+            return self._map_calls(
+                fn, iterables[0], deadline, buffersize, ordered, star=False, options=options
+            )
+        return self._map_calls(fn, arguments, deadline, buffersize, ordered, options=options)
 
     def _map_calls(
         self,
@@ -270,6 +361,7 @@ class Executor(_base.Executor):
         ordered: bool,
         *,
         star: bool = True,
+        options: TaskOptions = DEFAULT_OPTIONS,
     ) -> Iterator[T]:
         """Submit the calls ``fn(*args)`` for each ``args`` of ``arguments``
         (``fn(item)`` for each item when not ``star``) and iterate over their results."""
@@ -278,10 +370,10 @@ class Executor(_base.Executor):
             arguments_now: Iterable[tuple[Any, ...]] = itertools.islice(calls, buffersize)
         else:
             arguments_now = calls
-        futures = collections.deque(self._submit_many(fn, arguments_now))
+        futures = collections.deque(self._submit_many(fn, arguments_now, options))
         # The iterator holds the executor weakly so that an abandoned map does
         # not keep a pool alive; it stops refilling once the executor is gone.
-        executor_ref = weakref.ref(self) if buffersize is not None else None
+        executor_ref = _Refill(self, options) if buffersize is not None else None
         del self
         if ordered:
             if executor_ref is None and deadline is None:
@@ -290,27 +382,45 @@ class Executor(_base.Executor):
         return _unordered(fn, futures, calls, executor_ref, deadline)
 
 
+class _Refill:
+    """Submits the next call of a lazy map, to an executor held weakly, with the map's options."""
+
+    __slots__ = ("_executor", "_options")
+
+    def __init__(self, executor: Executor, options: TaskOptions) -> None:
+        self._executor = weakref.ref(executor)
+        self._options = options
+
+    def __call__(self) -> Executor | None:
+        return self._executor()
+
+    def submit(self, fn: Callable[..., T], args: tuple[Any, ...]) -> Future[T] | None:
+        executor = self._executor()
+        if executor is None:
+            return None
+        if self._options.plain:
+            return executor.submit(fn, *args)
+        return executor._submit_with(self._options, fn, args, {})
+
+
 def _refill(
     fn: Callable[..., T],
     arguments: Iterator[tuple[Any, ...]],
-    executor_ref: weakref.ref[Executor] | None,
+    executor_ref: _Refill | None,
 ) -> Future[T] | None:
-    if executor_ref is None:
-        return None
-    executor = executor_ref()
-    if executor is None:
+    if executor_ref is None or executor_ref() is None:
         return None
     args = next(arguments, None)
     if args is None:
         return None
-    return executor.submit(fn, *args)
+    return executor_ref.submit(fn, args)
 
 
 def _ordered(
     fn: Callable[..., T],
     futures: collections.deque[Future[T]],
     arguments: Iterator[tuple[Any, ...]],
-    executor_ref: weakref.ref[Executor] | None,
+    executor_ref: _Refill | None,
     deadline: float | None,
 ) -> Iterator[T]:
     try:
@@ -338,7 +448,7 @@ def _next_in_order(
     fn: Callable[..., T],
     futures: collections.deque[Future[T]],
     arguments: Iterator[tuple[Any, ...]],
-    executor_ref: weakref.ref[Executor] | None,
+    executor_ref: _Refill | None,
     deadline: float | None,
 ) -> T:
     result = _result_or_cancel(futures.popleft(), _clock.remaining(deadline))
@@ -352,7 +462,7 @@ def _unordered(
     fn: Callable[..., T],
     futures: collections.deque[Future[T]],
     arguments: Iterator[tuple[Any, ...]],
-    executor_ref: weakref.ref[Executor] | None,
+    executor_ref: _Refill | None,
     deadline: float | None,
 ) -> Iterator[T]:
     finished: queue.SimpleQueue[Future[T]] = queue.SimpleQueue()
@@ -375,7 +485,7 @@ def _next_finished(
     outstanding: set[Future[T]],
     finished: queue.SimpleQueue[Future[T]],
     arguments: Iterator[tuple[Any, ...]],
-    executor_ref: weakref.ref[Executor] | None,
+    executor_ref: _Refill | None,
     *,
     deadline: float | None,
 ) -> T:

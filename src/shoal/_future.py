@@ -15,6 +15,7 @@ States and transitions (the standard library's constants, so that its
     PENDING --set_running_or_notify_cancel()--> RUNNING --set_result/exception--> FINISHED
     PENDING --set_result/set_exception-------------------------------------------> FINISHED
     PENDING --cancel()--> CANCELLED --set_running_or_notify_cancel()--> CANCELLED_AND_NOTIFIED
+    RUNNING --cancel(force=True), the executor stopped it--> CANCELLED_AND_NOTIFIED
 
 ``cancel()`` on a RUNNING or FINISHED future returns False and changes nothing.
 A PENDING future with a gate (a call a process pool sent ahead to a worker)
@@ -24,11 +25,21 @@ A future in CANCELLED counts as done for ``done()`` but not for ``wait()``
 until the executor has seen the cancellation (CANCELLED_AND_NOTIFIED), as in
 the standard library.
 
+``cancel(force=True)`` goes further, for a running call: it asks the
+executor's *stopper* (set with ``_set_stopper`` by an executor that can stop
+a running call) to stop it. The stopper moves the future to
+CANCELLED_AND_NOTIFIED (``_cancel_running``) once no result of the call can
+reach it any more, and stops the call (a process worker killed, a thread
+interrupted); whatever the call still returns or raises is dropped.
+
 Concurrency:
   Any thread may call any method. ``_condition`` (a plain ``threading.Lock``,
   named for the standard library's ``wait``, which acquires it) guards
   ``_state``, ``_result``, ``_exception``, ``_waiters_``, ``_callbacks``,
-  ``_blocked``, ``_gate`` and ``_gate_slot``. Reads that need one field only
+  ``_blocked``, ``_gate`` and ``_gate_slot``. ``_attempts`` is written by
+  the executor running the call (once it runs, only that executor writes
+  it); ``_stopper`` and ``_name`` once, before the future is handed out.
+  Reads that need one field only
   (``done()``, ``cancelled()``, ``running()``, and ``result()`` of a finished
   future) take no lock: the
   state is written last, after the result, and a finished future never
@@ -101,14 +112,17 @@ class Future(_base.Future[T]):
     """
 
     __slots__ = (
+        "_attempts",
         "_blocked",
         "_callbacks",
         "_condition",
         "_exception",
         "_gate",
         "_gate_slot",
+        "_name",
         "_result",
         "_state",
+        "_stopper",
         "_waiters_",
     )
 
@@ -128,6 +142,12 @@ class Future(_base.Future[T]):
         # attaches a gate (see _attach_gate); None otherwise.
         self._gate: _Gate | None = None
         self._gate_slot = -1
+        # How many times the call was started (retries start it again).
+        self._attempts = 0
+        # What stops the running call for cancel(force=True); None: nothing can.
+        self._stopper: Callable[[Future[Any]], bool] | None = None
+        # The call's name (options(name=...)), for reprs; None: unnamed.
+        self._name: str | None = None
 
     # The standard wait() and as_completed() append to and remove from
     # ``_waiters`` under ``_condition``; a property lets shoal allocate the list
@@ -142,13 +162,20 @@ class Future(_base.Future[T]):
     def __repr__(self) -> str:
         state = self._state
         name = type(self).__name__
+        called = "" if self._name is None else f" {self._name!r}"
         if state == FINISHED:
             if self._exception is not None:
                 outcome = f"raised {type(self._exception).__name__}"
             else:
                 outcome = f"returned {type(self._result).__name__}"
-            return f"<{name} at {id(self):#x} state=finished {outcome}>"
-        return f"<{name} at {id(self):#x} state={_DESCRIPTION[state]}>"
+            return f"<{name}{called} at {id(self):#x} state=finished {outcome}>"
+        return f"<{name}{called} at {id(self):#x} state={_DESCRIPTION[state]}>"
+
+    @property
+    def attempts(self) -> int:
+        """How many times the call was started: 0 before it starts, 1 after a run
+        without retries, one more for each retry (``options(retries=...)``)."""
+        return self._attempts
 
     # -- queries -----------------------------------------------------------
 
@@ -283,24 +310,64 @@ class Future(_base.Future[T]):
 
     # -- transitions -------------------------------------------------------
 
-    def cancel(self) -> bool:
+    def cancel(self, force: bool = False) -> bool:
         """Cancel the call if it has not started; return True if it is cancelled.
 
         A running or finished call is left alone and False is returned. A
         cancelled future raises ``CancelledError`` from ``result()``.
+
+        With ``force``, a running call is stopped too, where its executor
+        can stop it (a process pool kills the worker running it and starts
+        another; a thread pool interrupts the thread, best effort: see its
+        docs); True once the call is stopped and the future cancelled.
         """
         if self._state == FINISHED:
             return False  # final: no lock needed (map() cancels every future it yields)
         with self._condition:
             state = self._state
-            if state != PENDING:
+            if state == PENDING:
+                gate = self._gate
+                if gate is None or gate.close(self._gate_slot):
+                    self._state = CANCELLED
+                    blocked, self._blocked = self._blocked, None
+                    state = CANCELLED
+                else:
+                    # Sent ahead to a worker, which has just started it.
+                    self._state = state = RUNNING
+                    self._attempts = 1
+            elif state != RUNNING:
                 return state in _CANCELLED_STATES
-            gate = self._gate
-            if gate is not None and not gate.close(self._gate_slot):
-                # Sent ahead to a worker, which has just started it.
-                self._state = RUNNING
-                return False
-            self._state = CANCELLED
+            stopper = self._stopper
+        if state == CANCELLED:
+            self._wake(blocked)
+            return True
+        if not force or stopper is None:
+            return False
+        # Running, and force: the executor stops it, with no lock held here.
+        return stopper(self)
+
+    def _set_stopper(self, stopper: Callable[[Future[Any]], bool]) -> None:
+        """For executors: what ``cancel(force=True)`` calls to stop the running call.
+
+        ``stopper(future)`` returns True once the call is stopped (or can no
+        longer deliver a result) and the future cancelled, with
+        ``_cancel_running``; False if it could not be stopped (it finished).
+        """
+        self._stopper = stopper
+
+    def _cancel_running(self) -> bool:
+        """For executors: the running call was stopped on request; cancel the future.
+
+        Its waiters and callbacks are told at once. False if it was not
+        running any more (it finished first).
+        """
+        with self._condition:
+            if self._state != RUNNING:
+                return self._state in _CANCELLED_STATES
+            self._state = CANCELLED_AND_NOTIFIED
+            if self._waiters_:
+                for waiter in self._waiters_:
+                    waiter.add_cancelled(self)
             blocked, self._blocked = self._blocked, None
         self._wake(blocked)
         return True
@@ -351,6 +418,7 @@ class Future(_base.Future[T]):
             state = self._state
             if state == PENDING:
                 self._state = RUNNING
+                self._attempts = 1
                 return True
             if state == CANCELLED:
                 self._state = CANCELLED_AND_NOTIFIED

@@ -61,6 +61,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 from ._errors import BrokenThreadPool
 from ._executor import Executor, as_index
 from ._future import LOGGER, Future
+from ._options import DEFAULT_OPTIONS, TaskOptions
 
 __all__ = ("BrokenThreadPool", "ThreadPoolExecutor")
 
@@ -302,20 +303,45 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
     ) -> Iterator[T]:
         """Return an iterator of ``fn`` over the argument tuples of ``iterables``.
 
-        As :meth:`Executor.map`, except for ``chunksize``: the standard thread
-        pool ignores it, and so does this one, whatever its value, unless it
-        is ``"auto"``. Code written for both pools passes the process pool's
-        chunk size, and batching would run that many calls one after another
-        in one thread (40 I/O calls of 50 ms in 2 s rather than in parallel).
-        ``chunksize="auto"`` asks for batching on purpose: about four chunks
-        per thread, much faster for tiny calls, but the calls of a chunk run
-        one after another.
+        As :meth:`Executor.map`, except for ``chunksize``: see ``_map_with``.
+        """
+        return self._map_with(
+            DEFAULT_OPTIONS,
+            fn,
+            iterables,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            ordered=ordered,
+        )
+
+    def _map_with(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., T],
+        iterables: tuple[Iterable[Any], ...],
+        *,
+        timeout: float | None,
+        chunksize: int | Literal["auto"],
+        buffersize: int | None,
+        ordered: bool,
+    ) -> Iterator[T]:
+        """``map`` (and an options view's), except for ``chunksize``.
+
+        The standard thread pool ignores ``chunksize``, and so does this one,
+        whatever its value, unless it is ``"auto"``. Code written for both
+        pools passes the process pool's chunk size, and batching would run
+        that many calls one after another in one thread (40 I/O calls of
+        50 ms in 2 s rather than in parallel). ``chunksize="auto"`` asks for
+        batching on purpose: about four chunks per thread, much faster for
+        tiny calls, but the calls of a chunk run one after another.
         """
         if not (isinstance(chunksize, str) and chunksize == "auto"):
             chunksize = 1
-        return super().map(
+        return super()._map_with(
+            options,
             fn,
-            *iterables,
+            iterables,
             timeout=timeout,
             chunksize=chunksize,
             buffersize=buffersize,
@@ -386,7 +412,9 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                 error.__cause__ = exc
                 future.set_exception(error)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+    ) -> None:
         """Refuse new calls and let the threads exit once the queue is empty.
 
         Args:

@@ -76,6 +76,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 from .. import _clock
 from .._executor import Executor, as_index
 from .._future import Future
+from .._options import DEFAULT_OPTIONS, TaskOptions
 from .._process_errors import BrokenProcessPool
 from .._stats import ExecutorStatistics
 from . import _runs, _shm, _wire
@@ -400,11 +401,16 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         return sent
 
     def _submit_many(
-        self, fn: Callable[..., T], arguments: Iterable[tuple[Any, ...]]
+        self,
+        fn: Callable[..., T],
+        arguments: Iterable[tuple[Any, ...]],
+        options: TaskOptions = DEFAULT_OPTIONS,
     ) -> list[Future[T]]:
         """``map``'s submission: one lock and one wake-up for all the calls."""
         if not callable(fn):
             raise TypeError(f"map() needs a callable as its first argument, not {fn!r}")
+        if not options.plain:
+            return super()._submit_many(fn, arguments, options)
         ids = self._ids
         no_kwargs = _NO_KWARGS
         tasks = [Task(next(ids), Future(), fn, args, no_kwargs) for args in arguments]
@@ -420,13 +426,17 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         ordered: bool,
         *,
         star: bool = True,
+        options: TaskOptions = DEFAULT_OPTIONS,
     ) -> Iterator[T]:
         """An eager, ordered map (the usual one) as one MapRun; see ``_runs``.
 
-        Lazy (``buffersize``) and unordered maps submit their calls one by one.
+        Lazy (``buffersize``), unordered maps and maps with options submit
+        their calls one by one.
         """
-        if buffersize is not None or not ordered:
-            return super()._map_calls(fn, arguments, deadline, buffersize, ordered, star=star)
+        if buffersize is not None or not ordered or not options.plain:
+            return super()._map_calls(
+                fn, arguments, deadline, buffersize, ordered, star=star, options=options
+            )
         if not callable(fn):
             raise TypeError(f"map() needs a callable as its first argument, not {fn!r}")
         # Read now, as the standard pool does; a range or tuple cannot
@@ -494,7 +504,9 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
 
     # -- stopping --------------------------------------------------------------
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+    ) -> None:
         """Refuse new calls; the workers leave once the queued calls are done.
 
         Args:
