@@ -23,6 +23,7 @@ from ._wait import FIRST_COMPLETED as FIRST_COMPLETED
 from ._wait import FIRST_EXCEPTION as FIRST_EXCEPTION
 from ._wait import as_completed as as_completed
 from ._wait import wait as wait
+from .group import TaskGroup as TaskGroup
 from .thread import ThreadPoolExecutor as ThreadPoolExecutor
 
 if _typing.TYPE_CHECKING:
@@ -42,6 +43,7 @@ __all__ = (
     "Future",
     "InvalidStateError",
     "ProcessPoolExecutor",
+    "TaskGroup",
     "TaskTimeoutError",
     "ThreadPoolExecutor",
     "TimeoutError",
