@@ -268,3 +268,53 @@ def test_shoal_as_completed_timeout_over_std_futures():
     with pytest.raises(TimeoutError, match=r"^1 \(of 2\) futures unfinished$"):
         next(iterator)
     assert not pending._waiters
+
+
+# -- asyncio cancellation ------------------------------------------------------------
+
+
+def test_cancelling_the_awaiting_task_cancels_a_call_not_started():
+    gate = threading.Event()
+    with shoal.ThreadPoolExecutor(max_workers=1) as pool:
+        busy = pool.submit(gate.wait, 20)
+        queued = pool.submit(abs, -1)
+
+        async def main():
+            waiter = asyncio.ensure_future(_await(queued))
+            await asyncio.sleep(0)  # the waiter runs up to its await
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+
+        asyncio.run(main())
+        assert queued.cancelled()
+        gate.set()
+        assert busy.result(20)
+
+
+def test_cancelling_the_awaiting_task_leaves_a_running_call_running():
+    # As with loop.run_in_executor: an asyncio timeout or cancel does not stop
+    # a call that has started (a process pool would kill a worker for it);
+    # future.cancel(force=True) does that, on request.
+    gate, started = threading.Event(), threading.Event()
+
+    def work():
+        started.set()
+        return gate.wait(20)
+
+    with shoal.ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(work)
+        assert started.wait(20)
+
+        async def main():
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(_await(running), 0.05)
+
+        asyncio.run(main())
+        assert running.running()
+        gate.set()
+        assert running.result(20) is True
+
+
+async def _await(future):
+    return await future

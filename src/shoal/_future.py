@@ -468,7 +468,16 @@ class Future(_base.Future[T]):
     # -- asyncio -----------------------------------------------------------
 
     def __await__(self) -> Generator[Any, None, T]:
-        """``await future`` inside a running asyncio event loop."""
+        """``await future`` inside a running asyncio event loop.
+
+        Cancelling the awaiting task (``task.cancel()``, ``asyncio.wait_for``
+        running out) cancels the future, as ``loop.run_in_executor`` does: a
+        call not started never runs; a call already running goes on, since
+        stopping it costs a process pool a worker and a thread pool an
+        interrupt that code may not expect. To stop it anyway, give the call
+        ``options(timeout=...)``, or call ``future.cancel(force=True)`` where
+        the task handles its ``CancelledError``.
+        """
         import asyncio
 
         return (yield from asyncio.wrap_future(self).__await__())
