@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from ._errors import TaskTimeoutError
@@ -69,29 +68,66 @@ PRIORITY_STEP_SECONDS = 10.0
 _UNSET: Any = object()
 
 
-@dataclass(frozen=True, slots=True)
 class TaskOptions:
-    """The options of a call (see ``Executor.options``). Immutable."""
+    """The options of a call (see ``Executor.options``). Immutable; compared by value.
 
-    timeout: float | None = None
-    retries: int = 0
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
-    backoff: float = 0.0
-    priority: int = 0
-    name: str | None = None
-    # Whether any option differs from the defaults that the executors'
-    # plain submit() assumes (set in __post_init__).
-    plain: bool = field(default=True, init=False, repr=False, compare=False)
+    Built by ``Executor.options`` (which checks the values) or by hand with
+    values known to be good. ``plain`` is True when every option that
+    changes how a call runs has its default (the executors' fast path).
+    """
 
-    def __post_init__(self) -> None:
-        plain = (
-            self.timeout is None and self.retries == 0 and self.priority == 0 and self.name is None
-        )
+    __slots__ = ("backoff", "name", "plain", "priority", "retries", "retry_on", "timeout")
+
+    timeout: float | None
+    retries: int
+    retry_on: tuple[type[BaseException], ...]
+    backoff: float
+    priority: int
+    name: str | None
+    plain: bool
+
+    def __init__(
+        self,
+        *,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 0.0,
+        priority: int = 0,
+        name: str | None = None,
+    ) -> None:
+        values = (timeout, retries, retry_on, backoff, priority, name)
+        for field_name, value in zip(_FIELDS, values, strict=True):
+            object.__setattr__(self, field_name, value)
+        plain = timeout is None and retries == 0 and priority == 0 and name is None
         object.__setattr__(self, "plain", plain)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"TaskOptions are immutable: make new ones with merged({name}=...)")
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, field_name) for field_name in _FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TaskOptions):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f}={getattr(self, f)!r}" for f in _FIELDS)
+        return f"TaskOptions({shown})"
 
     def merged(self, **changes: Any) -> TaskOptions:
         """These options with ``changes`` (checked), the others kept."""
-        return replace(self, **check_options(**changes))
+        values: dict[str, Any] = dict(zip(_FIELDS, self._values(), strict=True))
+        values.update(check_options(**changes))
+        return TaskOptions(**values)
+
+
+_FIELDS = ("timeout", "retries", "retry_on", "backoff", "priority", "name")
 
 
 DEFAULT_OPTIONS = TaskOptions()
