@@ -1,7 +1,8 @@
 """The process pool: ``shoal.ProcessPoolExecutor`` and its errors.
 
-The pool itself is imported on first use, so that a worker process, which
-imports ``shoal.process._worker``, does not load the parent's side.
+The pool and its errors are imported on first use, so that a worker
+process, which imports ``shoal.process._worker``, does not load the
+parent's side.
 
 Its modules, one per protocol, by the data each owns:
 
@@ -36,19 +37,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .._process_errors import BrokenProcessPool as BrokenProcessPool
-from .._process_errors import UnpicklingFailedError as UnpicklingFailedError
-from .._process_errors import WorkerLostError as WorkerLostError
-
 if TYPE_CHECKING:
+    from .._process_errors import BrokenProcessPool as BrokenProcessPool
+    from .._process_errors import UnpicklingFailedError as UnpicklingFailedError
+    from .._process_errors import WorkerLostError as WorkerLostError
     from ._pool import ProcessPoolExecutor as ProcessPoolExecutor
 
 __all__ = ("BrokenProcessPool", "ProcessPoolExecutor", "UnpicklingFailedError", "WorkerLostError")
 
 
 def __getattr__(name: str) -> Any:
+    # The errors subclass concurrent.futures.process's, whose import takes
+    # about as long as the rest of a worker's start-up: a worker (and the
+    # fork server that preloads it) never needs them.
     if name == "ProcessPoolExecutor":
         from ._pool import ProcessPoolExecutor
 
         return ProcessPoolExecutor
+    if name in ("BrokenProcessPool", "UnpicklingFailedError", "WorkerLostError"):
+        from .. import _process_errors
+
+        return getattr(_process_errors, name)
     raise AttributeError(f"module 'shoal.process' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
