@@ -111,7 +111,7 @@ class Batcher:
         store = self._segments
         left: list[Sent] = []
         for position, task in enumerate(tasks):
-            if type(task) is Slice:
+            if isinstance(task, Slice):
                 for part, entry in self._slice_entries(task, functions, indexes):
                     append(entry)
                     in_flight_append(part)
@@ -125,7 +125,6 @@ class Batcher:
                     left = tasks[position + 1 :]
                     break
                 continue
-            task = cast("Task", task)
             future = task.future
             # The worker starts a call at once when it holds nothing else;
             # any other goes on the start board, to stay cancellable until
@@ -150,28 +149,24 @@ class Batcher:
             blob = task.blob
             if blob is None:
                 kwargs = task.kwargs
+                # Task.pickled() spelt out: this loop runs once per call.
+                whole = index < 0 or bool(kwargs)
                 try:
-                    if index >= 0 and not kwargs:
-                        task.pickled(dumps(task.args, prefix, store, main_by_value=by_value), False)
-                    else:
-                        task.pickled(
-                            _wire.dumps_call(
-                                fn,
-                                task.args or (),
-                                kwargs or {},
-                                prefix,
-                                store,
-                                main_by_value=by_value,
-                            ),
-                            True,
+                    if whole:
+                        blob = _wire.dumps_call(
+                            fn, task.args or (), kwargs or {}, prefix, store, main_by_value=by_value
                         )
+                    else:
+                        blob = dumps(task.args, prefix, store, main_by_value=by_value)
                 except BaseException as exc:
                     task.args = task.kwargs = None
                     if slot >= 0:
                         free.append(slot)
                     self.failed += task.fail(exc)
                     continue
-                blob = cast("_wire.Blob", task.blob)
+                task.blob = blob
+                task.whole = whole
+                task.args = task.kwargs = None
             elif not task.whole and index < 0:  # pragma: no cover
                 # Pickled by reference once, not any more.
                 self._release(task)
