@@ -12,14 +12,16 @@ parent side
                    queue, the flags, the wake pipe, the counters
   ``_dispatcher``  the dispatcher thread: its loop, dispatching, crashes,
                    breaking and stopping
-  ``_tasks``       the task kinds (``_runs``: the calls of a ``map()``)
+  ``_tasks``       the task kinds (``_runs``: the calls of a ``map()``), and
+                   the report of calls that failed after the program ended
   ``_policy``      the scheduling decisions, as pure functions
   ``_batch``       a worker's calls, pickled into one RUN message
   ``_answers``     the workers' answers and control messages, settled
   ``_handover``    the latency path: a submitter sends to an idle worker
   ``_channel``     one worker: its process, socket, buffers, calls held
   ``_lifecycle``   the crew of workers: starting, retiring, what a dead one left
-  ``_start``       starting a worker without importing the main module
+  ``_start``       the default start method, the fork server's preload,
+                   starting a worker without importing the main module
   ``_segments``    shared-memory segments kept for the calls that carry them
 both sides
   ``_frames``      the messages and their framing

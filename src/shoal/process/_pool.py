@@ -83,7 +83,8 @@ from . import _runs, _shm, _wire
 from ._dispatcher import Dispatcher
 from ._lifecycle import main_by_value, usable_cpus
 from ._shared import Shared
-from ._tasks import Queued, Task, count_calls
+from ._start import default_context, preload_in_forkserver
+from ._tasks import Queued, Task, count_calls, report_left_behind
 
 __all__ = ("ProcessPoolExecutor", "default_context")
 
@@ -126,59 +127,7 @@ def _python_exit() -> None:
     for shared, dispatcher in pools:
         dispatcher.join()
         if stop is None and shared.left_at_exit:
-            _report_failed_at_exit(shared.left_at_exit)
-
-
-# How many failed calls _report_failed_at_exit() names one by one.
-_REPORT_AT_EXIT = 10
-
-
-def _report_failed_at_exit(left: list[tuple[str, Future[Any]] | _runs.MapRun]) -> None:
-    """Say on stderr which calls, submitted before the program ended, failed after it.
-
-    Their futures are done, but nobody is left to look at them: without this,
-    a call whose worker could not run it (or that raised) would be lost
-    without a word. Calls watched by a done-callback are not listed: the
-    callback saw the outcome.
-    """
-    failures: list[str] = []
-    for entry in left:
-        if isinstance(entry, _runs.MapRun):
-            if not entry.cancelled:
-                failures.extend(
-                    f"{entry.describe(index)}: {_one_line(outcome.error)}"
-                    for index, outcome in enumerate(entry.results)
-                    if type(outcome) is _runs.Failed
-                )
-            continue
-        name, future = entry
-        if future.done() and not future.cancelled():
-            error = future.exception()
-            if error is not None:
-                failures.append(f"{name}: {_one_line(error)}")
-    if not failures:
-        return
-    lines = [
-        f"shoal: {len(failures)} call(s) submitted to a process pool before the program "
-        "ended failed after it ended, with nobody left to see it:",
-        *(f"  {line}" for line in failures[:_REPORT_AT_EXIT]),
-    ]
-    if len(failures) > _REPORT_AT_EXIT:
-        lines.append(f"  ... and {len(failures) - _REPORT_AT_EXIT} more")
-    lines.append(
-        "  (wait for the futures, or call shutdown(), before the program ends to see "
-        "each error where it happens)"
-    )
-    try:
-        sys.stderr.write("\n".join(lines) + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):  # no usable stderr: nothing more to do
-        pass
-
-
-def _one_line(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}".splitlines()
-    return text[0] if text else type(error).__name__
+            report_left_behind(shared.left_at_exit)
 
 
 def _after_fork_in_child() -> None:
@@ -190,37 +139,6 @@ def _after_fork_in_child() -> None:
 threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def default_context() -> multiprocessing.context.BaseContext:
-    """The start method shoal uses when none is given: forkserver where there is one."""
-    methods = multiprocessing.get_all_start_methods()
-    if sys.platform == "linux" and "forkserver" in methods:
-        return multiprocessing.get_context("forkserver")
-    return multiprocessing.get_context("spawn")
-
-
-_WORKER_MODULE = "shoal.process._worker"
-
-
-def _preload_in_forkserver(ctx: multiprocessing.context.BaseContext) -> None:
-    """Have the forkserver import shoal's worker module once, before it forks any worker.
-
-    Each worker then starts with shoal imported (about 50 ms less here per
-    worker): a new pool, a worker replacing one that died, and every
-    recycling under ``max_tasks_per_child`` start that much sooner. The
-    modules already listed (``__main__`` by default, or the user's choice)
-    stay. It has an effect only when the forkserver has not started yet; it
-    reads a private attribute, and does nothing if that ever changes.
-    """
-    if ctx.get_start_method() != "forkserver":
-        return
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    modules = getattr(server, "_preload_modules", None)
-    if isinstance(modules, list) and _WORKER_MODULE not in modules:
-        server.set_forkserver_preload([*modules, _WORKER_MODULE])  # type: ignore[union-attr]
 
 
 def _describe(fn: object) -> str:
@@ -300,7 +218,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._max_workers = max_workers
         self._mp_context = mp_context
         self._context: multiprocessing.context.BaseContext = mp_context
-        _preload_in_forkserver(mp_context)
+        preload_in_forkserver(mp_context)
         self._by_value = main_by_value(mp_context)
         self._max_tasks_per_child = max_tasks_per_child
         self._idle_timeout = idle_timeout

@@ -1,4 +1,9 @@
-"""Starting a worker without running the main module in it.
+"""Starting workers: the default start method, the fork server's preload, no main module.
+
+``default_context`` is the start method shoal uses when none is given
+(forkserver where there is one); ``preload_in_forkserver`` has the fork
+server import shoal's worker module once, before it forks any worker; and
+``without_main`` starts a worker without running the main module in it.
 
 Under ``forkserver`` and ``spawn``, ``multiprocessing`` has every new process
 import the parent's main module first (the script, or the module of
@@ -43,11 +48,14 @@ wrapping itself.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import multiprocessing.context
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ("MAIN_KEYS", "without_main")
+__all__ = ("MAIN_KEYS", "default_context", "preload_in_forkserver", "without_main")
 
 # The entries of the preparation data that make a child import the main module.
 MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
@@ -95,3 +103,34 @@ def without_main(name: str, skip: bool = True) -> Iterator[None]:
         yield
     finally:
         _local.starting = None
+
+
+def default_context() -> multiprocessing.context.BaseContext:
+    """The start method shoal uses when none is given: forkserver where there is one."""
+    methods = multiprocessing.get_all_start_methods()
+    if sys.platform == "linux" and "forkserver" in methods:
+        return multiprocessing.get_context("forkserver")
+    return multiprocessing.get_context("spawn")
+
+
+_WORKER_MODULE = "shoal.process._worker"
+
+
+def preload_in_forkserver(ctx: multiprocessing.context.BaseContext) -> None:
+    """Have the forkserver import shoal's worker module once, before it forks any worker.
+
+    Each worker then starts with shoal imported (about 50 ms less here per
+    worker): a new pool, a worker replacing one that died, and every
+    recycling under ``max_tasks_per_child`` start that much sooner. The
+    modules already listed (``__main__`` by default, or the user's choice)
+    stay. It has an effect only when the forkserver has not started yet; it
+    reads a private attribute, and does nothing if that ever changes.
+    """
+    if ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    modules = getattr(server, "_preload_modules", None)
+    if isinstance(modules, list) and _WORKER_MODULE not in modules:
+        server.set_forkserver_preload([*modules, _WORKER_MODULE])  # type: ignore[union-attr]

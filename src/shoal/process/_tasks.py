@@ -28,6 +28,9 @@ asks which kind it holds:
   the id its worker answers it by, its pickle while it is in flight, and
   its map run (None for a Task).
 
+``report_left_behind`` says on stderr which calls, submitted before the
+program ended, failed after it (``left_behind`` lists them).
+
 Concurrency: an entry belongs to whoever holds it: the submitting thread,
 then the pool's queue (under ``Shared.lock``), then the dispatcher thread.
 A Task's future is shared with the caller and has its own lock; a run is
@@ -36,6 +39,7 @@ shared with the thread reading its results (see ``_runs``).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +56,7 @@ __all__ = (
     "count_calls",
     "left_behind",
     "mark_running",
+    "report_left_behind",
     "set_exception",
 )
 
@@ -191,3 +196,55 @@ def set_exception(future: Future[Any], error: BaseException) -> bool:
     except Exception:
         return False
     return True
+
+
+# How many failed calls report_left_behind() names one by one.
+_REPORT_AT_EXIT = 10
+
+
+def report_left_behind(left: list[tuple[str, Future[Any]] | MapRun]) -> None:
+    """Say on stderr which calls, submitted before the program ended, failed after it.
+
+    Their futures are done, but nobody is left to look at them: without this,
+    a call whose worker could not run it (or that raised) would be lost
+    without a word. Calls watched by a done-callback are not listed: the
+    callback saw the outcome.
+    """
+    failures: list[str] = []
+    for entry in left:
+        if isinstance(entry, MapRun):
+            if not entry.cancelled:
+                failures.extend(
+                    f"{entry.describe(index)}: {_one_line(outcome.error)}"
+                    for index, outcome in enumerate(entry.results)
+                    if type(outcome) is Failed
+                )
+            continue
+        name, future = entry
+        if future.done() and not future.cancelled():
+            error = future.exception()
+            if error is not None:
+                failures.append(f"{name}: {_one_line(error)}")
+    if not failures:
+        return
+    lines = [
+        f"shoal: {len(failures)} call(s) submitted to a process pool before the program "
+        "ended failed after it ended, with nobody left to see it:",
+        *(f"  {line}" for line in failures[:_REPORT_AT_EXIT]),
+    ]
+    if len(failures) > _REPORT_AT_EXIT:
+        lines.append(f"  ... and {len(failures) - _REPORT_AT_EXIT} more")
+    lines.append(
+        "  (wait for the futures, or call shutdown(), before the program ends to see "
+        "each error where it happens)"
+    )
+    try:
+        sys.stderr.write("\n".join(lines) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # no usable stderr: nothing more to do
+        pass
+
+
+def _one_line(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}".splitlines()
+    return text[0] if text else type(error).__name__
