@@ -272,3 +272,25 @@ def test_the_debug_log_tells_workers_starting_and_dying(
     assert any("died with exit code 3 holding 1 calls" in m for m in messages)
     assert any("in place of one gone" in m for m in messages)
     assert any(m.endswith(" left") for m in messages)
+
+
+def test_a_done_future_lets_go_of_its_workers_board(
+    warm_pool: shoal.ProcessPoolExecutor, gate: Path
+) -> None:
+    # A future the caller keeps (in a cycle through an exception's traceback,
+    # say) must not keep a worker's board, and its process-shared semaphore,
+    # for the cyclic garbage collector to free at a random moment (Python
+    # 3.13's resource tracker then warns of a reentrant call).
+    blocker = warm_pool.submit(crashers.wait_for_file, str(gate), TIMEOUT)
+    futures = [warm_pool.submit(crashers.square, i) for i in range(200)]
+    failing = [warm_pool.submit(crashers.run, "raise") for _ in range(20)]
+    cancelled = futures[-1].cancel()
+    gate.touch()
+    assert blocker.result(TIMEOUT)
+    shoal.wait([*futures, *failing], timeout=TIMEOUT)
+    sent_ahead = [f for f in [*futures, *failing] if f._gate_slot >= 0]
+    assert sent_ahead, "no call was sent ahead: the test proves nothing"
+    assert all(f._gate is None for f in [*futures, *failing]), [
+        f for f in [*futures, *failing] if f._gate is not None
+    ]
+    assert cancelled == futures[-1].cancelled()

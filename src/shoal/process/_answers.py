@@ -111,8 +111,7 @@ class Answers:
                         if finished:
                             popleft()
                             if task.slot >= 0:  # free once its future is done
-                                worker.free.append(task.slot)
-                                task.slot = -1
+                                task.release_slot(worker.free)
                             if heavy:
                                 sent = task.blob
                                 if sent is not None and sent[1]:
@@ -179,8 +178,7 @@ class Answers:
             if finished:
                 in_flight.popleft()
                 if task.slot >= 0:  # free once its future is done
-                    worker.free.append(task.slot)
-                    task.slot = -1
+                    task.release_slot(worker.free)
                 sent = task.blob
                 if sent is not None and sent[1]:
                     self._done_with(worker, sent)
@@ -237,13 +235,13 @@ class Answers:
             if task.blob is not None and task.blob[1]:
                 worker.heavy -= 1
             slot = worker.stolen.pop(task.id, None)
-            if slot is None:  # cancelled by its caller
-                slot = task.slot
-                task.slot = -1
+            if slot is not None:  # taken by another worker: its slot here is free
+                worker.free.append(slot)
+            else:  # cancelled by its caller
+                task.release_slot(worker.free)
                 self._release(task)  # a call of its own
                 if task.future._state == CANCELLED:
                     task.future.set_running_or_notify_cancel()
-            worker.free.append(slot)
             if not in_flight:
                 worker.since_idle = _clock.monotonic()
         elif tag == _frames.RESLICE:  # answers come in order: it is the next in flight

@@ -160,9 +160,10 @@ class Batcher:
                         blob = dumps(task.args, prefix, store, main_by_value=by_value)
                 except BaseException as exc:
                     task.args = task.kwargs = None
-                    if slot >= 0:
-                        free.append(slot)
                     self.failed += task.fail(exc)
+                    if slot >= 0:
+                        task.slot = slot
+                        task.release_slot(free)
                     continue
                 task.blob = blob
                 task.whole = whole

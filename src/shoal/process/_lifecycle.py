@@ -168,6 +168,7 @@ def unanswered(worker: Worker, release: Callable[[Sent], None]) -> tuple[list[Se
         if task.slot >= 0 and board.states[task.slot] == _board.CLOSED:
             release(task)  # cancelled: it never ran
             task.slot = -1
+            task.future._gate = None  # the board is final: the future needs it no more
             if task.future._state == CANCELLED:
                 task.future.set_running_or_notify_cancel()
             continue

@@ -249,6 +249,9 @@ class Slice:
     def left_behind(self) -> MapRun:
         return self.run
 
+    def release_slot(self, free: list[int]) -> None:
+        """A slice has no start-board slot: nothing to give back."""
+
     def drop(self) -> Any:
         """Let go of the items' pickle (it is made again if the slice goes out again)."""
         blob, self.blob = self.blob, None

@@ -106,6 +106,18 @@ class Task:
         self.whole = whole
         self.args = self.kwargs = None
 
+    def release_slot(self, free: list[int]) -> None:
+        """Give its start-board slot back to ``free``, once its future is done (or it is gone).
+
+        The future lets go of the board too: a future the caller keeps (in
+        a cycle, say, through an exception's traceback) would otherwise keep
+        the board, and with it a process-shared semaphore, until the cyclic
+        garbage collector frees them at whatever moment it runs.
+        """
+        free.append(self.slot)
+        self.slot = -1
+        self.future._gate = None
+
     def drop(self) -> _wire.Blob | None:
         """Let go of the call's arguments and pickle (it will not run here); return the pickle."""
         blob, self.blob = self.blob, None
