@@ -25,6 +25,7 @@ LAYERS = [
     {"_errors", "_clock", "_stats"},
     {"_future", "_process_errors", "_current"},
     {"_wait", "_executor", "_options"},
+    {"_thread_control"},  # the thread pool's stops, deadlines, retries, priorities
     {"thread", "process", "dask"},
     {"aio", "group", "progress", "cli", "__main__"},
 ]

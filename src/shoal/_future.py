@@ -372,6 +372,43 @@ class Future(_base.Future[T]):
         self._wake(blocked)
         return True
 
+    def _stop_running(
+        self,
+        interrupt: Callable[[Future[Any]], object],
+        exception: BaseException | None = None,
+    ) -> bool:
+        """For executors: stop the running call and settle its future in one step.
+
+        Under the future's lock, if the call is running, ``interrupt(self)``
+        runs (the executor's signal to the worker: it must neither block nor
+        run user code), then the future is cancelled (``exception`` None) or
+        fails with ``exception``; waiters and callbacks are told after the
+        lock is released. The worker's own ``set_result``/``set_exception``
+        takes the same lock, so exactly one side wins: once this returned
+        True, the worker's fails with ``InvalidStateError``, and
+        ``interrupt`` never runs for a call that has finished.
+
+        Returns True if this stopped the call; False if it was not running.
+        """
+        with self._condition:
+            if self._state != RUNNING:
+                return False
+            interrupt(self)
+            if exception is None:
+                self._state = CANCELLED_AND_NOTIFIED
+                if self._waiters_:
+                    for waiter in self._waiters_:
+                        waiter.add_cancelled(self)
+            else:
+                self._exception = exception
+                self._state = FINISHED
+                if self._waiters_:
+                    for waiter in self._waiters_:
+                        waiter.add_exception(self)
+            blocked, self._blocked = self._blocked, None
+        self._wake(blocked)
+        return True
+
     def _detach_gate(self) -> None:
         """For executors: the call went back to the queue; ``cancel()`` needs no gate now."""
         with self._condition:

@@ -5,6 +5,35 @@ is submitted and no thread is idle, so an idle thread is always reused first.
 ``max_pending=N`` makes ``submit`` block while N calls wait in the queue, so a
 fast producer cannot fill memory with queued work.
 
+Beyond the standard pool (``executor.options(...)``, ``_thread_control``):
+
+* ``timeout=s``: at ``s`` seconds after the call *started* its future fails
+  with ``TaskTimeoutError``, and the thread gets a ``TaskTimeoutError``
+  raised asynchronously (``PyThreadState_SetAsyncExc``). Best effort: Python
+  code stops at its next bytecode, but code blocked inside C (``time.sleep``,
+  a lock, a socket read, a C extension's loop) sees it only once that C call
+  returns, and code that catches the exception may go on. Either way the
+  thread leaves the pool's count and a replacement starts at once, so the
+  pool never runs more than ``max_workers`` calls that were not stopped; a
+  stopped thread that comes back serves again if the pool is below
+  ``max_workers``, else exits. A thread stuck in C for good stays alive
+  (threads cannot be killed), and keeps the interpreter from exiting, as it
+  would with the standard pool.
+* ``future.cancel(force=True)`` stops a running call the same way
+  (``CancelledError`` raised in the thread; the future is cancelled at once),
+  for plain calls and calls with options; ``shoal.cancelled()`` and
+  ``shoal.check_cancelled()`` inside the call say so, for code that would
+  rather stop at a point of its choosing.
+* ``retries``/``retry_on``/``backoff``: runs again after a failure, the
+  backoff waited on the pool's timer thread, not on a worker or the caller.
+* ``priority``: once a call has a non-zero priority the pool queues every
+  call by ``_options.queue_key`` (priority, then submission order, with
+  ageing); a pool that never sees a priority keeps its plain FIFO queue.
+* ``shutdown(timeout=s)``: calls still running after ``s`` seconds are
+  stopped as above and fail with ``TaskTimeoutError``; calls not started are
+  cancelled.
+* ``name``: in the future's repr and in the timeout error.
+
 Concurrency:
   Threads: user threads call ``submit``/``shutdown``; each worker thread runs
   ``_worker`` and touches only the work queue, the idle deque, the futures it
@@ -32,22 +61,33 @@ Concurrency:
   the queued call that claimed this thread (when no other thread is free).
   Module fields: ``_exiting`` and ``_live_pools`` are guarded by
   ``_global_lock``.
-  Lock order: a pool's ``_shutdown_lock``, then ``_global_lock`` (a thread
-  starts under the pool's lock and registers in ``_live_threads``); a
-  future's ``_condition`` is never taken under either (futures are
-  cancelled and failed after the pool's lock is released).
+  ``_enqueue`` (the queue's ``put``, or the backlog's), ``_backlog``,
+  ``_timer_`` and ``_between`` (calls waiting for a retry) are guarded by
+  ``_shutdown_lock`` too. ``_threads`` maps each counted thread to its
+  ``_Worker``; a thread whose call was stopped leaves it (``_abandon``).
+  Lock order: a future's ``_condition`` or a task's lock (a stopper holds
+  it while it abandons the thread), then a pool's ``_shutdown_lock``, then
+  ``_global_lock`` (a thread starts under the pool's lock and registers in
+  ``_live_threads``) or the backlog's lock; a future's ``_condition`` is
+  never taken under the pool's lock (futures are cancelled and failed after
+  it is released). ``_thread_control``'s docstring has the rest.
   ``_python_exit`` takes ``_global_lock`` and then each pool's lock one
   after the other, never both at once.
   User code (the calls, done-callbacks, the initializer) never runs under a
   shoal lock: futures are cancelled and failed after the pool lock is
   released.
   Work items are plain tuples ``(future, fn, args, kwargs)``; a ``None`` item
-  tells a worker to look at the flags and exit if the pool is done.
+  tells a worker to look at the flags and exit if the pool is done; an item
+  ``(x, None, None, None)`` is a call with options or a backlog ticket, and
+  the worker calls ``x.run(worker)``. The plain path pays, per call, two
+  stores that let a stopper find the thread (``future._stopper``,
+  ``worker.future``) and a ``try`` that costs nothing unless it catches.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import math
 import os
@@ -58,10 +98,13 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import thread as _std_thread
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from ._errors import BrokenThreadPool
+from . import _clock
+from ._current import set_probe
+from ._errors import BrokenThreadPool, CancelledError, TaskTimeoutError
 from ._executor import Executor, as_index
 from ._future import LOGGER, Future
 from ._options import DEFAULT_OPTIONS, TaskOptions
+from ._thread_control import _Backlog, _Interrupt, _Task, _Timer, _Worker
 
 __all__ = ("BrokenThreadPool", "ThreadPoolExecutor")
 
@@ -76,6 +119,9 @@ _WorkItem = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, An
 # Shared by every call without keyword arguments (``fn(**d)`` copies d, so
 # nothing can change it).
 _NO_KWARGS: dict[str, Any] = {}
+
+# How long shutdown(wait=True) waits for the timer thread to leave.
+_SHUTDOWN_GRACE = 1.0
 
 _global_lock = threading.Lock()
 _exiting = False  # guarded by: _global_lock
@@ -124,13 +170,19 @@ if hasattr(os, "register_at_fork"):
 
 
 def _worker(  # noqa: PLR0917 - a thread target, called with args=
-    executor_ref: weakref.ref[ThreadPoolExecutor],
+    worker: _Worker,
     work_queue: queue.SimpleQueue[_WorkItem | None],
     idle: collections.deque[None],
     slots: threading.Semaphore | None,
     initializer: Callable[..., object] | None,
     initargs: tuple[Any, ...],
+    replacement: bool,
+    first: _Task | None,
 ) -> None:
+    worker.start()
+    # Once per thread: shoal.cancelled() in a call asks this thread's worker.
+    set_probe(worker.asked_to_stop)
+    executor_ref = worker.pool_ref
     if initializer is not None:
         try:
             initializer(*initargs)
@@ -142,32 +194,73 @@ def _worker(  # noqa: PLR0917 - a thread target, called with args=
             return
     get = work_queue.get
     # This thread was started for a call that is queued already (submit found
-    # no token): it counts as idle only once it has run a call.
+    # no token): it counts as idle only once it has run a call. A replacement
+    # for a stopped thread was started for no call: it is idle at once.
     now_idle = idle.append
+    if replacement:
+        now_idle(None)
+    stop = worker.stop_plain
+    if first is not None and not first.run(worker):
+        return
+    del first
     while True:
         item = get()
         if item is not None:
             future, fn, args, kwargs = item
             del item
+            if fn is None:
+                # A call with options, or a ticket of the priority backlog.
+                keep = future.run(worker)
+                del future, fn, args, kwargs
+                if not keep:
+                    return
+                continue
             if slots is not None:
                 slots.release()
-            if future.set_running_or_notify_cancel():
-                try:
-                    result = fn(*args, **kwargs)
-                except BaseException as exc:
-                    # Idle before the future is done (see _idle in the module
-                    # docstring): whoever sees the outcome and submits again
-                    # must find this thread counted.
-                    now_idle(None)
-                    future.set_exception(exc)
-                    del exc
+            # What cancel(force=True) and shutdown(timeout=...) need to find
+            # this thread; set before the call can be seen running.
+            future._stopper = stop
+            worker.future = future
+            # From set_running on, the call may be stopped and this thread
+            # interrupted: everything up to the future's settling is inside
+            # the try (rule 2 of _thread_control's docstring).
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        result = fn(*args, **kwargs)
+                    except BaseException as exc:
+                        # Idle before the future is done (see _idle in the module
+                        # docstring): whoever sees the outcome and submits again
+                        # must find this thread counted.
+                        now_idle(None)
+                        future.set_exception(exc)
+                        del exc
+                    else:
+                        now_idle(None)
+                        future.set_result(result)
+                        del result
                 else:
                     now_idle(None)
-                    future.set_result(result)
-                    del result
-            else:
-                now_idle(None)
+            except BaseException:
+                # The call was stopped (cancel(force=True), shutdown's timeout):
+                # its future is settled and what it produced is dropped
+                # (InvalidStateError from set_*, or the interrupt itself).
+                result = None
+                worker.future = None
+                del future, fn, args, kwargs
+                # A loop here, not in a function: an interrupt still pending
+                # may land on the call itself, before a callee's own try.
+                while True:
+                    try:
+                        keep = worker.after_stop(counted=True)
+                        break
+                    except _Interrupt:
+                        pass
+                if not keep:
+                    return
+                continue
             # Drop every reference to the call before waiting for the next one.
+            worker.future = None
             del future, fn, args, kwargs
             continue
         executor = executor_ref()
@@ -252,7 +345,19 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         self._idle: collections.deque[None] = collections.deque()
         self._slots = None if max_pending is None else threading.Semaphore(max_pending)
         self._shutdown_lock = threading.Lock()
-        self._threads: set[threading.Thread] = set()  # guarded by: _shutdown_lock
+        # The threads that count against max_workers (not those abandoned
+        # in a stopped call), each with its _Worker. guarded by: _shutdown_lock
+        # (typeshed types the base class's as a set.)
+        self._threads: dict[threading.Thread, _Worker] = {}  # type: ignore[assignment]
+        self._thread_numbers = itertools.count()
+        # Where submit puts a call: the workers' queue, or the priority
+        # backlog once a call had a priority. guarded by: _shutdown_lock
+        self._enqueue: Callable[[Any], None] = self._work_queue.put
+        self._backlog: _Backlog | None = None  # guarded by: _shutdown_lock
+        # Started with the first deadline or backoff. guarded by: _shutdown_lock
+        self._timer_: _Timer | None = None
+        # Calls with options waiting for a retry. guarded by: _shutdown_lock
+        self._between: set[_Task] = set()
         self._shutdown = False  # guarded by: _shutdown_lock
         self._exiting = False  # guarded by: _shutdown_lock
         # False, or why the pool is broken. guarded by: _shutdown_lock
@@ -284,7 +389,37 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                 self._raise_closed()
             future: Future[T] = Future()
             # An empty kwargs dict would cost ~70 bytes per queued call.
-            self._work_queue.put((future, fn, args, kwargs or _NO_KWARGS))
+            self._enqueue((future, fn, args, kwargs or _NO_KWARGS))
+            try:
+                self._idle.pop()
+            except IndexError:
+                if len(self._threads) < self._max_workers:
+                    self._start_thread()
+        return future
+
+    def _submit_with(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future[T]:
+        """``submit`` of a call carrying ``options`` (``executor.options(...).submit``)."""
+        if options.plain:
+            return self.submit(fn, *args, **kwargs)
+        slots = self._slots
+        if slots is not None:
+            self._take_slot(slots)
+        with self._shutdown_lock:
+            if self._broken or self._shutdown or self._exiting:
+                if slots is not None:
+                    slots.release()
+                self._raise_closed()
+            future: Future[T] = Future()
+            task = _Task(self, future, fn, args, kwargs or _NO_KWARGS, options, slots)
+            if options.priority and self._backlog is None:
+                self._use_backlog()
+            self._enqueue((task, None, None, None))
             try:
                 self._idle.pop()
             except IndexError:
@@ -362,40 +497,160 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         raise RuntimeError("cannot schedule new futures after shutdown")
 
-    def _start_thread(self) -> None:
+    def _start_thread(self, *, replacement: bool = False, first: _Task | None = None) -> None:
+        """Start a worker thread. Hold ``_shutdown_lock``."""
+
         def wake_workers(_: object, work_queue: queue.SimpleQueue[Any] = self._work_queue) -> None:
             work_queue.put(None)
 
+        worker = _Worker(weakref.ref(self, wake_workers), self._idle)
         thread = threading.Thread(
-            name=f"{self._thread_name_prefix}_{len(self._threads)}",
+            name=f"{self._thread_name_prefix}_{next(self._thread_numbers)}",
             target=_worker,
             args=(
-                weakref.ref(self, wake_workers),
+                worker,
                 self._work_queue,
                 self._idle,
                 self._slots,
                 self._initializer,
                 self._initargs,
+                replacement,
+                first,
             ),
         )
         thread.start()
-        self._threads.add(thread)
+        self._threads[thread] = worker
         with _global_lock:
             _live_threads[thread] = self._work_queue
 
-    def _drain(self) -> list[Future[Any]]:
-        """Take every queued call off the queue; return their futures. Hold ``_shutdown_lock``."""
+    def _use_backlog(self) -> None:
+        """Switch to the priority backlog, with the calls queued so far. Hold ``_shutdown_lock``."""
+        backlog = _Backlog(self, self._work_queue)
+        items = []
+        while True:
+            try:
+                items.append(self._work_queue.get_nowait())
+            except queue.Empty:
+                break
+        for item in items:
+            backlog.put(item)
+        self._backlog = backlog
+        self._enqueue = backlog.put
+
+    def _timer(self) -> _Timer:
+        timer = self._timer_
+        if timer is None:
+            with self._shutdown_lock:
+                timer = self._timer_
+                if timer is None:
+                    timer = self._timer_ = _Timer(f"{self._thread_name_prefix}_timer")
+        return timer
+
+    # -- stopped calls and retries (see _thread_control) --------------------------
+
+    def _abandon(self, worker: _Worker) -> None:
+        """``worker``'s call was stopped: it leaves the count; a replacement starts.
+
+        Called under the lock of the stopped run (a future's or a task's).
+        """
+        with self._shutdown_lock:
+            if worker.stale:
+                return
+            worker.stale = True
+            if worker.thread is not None:
+                self._threads.pop(worker.thread, None)
+            if self._broken:
+                return
+            try:
+                self._start_thread(replacement=True)
+            except RuntimeError:
+                pass  # the interpreter is exiting: no new threads
+
+    def _rejoin(self, worker: _Worker, *, counted: bool) -> bool:
+        """An abandoned worker is back: serve again if under ``max_workers``, else exit."""
+        with self._shutdown_lock:
+            if not worker.stale:
+                if not counted:
+                    self._idle.append(None)
+                return True
+            closed = self._shutdown or self._exiting or self._broken
+            if not closed and len(self._threads) < self._max_workers and worker.thread:
+                worker.stale = False
+                self._threads[worker.thread] = worker
+                if not counted:
+                    self._idle.append(None)
+                return True
+            if counted:
+                try:
+                    self._idle.pop()
+                except IndexError:
+                    pass  # a queued call claimed it; the other threads will take it
+            return False
+
+    def _retry_later(self, task: _Task, delay: float) -> None:
+        with self._shutdown_lock:
+            self._between.add(task)
+        if delay > 0:
+            self._timer().schedule(
+                _clock.monotonic() + delay, functools.partial(self._requeue, task)
+            )
+        else:
+            self._requeue(task)
+
+    def _requeue(self, task: _Task) -> None:
+        """Queue the next run of ``task`` (its backoff is over)."""
+        with self._shutdown_lock:
+            self._between.discard(task)
+            broken = self._broken
+            if not broken:
+                if self._shutdown or self._exiting:
+                    # The threads may be leaving, and a run queued behind the
+                    # shutdown wake-up could wait forever: it gets a thread of its own.
+                    self._start_thread(first=task)
+                else:
+                    self._enqueue((task, None, None, None))
+                    try:
+                        self._idle.pop()
+                    except IndexError:
+                        if len(self._threads) < self._max_workers:
+                            self._start_thread()
+        if broken:
+            task.fail(BrokenThreadPool(broken))
+
+    def _drain(self) -> tuple[list[Future[Any]], list[_Task]]:
+        """Take every queued call off the queue. Hold ``_shutdown_lock``.
+
+        Returns the futures of the calls that never started, and the calls
+        with options waiting for their next run (they have started).
+        """
         futures: list[Future[Any]] = []
+        tasks: list[_Task] = []
         while True:
             try:
                 item = self._work_queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not None:
+            if item is None:
+                continue
+            if item[1] is not None:
                 futures.append(item[0])
                 if self._slots is not None:
                     self._slots.release()
-        return futures
+            elif isinstance(item[0], _Task):
+                tasks.append(item[0])
+            # else: a ticket of the backlog, whose calls are taken below.
+        if self._backlog is not None:
+            tasks.extend(self._backlog.take_all())
+        started: list[_Task] = []
+        for task in tasks:
+            if task.attempt:
+                started.append(task)
+                continue
+            slot, task.slot = task.slot, None
+            if slot is not None:
+                slot.release()
+            futures.append(task.future)
+        return futures, started
 
     def _on_initializer_error(self, initializer: Callable[..., object], exc: BaseException) -> None:
         with self._shutdown_lock:
@@ -404,13 +659,19 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                 "the thread pool is not usable anymore: fix the initializer and create a new pool"
             )
             self._broken_cause = exc
-            lost = self._drain()
+            lost, started = self._drain()
+            started.extend(self._between)
+            self._between.clear()
             self._work_queue.put(None)
         for future in lost:
             if future.set_running_or_notify_cancel():
                 error = BrokenThreadPool(self._broken)
                 error.__cause__ = exc
                 future.set_exception(error)
+        for task in started:
+            error = BrokenThreadPool(self._broken)
+            error.__cause__ = exc
+            task.fail(error)
 
     def shutdown(
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
@@ -420,17 +681,75 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         Args:
             wait: block until every queued and running call has finished.
             cancel_futures: cancel the calls still queued (they will not run;
-                their futures raise ``CancelledError``).
+                their futures raise ``CancelledError``). Calls with options
+                waiting for a retry have started: they still run.
+            timeout: with ``wait``, how long to wait. Calls still running
+                then are stopped as a timeout stops them (see the module
+                docstring: best effort for code blocked in C) and fail with
+                ``TaskTimeoutError``; calls not started are cancelled.
+                ``shutdown`` returns without waiting for the stopped threads.
         """
         with self._shutdown_lock:
             self._shutdown = True
-            cancelled = self._drain() if cancel_futures else []
+            cancelled, started = self._drain() if cancel_futures else ([], [])
+            for task in started:
+                self._enqueue((task, None, None, None))
             self._work_queue.put(None)
-            threads = list(self._threads)
+            timer = self._timer_
         for future in cancelled:
             future._cancel_queued()
         if wait:
-            current = threading.current_thread()
+            deadline = _clock.deadline_from(timeout)
+            if not self._join(deadline) and timeout is not None:
+                self._stop_at_shutdown(timeout)
+        if timer is not None:
+            timer.close()
+            if wait:
+                timer.join(_SHUTDOWN_GRACE)
+
+    def _join(self, deadline: float | None) -> bool:
+        """Wait for the counted threads and the calls between runs; False if the deadline passed."""
+        current = threading.current_thread()
+        while True:
+            with self._shutdown_lock:
+                threads = [t for t in self._threads if t is not current and t.is_alive()]
+                waiting = [task.future for task in self._between]
+            if not threads and not waiting:
+                return True
             for thread in threads:
-                if thread is not current:
-                    thread.join()
+                thread.join(_clock.remaining(deadline))
+                if thread.is_alive():
+                    return False
+            for future in waiting:
+                try:
+                    future.exception(_clock.remaining(deadline))
+                except TimeoutError:
+                    return False
+                except CancelledError:
+                    pass
+
+    def _stop_at_shutdown(self, timeout: float) -> None:
+        """``shutdown(timeout=...)`` ran out: stop what runs, cancel what has not started."""
+
+        def error(name: str) -> TaskTimeoutError:
+            return TaskTimeoutError(
+                f"{name} was still running when shutdown(timeout={timeout:g}) ran out, "
+                "and was stopped; give shutdown() more time, or the call a timeout of its own"
+            )
+
+        with self._shutdown_lock:
+            workers = list(self._threads.values())
+            queued, started = self._drain()
+            started.extend(self._between)
+        for future in queued:
+            future._cancel_queued()
+        for task in started:
+            task.stop_at_shutdown(error(task.name))
+        for worker in workers:
+            running = worker.task
+            if running is not None:
+                running.stop_at_shutdown(error(running.name))
+                continue
+            plain = worker.future
+            if plain is not None:
+                plain._stop_running(worker.timeout_hook, error(plain._name or "a call"))
