@@ -96,17 +96,16 @@ def test_ctrl_c_in_the_block_cancels_everything_and_propagates_at_once() -> None
         # It did not wait for the running call (which waits for the gate).
         assert time.monotonic() - start < WAIT / 2
         assert queued.cancelled()
+        # The thread pool stops a running call: its future is cancelled at
+        # once, whatever the thread (blocked in C here) does after.
+        assert running.cancelled()
         gate.set()
-        assert running.result(WAIT) == "released" or running.cancelled()
 
 
 def test_the_groups_timeout_cancels_what_is_left() -> None:
     gate = threading.Event()
     with shoal.ThreadPoolExecutor(max_workers=1) as pool:
         start = time.monotonic()
-        # A running call that its executor cannot stop is waited for: let it
-        # end soon after the timeout.
-        threading.Timer(0.5, gate.set).start()
         with (
             pytest.raises(shoal.TaskTimeoutError, match=r"timeout of 0\.2 s"),
             shoal.TaskGroup(pool, timeout=0.2) as group,
@@ -115,7 +114,8 @@ def test_the_groups_timeout_cancels_what_is_left() -> None:
             queued = group.submit(abs, -1)
         assert queued.cancelled()
         assert time.monotonic() - start < WAIT / 2
-        assert running.result(WAIT) == "released" or running.cancelled()
+        assert running.cancelled()
+        gate.set()  # the stopped thread, blocked in C, returns and leaves
 
 
 def test_groups_nest() -> None:

@@ -24,7 +24,8 @@ import shoal
 LAYERS = [
     {"_errors", "_clock", "_stats"},
     {"_future", "_process_errors", "_current"},
-    {"_wait", "_executor", "_options"},
+    {"_wait", "_executor", "_options", "_timer"},
+    {"_thread_worker"},  # the thread pool's worker threads
     {"_thread_control"},  # the thread pool's stops, deadlines, retries, priorities
     {"thread", "process", "dask"},
     {"aio", "group", "progress", "cli", "__main__"},

@@ -4,13 +4,14 @@ The thread pool (``thread.py``) runs plain calls on its fast path; this
 module holds what a call needs once it carries options, or once somebody
 wants it stopped:
 
-* ``_Worker``: one per worker thread, what others need to reach it: its
-  thread id (for the interrupt), the plain future it runs, the task it runs,
-  and whether its call was asked to stop (``shoal.cancelled()`` reads that).
+* ``_thread_worker._Worker``: one per worker thread, what others need to
+  reach it: its thread id (for the interrupt), the plain future it runs,
+  the task it runs, and whether its call was asked to stop
+  (``shoal.cancelled()`` reads that); ``worker_loop``, the thread's loop.
 * ``_Task``: a call with options (timeout, retries, priority, name) across
   all its runs.
-* ``_Timer``: one thread per pool, started with the first deadline or
-  backoff, that fires deadlines and re-queues retries, earliest first.
+* ``_timer.Timer``: one thread per pool, started with the first deadline
+  or backoff, that fires deadlines and re-queues retries, earliest first.
 * ``_Backlog``: the priority queue a pool switches to once a call has a
   non-zero priority.
 
@@ -41,8 +42,8 @@ place. Two rules keep it in the call it was meant for:
    (``_Worker.after_stop``), so none survives into the next call.
 
 Concurrency:
-  Threads: worker threads run calls (``thread._worker``, ``_Task.run``); the
-  timer thread runs ``_Timer._loop`` and the actions it fires (deadlines,
+  Threads: worker threads run calls (``worker_loop``, ``_Task.run``); the
+  timer thread runs ``Timer._loop`` and the actions it fires (deadlines,
   retries; no user code but done-callbacks of calls it fails); any thread
   may force-cancel, and ``shutdown(timeout=...)`` stops calls from the
   caller's thread.
@@ -53,11 +54,11 @@ Concurrency:
   ``future`` and ``task`` are written by the worker thread only;
   ``stopping`` is set by a stopper (under the lock of rule 1) and cleared
   by the worker; ``stale`` is guarded by the pool's ``_shutdown_lock``.
-  ``_Timer`` fields: guarded by its ``_cond``. ``_Backlog._heap`` and
+  ``Timer`` fields: guarded by its ``_cond``. ``_Backlog._heap`` and
   ``_count``: guarded by ``_Backlog.lock``.
   Lock order: a future's ``_condition`` or a ``_Task.lock`` (never both),
   then the pool's ``_shutdown_lock`` (an abandoned thread is replaced under
-  it), then ``_global_lock`` or ``_Backlog.lock``; ``_Timer._cond`` last.
+  it), then ``_global_lock`` or ``_Backlog.lock``; ``Timer._cond`` last.
   User code never runs under any of them: futures are settled after the
   locks are released.
 """
@@ -67,14 +68,15 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import queue
 import threading
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _clock
-from ._errors import CancelledError, InvalidStateError, TaskTimeoutError
-from ._future import LOGGER, Future
+from ._errors import InvalidStateError
+from ._future import Future
 from ._options import (
     DEFAULT_OPTIONS,
     TaskOptions,
@@ -84,221 +86,12 @@ from ._options import (
     timeout_error,
     with_earlier_failures,
 )
+from ._thread_worker import _ForceCancelled, _Interrupt, _TimedOut, _Worker
 
 if TYPE_CHECKING:
-    import collections
-
     from .thread import ThreadPoolExecutor
 
-__all__ = ()
-
-
-class _Interrupt(BaseException):
-    """What shoal raises inside a thread to stop its call (the marker the worker catches)."""
-
-
-class _TimedOut(TaskTimeoutError, _Interrupt):
-    """Raised inside a call that ran past its timeout; its future has failed already."""
-
-    def __init__(self, *args: object) -> None:
-        super().__init__(
-            *(args or ("this call ran past its timeout and was stopped; its result is dropped",))
-        )
-
-
-class _ForceCancelled(CancelledError, _Interrupt):
-    """Raised inside a call whose future was ``cancel(force=True)``-ed; it is cancelled already."""
-
-    def __init__(self, *args: object) -> None:
-        super().__init__(*(args or ("this call was cancelled with cancel(force=True)",)))
-
-
-# Seconds an idle timer thread waits for a next entry before it leaves: a
-# pool running one timed call after another keeps one thread, not one each.
-_TIMER_LINGER = 2.0
-
-_set_async_exc: Any = None
-_clear_async_exc: Any = None
-
-
-def _async_raise(ident: int, exc_type: type[BaseException] | None) -> None:
-    """Raise ``exc_type`` in thread ``ident`` at its next bytecode; None clears a pending one."""
-    global _set_async_exc, _clear_async_exc
-    if _set_async_exc is None:
-        # Here, not at the top: ctypes costs "import shoal" a few milliseconds.
-        import ctypes
-
-        # Two function objects (item access makes a new one each time): one
-        # passes the class, the other a NULL pointer, which clears.
-        clear = ctypes.pythonapi["PyThreadState_SetAsyncExc"]
-        clear.argtypes = (ctypes.c_ulong, ctypes.c_void_p)
-        _clear_async_exc = clear
-        raise_ = ctypes.pythonapi["PyThreadState_SetAsyncExc"]
-        raise_.argtypes = (ctypes.c_ulong, ctypes.py_object)
-        _set_async_exc = raise_
-    if exc_type is None:
-        _clear_async_exc(ident, None)
-    else:
-        _set_async_exc(ident, exc_type)
-
-
-# -- the timer ---------------------------------------------------------------------
-
-
-class _Timer:
-    """One thread that runs actions at given times: deadlines and retry backoffs.
-
-    Entries are ``[when, sequence, action]`` lists; cancelling one sets its
-    action to None (it is dropped when it comes up). Actions run with no lock
-    held; what one raises is logged. The thread starts with the first entry,
-    and leaves once no live entry is left, at once after ``close()``, else
-    after ``_TIMER_LINGER`` idle seconds (the next entry starts it again).
-    """
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._cond = threading.Condition(threading.Lock())
-        self._heap: list[list[Any]] = []  # guarded by: _cond
-        self._live = 0  # entries neither cancelled nor fired; guarded by: _cond
-        self._closing = False  # guarded by: _cond
-        self.thread: threading.Thread | None = None  # the running thread; guarded by: _cond
-        self._sequence = itertools.count()
-
-    def schedule(self, when: float, action: Callable[[], object]) -> list[Any]:
-        entry = [when, next(self._sequence), action]
-        with self._cond:
-            heapq.heappush(self._heap, entry)
-            self._live += 1
-            if self.thread is None:
-                # A daemon: a deadline must still fire while the interpreter
-                # joins the workers at exit, and the timer has nothing to finish.
-                self.thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                self.thread.start()
-            elif self._heap[0] is entry:
-                self._cond.notify()
-        return entry
-
-    def cancel(self, entry: list[Any]) -> None:
-        with self._cond:
-            if entry[2] is not None:
-                entry[2] = None
-                self._live -= 1
-                if not self._live:
-                    self._cond.notify()
-
-    def close(self) -> None:
-        """Let the thread leave as soon as no live entry is left."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-
-    def join(self, timeout: float) -> None:
-        with self._cond:
-            thread = self.thread
-        if thread is not None:
-            thread.join(timeout)
-
-    def _loop(self) -> None:
-        heap = self._heap
-        with self._cond:
-            idle_since = None
-            while True:
-                while heap and heap[0][2] is None:
-                    heapq.heappop(heap)
-                if not self._live:
-                    now = _clock.monotonic()
-                    if idle_since is None:
-                        idle_since = now
-                    if self._closing or now - idle_since >= _TIMER_LINGER:
-                        heap.clear()
-                        self.thread = None
-                        return
-                    self._cond.wait(_TIMER_LINGER - (now - idle_since))
-                    continue
-                idle_since = None
-                delay = heap[0][0] - _clock.monotonic()
-                if delay > 0:
-                    self._cond.wait(delay)
-                    continue
-                entry = heapq.heappop(heap)
-                action, entry[2] = entry[2], None
-                self._live -= 1
-                self._cond.release()
-                try:
-                    action()
-                except BaseException:
-                    LOGGER.exception("shoal: a timer action of a thread pool failed")
-                finally:
-                    del action
-                    self._cond.acquire()
-
-
-# -- workers -----------------------------------------------------------------------
-
-
-class _Worker:
-    """What the rest of the pool needs to reach one worker thread."""
-
-    __slots__ = ("future", "ident", "idle", "pool_ref", "stale", "stopping", "task", "thread")
-
-    def __init__(
-        self, pool_ref: weakref.ref[ThreadPoolExecutor], idle: collections.deque[None]
-    ) -> None:
-        self.pool_ref = pool_ref
-        self.idle = idle
-        self.thread: threading.Thread | None = None  # set by the thread itself
-        self.ident = 0  # set by the thread itself
-        # The plain call it runs (None between calls); written by the worker only.
-        self.future: Future[Any] | None = None
-        # The call with options it runs; written by the worker only.
-        self.task: _Task | None = None
-        # Its call was asked to stop (what shoal.cancelled() says).
-        self.stopping = False
-        # Abandoned: out of the pool's count. guarded by: pool._shutdown_lock
-        self.stale = False
-
-    def start(self) -> None:
-        """In the worker thread, first thing."""
-        self.thread = threading.current_thread()
-        self.ident = threading.get_ident()
-
-    def asked_to_stop(self) -> bool:
-        """The probe of ``shoal.cancelled()`` in this thread."""
-        return self.stopping
-
-    def interrupt(self, exc_type: type[_Interrupt]) -> None:
-        """Stop this worker's call and replace the thread. Under the lock of the run (rule 1)."""
-        self.stopping = True
-        _async_raise(self.ident, exc_type)
-        pool = self.pool_ref()
-        if pool is not None:
-            pool._abandon(self)
-
-    def cancel_hook(self, future: Future[Any]) -> None:
-        self.interrupt(_ForceCancelled)
-
-    def timeout_hook(self, future: Future[Any]) -> None:
-        self.interrupt(_TimedOut)
-
-    def stop_plain(self, future: Future[Any]) -> bool:
-        """The stopper of a plain call this worker started (``cancel(force=True)``)."""
-        if future._stop_running(self.cancel_hook):
-            return True
-        return future.cancelled()
-
-    def after_stop(self, *, counted: bool) -> bool:
-        """In the worker, after a run that was (or may have been) stopped: clear, rejoin or leave.
-
-        ``counted``: the thread already counted itself idle. True: go on
-        serving; False: exit. Safe to call again if an interrupt cut it short
-        before the pending one was cleared (its first statement clears it).
-        """
-        _async_raise(self.ident, None)
-        self.stopping = False
-        pool = self.pool_ref()
-        if pool is None:
-            return not self.stale
-        return pool._rejoin(self, counted=counted)
+__all__ = ("_Backlog", "_Task", "drain", "plain_task")
 
 
 # -- calls with options -----------------------------------------------------------------
@@ -582,3 +375,44 @@ class _Backlog:
             worker.idle.append(None)
             return True
         return task.run(worker)
+
+
+def drain(
+    work_queue: queue.SimpleQueue[Any],
+    backlog: _Backlog | None,
+    slots: threading.Semaphore | None,
+) -> tuple[list[Future[Any]], list[_Task]]:
+    """Take every queued call off a pool's queue (and backlog). Hold the pool's ``_shutdown_lock``.
+
+    Returns the futures of the calls that never started, and the calls with
+    options waiting for their next run (they have started). ``slots``
+    (``max_pending``) gets back the places of the calls taken.
+    """
+    futures: list[Future[Any]] = []
+    tasks: list[_Task] = []
+    while True:
+        try:
+            item = work_queue.get_nowait()
+        except queue.Empty:
+            break
+        if item is None:
+            continue
+        if item[1] is not None:
+            futures.append(item[0])
+            if slots is not None:
+                slots.release()
+        elif isinstance(item[0], _Task):
+            tasks.append(item[0])
+        # else: a ticket of the backlog, whose calls are taken below.
+    if backlog is not None:
+        tasks.extend(backlog.take_all())
+    started: list[_Task] = []
+    for task in tasks:
+        if task.attempt:
+            started.append(task)
+            continue
+        slot, task.slot = task.slot, None
+        if slot is not None:
+            slot.release()
+        futures.append(task.future)
+    return futures, started

@@ -191,7 +191,7 @@ class TaskGroup:
                 if not self._pending:
                     return
                 if self._aborting and not forced:
-                    pending = list(self._pending)
+                    pending = [f for f in self._futures if f in self._pending]
                 else:
                     remaining = _clock.remaining(self._deadline)
                     if remaining is not None and remaining <= 0 and not self._aborting:
@@ -200,14 +200,25 @@ class TaskGroup:
                     self._changed.wait(remaining)
                     continue
             forced = True
-            for future in pending:  # no group lock held: the executors take theirs
-                future.cancel(force=True)
+            _stop(pending)
 
     def _stop_all(self) -> None:
         with self._lock:
             self._aborting = True
             pending = list(self._pending)
-        for future in pending:
+        _stop(pending)
+
+
+def _stop(futures: list[Future[Any]]) -> None:
+    """Cancel the calls not started, then stop the running ones. With no group lock held.
+
+    In that order: a running call stopped first frees a worker, which could
+    start one of the others before its turn to be cancelled came.
+    """
+    for future in futures:
+        future.cancel()
+    for future in futures:
+        if not future.done():
             future.cancel(force=True)
 
 

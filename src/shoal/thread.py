@@ -5,38 +5,25 @@ is submitted and no thread is idle, so an idle thread is always reused first.
 ``max_pending=N`` makes ``submit`` block while N calls wait in the queue, so a
 fast producer cannot fill memory with queued work.
 
-Beyond the standard pool (``executor.options(...)``, ``_thread_control``):
-
-* ``timeout=s``: at ``s`` seconds after the call *started* its future fails
-  with ``TaskTimeoutError``, and the thread gets a ``TaskTimeoutError``
-  raised asynchronously (``PyThreadState_SetAsyncExc``). Best effort: Python
-  code stops at its next bytecode, but code blocked inside C (``time.sleep``,
-  a lock, a socket read, a C extension's loop) sees it only once that C call
-  returns, and code that catches the exception may go on. Either way the
-  thread leaves the pool's count and a replacement starts at once, so the
-  pool never runs more than ``max_workers`` calls that were not stopped; a
-  stopped thread that comes back serves again if the pool is below
-  ``max_workers``, else exits. A thread stuck in C for good stays alive
-  (threads cannot be killed), and keeps the interpreter from exiting, as it
-  would with the standard pool.
-* ``future.cancel(force=True)`` stops a running call the same way
-  (``CancelledError`` raised in the thread; the future is cancelled at once),
-  for plain calls and calls with options; ``shoal.cancelled()`` and
-  ``shoal.check_cancelled()`` inside the call say so, for code that would
-  rather stop at a point of its choosing.
-* ``retries``/``retry_on``/``backoff``: runs again after a failure, the
-  backoff waited on the pool's timer thread, not on a worker or the caller.
-* ``priority``: once a call has a non-zero priority the pool queues every
-  call by ``_options.queue_key`` (priority, then submission order, with
-  ageing); a pool that never sees a priority keeps its plain FIFO queue.
-* ``shutdown(timeout=s)``: calls still running after ``s`` seconds are
-  stopped as above and fail with ``TaskTimeoutError``; calls not started are
-  cancelled.
-* ``name``: in the future's repr and in the timeout error.
+Beyond the standard pool, through ``executor.options(...)`` (the mechanics
+are ``_thread_control``'s): a call's ``timeout`` counts from its start and
+stops it (its future fails with ``TaskTimeoutError`` and the thread gets one
+raised asynchronously); ``future.cancel(force=True)`` stops a running call
+the same way; ``retries`` run it again after a backoff; ``priority`` orders
+the calls not started (a pool that never sees one keeps its FIFO queue);
+``shutdown(timeout=s)`` stops the calls still running after ``s`` seconds;
+``name`` names a call in reprs and errors. Stopping a thread is best effort:
+Python code stops at its next bytecode, code blocked inside C (``time.sleep``,
+a lock, a socket read) only once that C call returns, and code that catches
+the exception may go on. Either way the future is settled at once and a
+replacement thread starts, so the pool never runs more than ``max_workers``
+calls that were not stopped; a thread stuck in C for good stays alive
+(threads cannot be killed) and keeps the interpreter from exiting, as it
+would with the standard pool.
 
 Concurrency:
   Threads: user threads call ``submit``/``shutdown``; each worker thread runs
-  ``_worker`` and touches only the work queue, the idle deque, the futures it
+  ``_thread_control.worker_loop`` and touches only the work queue, the idle deque, the futures it
   runs and (through a weak reference) the pool's flags; ``_python_exit`` runs
   in the main thread at interpreter exit.
   Pool fields: ``_shutdown``, ``_broken``, ``_threads`` and thread start-up
@@ -89,7 +76,6 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
-import math
 import os
 import queue
 import threading
@@ -99,12 +85,13 @@ from concurrent.futures import thread as _std_thread
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from . import _clock
-from ._current import set_probe
 from ._errors import BrokenThreadPool, CancelledError, TaskTimeoutError
-from ._executor import Executor, as_index
-from ._future import LOGGER, Future
+from ._executor import Executor
+from ._future import Future
 from ._options import DEFAULT_OPTIONS, TaskOptions
-from ._thread_control import _Backlog, _Interrupt, _Task, _Timer, _Worker
+from ._thread_control import _Backlog, _Task, drain
+from ._thread_worker import WorkItem, _Worker, thread_count, worker_loop
+from ._timer import Timer
 
 __all__ = ("BrokenThreadPool", "ThreadPoolExecutor")
 
@@ -114,7 +101,6 @@ BrokenThreadPool.__module__ = __name__
 T = TypeVar("T")
 P = ParamSpec("P")
 
-_WorkItem = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 # Shared by every call without keyword arguments (``fn(**d)`` copies d, so
 # nothing can change it).
@@ -169,131 +155,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _worker(  # noqa: PLR0917 - a thread target, called with args=
-    worker: _Worker,
-    work_queue: queue.SimpleQueue[_WorkItem | None],
-    idle: collections.deque[None],
-    slots: threading.Semaphore | None,
-    initializer: Callable[..., object] | None,
-    initargs: tuple[Any, ...],
-    replacement: bool,
-    first: _Task | None,
-) -> None:
-    worker.start()
-    # Once per thread: shoal.cancelled() in a call asks this thread's worker.
-    set_probe(worker.asked_to_stop)
-    executor_ref = worker.pool_ref
-    if initializer is not None:
-        try:
-            initializer(*initargs)
-        except BaseException as exc:
-            LOGGER.critical("Exception in initializer:", exc_info=True)
-            executor = executor_ref()
-            if executor is not None:
-                executor._on_initializer_error(initializer, exc)
-            return
-    get = work_queue.get
-    # This thread was started for a call that is queued already (submit found
-    # no token): it counts as idle only once it has run a call. A replacement
-    # for a stopped thread was started for no call: it is idle at once.
-    now_idle = idle.append
-    if replacement:
-        now_idle(None)
-    stop = worker.stop_plain
-    if first is not None and not first.run(worker):
-        return
-    del first
-    while True:
-        item = get()
-        if item is not None:
-            future, fn, args, kwargs = item
-            del item
-            if fn is None:
-                # A call with options, or a ticket of the priority backlog.
-                keep = future.run(worker)
-                del future, fn, args, kwargs
-                if not keep:
-                    return
-                continue
-            if slots is not None:
-                slots.release()
-            # What cancel(force=True) and shutdown(timeout=...) need to find
-            # this thread; set before the call can be seen running.
-            future._stopper = stop
-            worker.future = future
-            # From set_running on, the call may be stopped and this thread
-            # interrupted: everything up to the future's settling is inside
-            # the try (rule 2 of _thread_control's docstring).
-            try:
-                if future.set_running_or_notify_cancel():
-                    try:
-                        result = fn(*args, **kwargs)
-                    except BaseException as exc:
-                        # Idle before the future is done (see _idle in the module
-                        # docstring): whoever sees the outcome and submits again
-                        # must find this thread counted.
-                        now_idle(None)
-                        future.set_exception(exc)
-                        del exc
-                    else:
-                        now_idle(None)
-                        future.set_result(result)
-                        del result
-                else:
-                    now_idle(None)
-            except BaseException:
-                # The call was stopped (cancel(force=True), shutdown's timeout):
-                # its future is settled and what it produced is dropped
-                # (InvalidStateError from set_*, or the interrupt itself).
-                result = None
-                worker.future = None
-                del future, fn, args, kwargs
-                # A loop here, not in a function: an interrupt still pending
-                # may land on the call itself, before a callee's own try.
-                while True:
-                    try:
-                        keep = worker.after_stop(counted=True)
-                        break
-                    except _Interrupt:
-                        pass
-                if not keep:
-                    return
-                continue
-            # Drop every reference to the call before waiting for the next one.
-            worker.future = None
-            del future, fn, args, kwargs
-            continue
-        executor = executor_ref()
-        if executor is None or executor._shutdown or executor._exiting or executor._broken:
-            # Pass the wake-up on to the next thread, then leave.
-            work_queue.put(None)
-            return
-        del executor
-
-
-def _thread_count(max_workers: object) -> int:
-    """``max_workers`` as an int, from what the standard thread pool accepts.
-
-    That pool only compares its thread count with ``max_workers``, so any
-    number goes: ``numpy.int64(8)``, ``2.0``, and ``2.5``, which lets a third
-    thread start, as ``math.ceil`` says. NaN (the standard pool would never
-    start a thread) and infinity are refused.
-    """
-    count = as_index(max_workers)
-    if count is None:
-        # Here, not at the top: 0.6 ms that "import shoal" need not pay.
-        import numbers
-
-        if not isinstance(max_workers, numbers.Real):
-            raise TypeError(f"max_workers must be a number or None, not {max_workers!r}")
-        if not math.isfinite(max_workers):
-            raise ValueError(f"max_workers must be a finite number, not {max_workers!r}")
-        count = math.ceil(float(max_workers))
-    if count <= 0:
-        raise ValueError("max_workers must be greater than 0")
-    return count
-
-
 class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
     """Run calls in a pool of threads.
 
@@ -327,7 +188,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
             cpus = getattr(os, "process_cpu_count", os.cpu_count)()
             max_workers = min(32, (cpus or 1) + 4)
         else:
-            max_workers = _thread_count(max_workers)
+            max_workers = thread_count(max_workers)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if max_pending is not None and (
@@ -341,7 +202,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         self._initargs = tuple(initargs)
         self._max_pending = max_pending
         # The base class types its own queue; ours carries plain tuples.
-        self._work_queue: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()  # type: ignore[assignment]
+        self._work_queue: queue.SimpleQueue[WorkItem | None] = queue.SimpleQueue()  # type: ignore[assignment]
         self._idle: collections.deque[None] = collections.deque()
         self._slots = None if max_pending is None else threading.Semaphore(max_pending)
         self._shutdown_lock = threading.Lock()
@@ -355,7 +216,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         self._enqueue: Callable[[Any], None] = self._work_queue.put
         self._backlog: _Backlog | None = None  # guarded by: _shutdown_lock
         # Started with the first deadline or backoff. guarded by: _shutdown_lock
-        self._timer_: _Timer | None = None
+        self._timer_: Timer | None = None
         # Calls with options waiting for a retry. guarded by: _shutdown_lock
         self._between: set[_Task] = set()
         self._shutdown = False  # guarded by: _shutdown_lock
@@ -506,7 +367,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         worker = _Worker(weakref.ref(self, wake_workers), self._idle)
         thread = threading.Thread(
             name=f"{self._thread_name_prefix}_{next(self._thread_numbers)}",
-            target=_worker,
+            target=worker_loop,
             args=(
                 worker,
                 self._work_queue,
@@ -537,13 +398,13 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         self._backlog = backlog
         self._enqueue = backlog.put
 
-    def _timer(self) -> _Timer:
+    def _timer(self) -> Timer:
         timer = self._timer_
         if timer is None:
             with self._shutdown_lock:
                 timer = self._timer_
                 if timer is None:
-                    timer = self._timer_ = _Timer(f"{self._thread_name_prefix}_timer")
+                    timer = self._timer_ = Timer(f"{self._thread_name_prefix}_timer")
         return timer
 
     # -- stopped calls and retries (see _thread_control) --------------------------
@@ -618,39 +479,8 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
             task.fail(BrokenThreadPool(broken))
 
     def _drain(self) -> tuple[list[Future[Any]], list[_Task]]:
-        """Take every queued call off the queue. Hold ``_shutdown_lock``.
-
-        Returns the futures of the calls that never started, and the calls
-        with options waiting for their next run (they have started).
-        """
-        futures: list[Future[Any]] = []
-        tasks: list[_Task] = []
-        while True:
-            try:
-                item = self._work_queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                continue
-            if item[1] is not None:
-                futures.append(item[0])
-                if self._slots is not None:
-                    self._slots.release()
-            elif isinstance(item[0], _Task):
-                tasks.append(item[0])
-            # else: a ticket of the backlog, whose calls are taken below.
-        if self._backlog is not None:
-            tasks.extend(self._backlog.take_all())
-        started: list[_Task] = []
-        for task in tasks:
-            if task.attempt:
-                started.append(task)
-                continue
-            slot, task.slot = task.slot, None
-            if slot is not None:
-                slot.release()
-            futures.append(task.future)
-        return futures, started
+        """Take every queued call off the queue (``_thread_control.drain``). Hold the lock."""
+        return drain(self._work_queue, self._backlog, self._slots)
 
     def _on_initializer_error(self, initializer: Callable[..., object], exc: BaseException) -> None:
         with self._shutdown_lock:

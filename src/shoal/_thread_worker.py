@@ -1,0 +1,286 @@
+"""A thread pool's worker threads: their loop, and how another thread stops their call.
+
+``worker_loop`` is the target of every worker thread: the initializer, then
+calls until the pool is done, plain ones on the fast path. ``_Worker`` is
+what the rest of the pool needs to reach one thread. ``_async_raise`` raises
+an exception in another thread (``_TimedOut`` at a deadline,
+``_ForceCancelled`` for ``cancel(force=True)``): how and when that is safe
+is in ``_thread_control``'s docstring (the two rules), which also says
+which thread owns which field and the lock order.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._current import set_probe
+from ._errors import CancelledError, TaskTimeoutError
+from ._executor import as_index
+from ._future import LOGGER, Future
+
+if TYPE_CHECKING:
+    import collections
+    import queue
+
+    from ._thread_control import _Task
+    from .thread import ThreadPoolExecutor
+
+__all__ = ("WorkItem", "thread_count", "worker_loop")
+
+
+class _Interrupt(BaseException):
+    """What shoal raises inside a thread to stop its call (the marker the worker catches)."""
+
+
+class _TimedOut(TaskTimeoutError, _Interrupt):
+    """Raised inside a call that ran past its timeout; its future has failed already."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(
+            *(args or ("this call ran past its timeout and was stopped; its result is dropped",))
+        )
+
+
+class _ForceCancelled(CancelledError, _Interrupt):
+    """Raised inside a call whose future was ``cancel(force=True)``-ed; it is cancelled already."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or ("this call was cancelled with cancel(force=True)",)))
+
+
+_set_async_exc: Any = None
+_clear_async_exc: Any = None
+
+
+def _async_raise(ident: int, exc_type: type[BaseException] | None) -> None:
+    """Raise ``exc_type`` in thread ``ident`` at its next bytecode; None clears a pending one."""
+    global _set_async_exc, _clear_async_exc
+    if _set_async_exc is None:
+        # Here, not at the top: ctypes costs "import shoal" a few milliseconds.
+        import ctypes
+
+        # Two function objects (item access makes a new one each time): one
+        # passes the class, the other a NULL pointer, which clears.
+        clear = ctypes.pythonapi["PyThreadState_SetAsyncExc"]
+        clear.argtypes = (ctypes.c_ulong, ctypes.c_void_p)
+        _clear_async_exc = clear
+        raise_ = ctypes.pythonapi["PyThreadState_SetAsyncExc"]
+        raise_.argtypes = (ctypes.c_ulong, ctypes.py_object)
+        _set_async_exc = raise_
+    if exc_type is None:
+        _clear_async_exc(ident, None)
+    else:
+        _set_async_exc(ident, exc_type)
+
+
+# -- the worker loop ----------------------------------------------------------------
+
+
+# What a worker thread takes off the queue: a plain call, or a call with options
+# (``(task, None, None, None)``); None tells it to look at the pool's flags.
+WorkItem = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+def worker_loop(  # noqa: PLR0917 - a thread target, called with args=
+    worker: _Worker,
+    work_queue: queue.SimpleQueue[WorkItem | None],
+    idle: collections.deque[None],
+    slots: threading.Semaphore | None,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+    replacement: bool,
+    first: _Task | None,
+) -> None:
+    """A worker thread of a thread pool: its initializer, then calls until the pool is done.
+
+    Plain calls (tuples ``(future, fn, args, kwargs)``) run here, on the fast
+    path; a call with options or a ticket of the priority backlog comes as
+    ``(x, None, None, None)`` and runs as ``x.run(worker)``. See the thread
+    pool's docstring for the idle tokens (``idle``) and ``max_pending``
+    (``slots``).
+    """
+    worker.start()
+    # Once per thread: shoal.cancelled() in a call asks this thread's worker.
+    set_probe(worker.asked_to_stop)
+    executor_ref = worker.pool_ref
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            LOGGER.critical("Exception in initializer:", exc_info=True)
+            executor = executor_ref()
+            if executor is not None:
+                executor._on_initializer_error(initializer, exc)
+            return
+    get = work_queue.get
+    # This thread was started for a call that is queued already (submit found
+    # no token): it counts as idle only once it has run a call. A replacement
+    # for a stopped thread was started for no call: it is idle at once.
+    now_idle = idle.append
+    if replacement:
+        now_idle(None)
+    stop = worker.stop_plain
+    if first is not None and not first.run(worker):
+        return
+    del first
+    while True:
+        item = get()
+        if item is not None:
+            future, fn, args, kwargs = item
+            del item
+            if fn is None:
+                # A call with options, or a ticket of the priority backlog.
+                keep = future.run(worker)
+                del future, fn, args, kwargs
+                if not keep:
+                    return
+                continue
+            if slots is not None:
+                slots.release()
+            # What cancel(force=True) and shutdown(timeout=...) need to find
+            # this thread; set before the call can be seen running.
+            future._stopper = stop
+            worker.future = future
+            # From set_running on, the call may be stopped and this thread
+            # interrupted: everything up to the future's settling is inside
+            # the try (rule 2 of _thread_control's docstring).
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        result = fn(*args, **kwargs)
+                    except BaseException as exc:
+                        # Idle before the future is done (see _idle in the thread
+                        # pool's docstring): whoever sees the outcome and submits again
+                        # must find this thread counted.
+                        now_idle(None)
+                        future.set_exception(exc)
+                        del exc
+                    else:
+                        now_idle(None)
+                        future.set_result(result)
+                        del result
+                else:
+                    now_idle(None)
+            except BaseException:
+                # The call was stopped (cancel(force=True), shutdown's timeout):
+                # its future is settled and what it produced is dropped
+                # (InvalidStateError from set_*, or the interrupt itself).
+                result = None
+                worker.future = None
+                del future, fn, args, kwargs
+                # A loop here, not in a function: an interrupt still pending
+                # may land on the call itself, before a callee's own try.
+                while True:
+                    try:
+                        keep = worker.after_stop(counted=True)
+                        break
+                    except _Interrupt:
+                        pass
+                if not keep:
+                    return
+                continue
+            # Drop every reference to the call before waiting for the next one.
+            worker.future = None
+            del future, fn, args, kwargs
+            continue
+        executor = executor_ref()
+        if executor is None or executor._shutdown or executor._exiting or executor._broken:
+            # Pass the wake-up on to the next thread, then leave.
+            work_queue.put(None)
+            return
+        del executor
+
+
+# -- workers -----------------------------------------------------------------------
+
+
+class _Worker:
+    """What the rest of the pool needs to reach one worker thread."""
+
+    __slots__ = ("future", "ident", "idle", "pool_ref", "stale", "stopping", "task", "thread")
+
+    def __init__(
+        self, pool_ref: weakref.ref[ThreadPoolExecutor], idle: collections.deque[None]
+    ) -> None:
+        self.pool_ref = pool_ref
+        self.idle = idle
+        self.thread: threading.Thread | None = None  # set by the thread itself
+        self.ident = 0  # set by the thread itself
+        # The plain call it runs (None between calls); written by the worker only.
+        self.future: Future[Any] | None = None
+        # The call with options it runs; written by the worker only.
+        self.task: _Task | None = None
+        # Its call was asked to stop (what shoal.cancelled() says).
+        self.stopping = False
+        # Abandoned: out of the pool's count. guarded by: pool._shutdown_lock
+        self.stale = False
+
+    def start(self) -> None:
+        """In the worker thread, first thing."""
+        self.thread = threading.current_thread()
+        self.ident = threading.get_ident()
+
+    def asked_to_stop(self) -> bool:
+        """The probe of ``shoal.cancelled()`` in this thread."""
+        return self.stopping
+
+    def interrupt(self, exc_type: type[_Interrupt]) -> None:
+        """Stop this worker's call and replace the thread. Under the lock of the run (rule 1)."""
+        self.stopping = True
+        _async_raise(self.ident, exc_type)
+        pool = self.pool_ref()
+        if pool is not None:
+            pool._abandon(self)
+
+    def cancel_hook(self, future: Future[Any]) -> None:
+        self.interrupt(_ForceCancelled)
+
+    def timeout_hook(self, future: Future[Any]) -> None:
+        self.interrupt(_TimedOut)
+
+    def stop_plain(self, future: Future[Any]) -> bool:
+        """The stopper of a plain call this worker started (``cancel(force=True)``)."""
+        if future._stop_running(self.cancel_hook):
+            return True
+        return future.cancelled()
+
+    def after_stop(self, *, counted: bool) -> bool:
+        """In the worker, after a run that was (or may have been) stopped: clear, rejoin or leave.
+
+        ``counted``: the thread already counted itself idle. True: go on
+        serving; False: exit. Safe to call again if an interrupt cut it short
+        before the pending one was cleared (its first statement clears it).
+        """
+        _async_raise(self.ident, None)
+        self.stopping = False
+        pool = self.pool_ref()
+        if pool is None:
+            return not self.stale
+        return pool._rejoin(self, counted=counted)
+
+
+def thread_count(max_workers: object) -> int:
+    """``max_workers`` as an int, from what the standard thread pool accepts.
+
+    That pool only compares its thread count with ``max_workers``, so any
+    number goes: ``numpy.int64(8)``, ``2.0``, and ``2.5``, which lets a third
+    thread start, as ``math.ceil`` says. NaN (the standard pool would never
+    start a thread) and infinity are refused.
+    """
+    count = as_index(max_workers)
+    if count is None:
+        # Here, not at the top: 0.6 ms that "import shoal" need not pay.
+        import numbers
+
+        if not isinstance(max_workers, numbers.Real):
+            raise TypeError(f"max_workers must be a number or None, not {max_workers!r}")
+        if not math.isfinite(max_workers):
+            raise ValueError(f"max_workers must be a finite number, not {max_workers!r}")
+        count = math.ceil(float(max_workers))
+    if count <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    return count
