@@ -24,6 +24,32 @@ def is_prime(n: int) -> bool:
     return all(n % d for d in range(2, math.isqrt(n) + 1))
 
 
+def spin(seconds: float) -> str:
+    """Busy for ``seconds``, in Python code (which a thread pool can stop)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return "finished"
+
+
+def parse_soon(text: str) -> int:
+    time.sleep(0.1)
+    return int(text)
+
+
+class Flaky:
+    """Fails with ConnectionError ``failures`` times, then works."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+
+    def __call__(self) -> str:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("the server hung up")
+        return "fetched"
+
+
 def crash() -> None:
     os._exit(13)  # a worker dying hard, as a segfault or the OOM killer would make it
 
@@ -88,7 +114,35 @@ def main() -> None:
         print(f"    20 calls of 0.2 s, 50 ms later: {running} running, {cancelled} cancelled")
         shoal.wait(calls, timeout=30)
 
-    step("8. shut down: every worker is gone")
+    step("8. per-call options: a timeout that stops the call, retries")
+    with shoal.ThreadPoolExecutor(max_workers=2) as pool:
+        started = time.monotonic()
+        stuck = pool.options(timeout=0.2, name="spin").submit(spin, 30)
+        try:
+            stuck.result(timeout=10)
+        except shoal.TaskTimeoutError as error:
+            print(f"    after {time.monotonic() - started:.1f} s: {str(error).split(' (')[0]}")
+        print("    the pool goes on:", pool.submit(slow_square, 7, 0.0).result())
+        fetch = pool.options(retries=3, retry_on=ConnectionError, backoff=0.01, name="fetch")
+        flaky = fetch.submit(Flaky(failures=2))
+        print(f"    {flaky.result(timeout=10)!r} after {flaky.attempts} attempts")
+
+        step("9. a task group: the first failure stops the rest")
+        started = time.monotonic()
+        try:
+            with shoal.TaskGroup(pool) as group:
+                running = group.submit(spin, 30)  # one thread
+                group.submit(parse_soon, "not a number")  # the other
+                queued = group.submit(spin, 30)  # waits for a thread
+        except* ValueError as failures:
+            print(f"    {failures.exceptions[0]!r}")
+        left = time.monotonic() - started
+        print(
+            f"    the running call stopped: {running.cancelled()}, the queued one "
+            f"cancelled: {queued.cancelled()}; the block left after {left:.1f} s"
+        )
+
+    step("10. shut down: every worker is gone")
     print("   done.")
 
 
