@@ -4,7 +4,9 @@
 queue it shares with the pool's dispatcher thread and wakes that thread;
 the dispatcher sends it to a worker (see ``_dispatcher``). When the
 dispatcher is idle and so is a worker, ``submit`` writes the call to that
-worker itself instead, saving a thread wake-up (``_handover``). What survives what:
+worker itself instead, saving a thread wake-up (``_handover``). Calls with
+options (a timeout, retries, a priority) are in ``_control`` and ``_backlog``.
+What survives what:
 
 * A worker that dies (a segfault, ``os._exit``, SIGKILL, the OOM killer)
   fails only the calls it held, each with :class:`shoal.WorkerLostError`
@@ -76,14 +78,17 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 from .. import _clock
 from .._executor import Executor, as_index
 from .._future import Future
-from .._options import DEFAULT_OPTIONS, TaskOptions
+from .._options import DEFAULT_OPTIONS, TaskOptions, queue_key
 from .._process_errors import BrokenProcessPool
 from .._stats import ExecutorStatistics
 from . import _runs, _shm, _wire
+from ._control import Stopper
 from ._dispatcher import Dispatcher
+from ._exit_report import report_failed_at_exit
 from ._lifecycle import main_by_value, usable_cpus
 from ._shared import Shared
-from ._tasks import Queued, Task, count_calls
+from ._start import preload_in_forkserver
+from ._tasks import OptionTask, Queued, Task, count_calls
 
 __all__ = ("ProcessPoolExecutor", "default_context")
 
@@ -126,59 +131,7 @@ def _python_exit() -> None:
     for shared, dispatcher in pools:
         dispatcher.join()
         if stop is None and shared.left_at_exit:
-            _report_failed_at_exit(shared.left_at_exit)
-
-
-# How many failed calls _report_failed_at_exit() names one by one.
-_REPORT_AT_EXIT = 10
-
-
-def _report_failed_at_exit(left: list[tuple[str, Future[Any]] | _runs.MapRun]) -> None:
-    """Say on stderr which calls, submitted before the program ended, failed after it.
-
-    Their futures are done, but nobody is left to look at them: without this,
-    a call whose worker could not run it (or that raised) would be lost
-    without a word. Calls watched by a done-callback are not listed: the
-    callback saw the outcome.
-    """
-    failures: list[str] = []
-    for entry in left:
-        if isinstance(entry, _runs.MapRun):
-            if not entry.cancelled:
-                failures.extend(
-                    f"{entry.describe(index)}: {_one_line(outcome.error)}"
-                    for index, outcome in enumerate(entry.results)
-                    if type(outcome) is _runs.Failed
-                )
-            continue
-        name, future = entry
-        if future.done() and not future.cancelled():
-            error = future.exception()
-            if error is not None:
-                failures.append(f"{name}: {_one_line(error)}")
-    if not failures:
-        return
-    lines = [
-        f"shoal: {len(failures)} call(s) submitted to a process pool before the program "
-        "ended failed after it ended, with nobody left to see it:",
-        *(f"  {line}" for line in failures[:_REPORT_AT_EXIT]),
-    ]
-    if len(failures) > _REPORT_AT_EXIT:
-        lines.append(f"  ... and {len(failures) - _REPORT_AT_EXIT} more")
-    lines.append(
-        "  (wait for the futures, or call shutdown(), before the program ends to see "
-        "each error where it happens)"
-    )
-    try:
-        sys.stderr.write("\n".join(lines) + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):  # no usable stderr: nothing more to do
-        pass
-
-
-def _one_line(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}".splitlines()
-    return text[0] if text else type(error).__name__
+            report_failed_at_exit(shared.left_at_exit)
 
 
 def _after_fork_in_child() -> None:
@@ -200,44 +153,12 @@ def default_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-_WORKER_MODULE = "shoal.process._worker"
-
-
-def _preload_in_forkserver(ctx: multiprocessing.context.BaseContext) -> None:
-    """Have the forkserver import shoal's worker module once, before it forks any worker.
-
-    Each worker then starts with shoal imported (about 50 ms less here per
-    worker): a new pool, a worker replacing one that died, and every
-    recycling under ``max_tasks_per_child`` start that much sooner. The
-    modules already listed (``__main__`` by default, or the user's choice)
-    stay. It has an effect only when the forkserver has not started yet; it
-    reads a private attribute, and does nothing if that ever changes.
-    """
-    if ctx.get_start_method() != "forkserver":
-        return
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    modules = getattr(server, "_preload_modules", None)
-    if isinstance(modules, list) and _WORKER_MODULE not in modules:
-        server.set_forkserver_preload([*modules, _WORKER_MODULE])  # type: ignore[union-attr]
-
-
 def _describe(fn: object) -> str:
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
     if isinstance(qualname, str):
         return f"{module}.{qualname}" if isinstance(module, str) else qualname
     return repr(fn)
-
-
-def _shut_down_abandoned(shared: Shared) -> Callable[[object], None]:
-    def callback(_: object) -> None:
-        with shared.lock:
-            shared.shutdown = True
-            shared.wake()
-
-    return callback
 
 
 class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
@@ -300,7 +221,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._max_workers = max_workers
         self._mp_context = mp_context
         self._context: multiprocessing.context.BaseContext = mp_context
-        _preload_in_forkserver(mp_context)
+        preload_in_forkserver(mp_context)
         self._by_value = main_by_value(mp_context)
         self._max_tasks_per_child = max_tasks_per_child
         self._idle_timeout = idle_timeout
@@ -333,6 +254,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                 # with the reason.
                 self._initializer_objects = (initializer, self._initargs)
         self._shared = Shared()
+        # cancel(force=True) of this pool's calls (see _control).
+        self._stopper = Stopper(self._shared)
         self._ids = itertools.count()
         self._dispatcher: Dispatcher | None = None
 
@@ -353,10 +276,49 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
         future: Future[T] = Future()
+        future._stopper = self._stopper
         shared = self._shared
         task = Task(next(self._ids), future, fn, args, kwargs)
         if not (shared.parked and self._send_now(task)):
             self._enqueue((task,))
+        return future
+
+    def _submit_with(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future[T]:
+        """``submit`` of a call with options (see ``Executor.options``).
+
+        ``timeout``: the worker running the call past it is stopped (SIGTERM,
+        then SIGKILL after half a second) and replaced; the future fails
+        with ``TaskTimeoutError`` at once, the calls that worker held but had
+        not started go to other workers. ``retries``: the failed run goes
+        out again after its backoff, from the dispatcher. ``priority``: see
+        ``_backlog``. Such calls always go through the dispatcher (no
+        hand-over).
+        """
+        if options.plain:
+            return self.submit(fn, *args, **kwargs)
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
+        future: Future[T] = Future()
+        future._stopper = self._stopper
+        future._name = options.name
+        task_id = next(self._ids)
+        task = OptionTask(
+            task_id,
+            future,
+            fn,
+            args,
+            kwargs,
+            options=options,
+            key=queue_key(options, _clock.monotonic(), task_id),
+            again=self._shared.again,
+        )
+        self._enqueue((task,), ranked=options.priority != 0)
         return future
 
     def _send_now(self, task: Task) -> bool:
@@ -450,13 +412,18 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._enqueue((run,) if items else ())
         return _runs.results(run, deadline)
 
-    def _enqueue(self, tasks: Iterable[Queued]) -> None:
-        """Queue ``tasks`` for the dispatcher (started on first use) and wake it."""
+    def _enqueue(self, tasks: Iterable[Queued], *, ranked: bool = False) -> None:
+        """Queue ``tasks`` for the dispatcher (started on first use) and wake it.
+
+        ``ranked``: one of them has a priority (the dispatcher ranks its backlog).
+        """
         shared = self._shared
         started = None
         with shared.lock:
             self._check_open()
             shared.queue.extend(tasks)
+            if ranked:
+                shared.ranked = True
             if self._dispatcher is None:
                 started = self._start_dispatcher()
         # Outside the lock: a write to the pipe lets the dispatcher run, and
@@ -499,7 +466,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._dispatcher = dispatcher
         with _global_lock:
             _dispatchers[self._serial] = (shared, dispatcher)
-        weakref.finalize(self, _shut_down_abandoned(shared), None)
+        weakref.finalize(self, shared.abandoned)
         return dispatcher
 
     # -- stopping --------------------------------------------------------------
@@ -512,7 +479,22 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         Args:
             wait: block until every call has finished and the workers are gone.
             cancel_futures: cancel the calls not yet sent to a worker.
+            timeout: seconds from now; the calls still running then are
+                stopped (their workers killed) and fail with
+                ``TaskTimeoutError``, those not started are cancelled, and
+                no worker is left. With ``wait``, returns by then, plus the
+                moment it takes to kill and reap the workers.
         """
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"shutdown(timeout=...) must be a number or None, not {timeout!r}")
+            if not timeout >= 0:
+                raise ValueError(f"shutdown(timeout=...) must be 0 or more, not {timeout!r}")
+            shared = self._shared
+            with shared.lock:
+                if shared.stop_at is None:
+                    shared.stop_at = _clock.monotonic() + timeout
+                    shared.stop_timeout = float(timeout)
         self._stop(None, wait=wait, cancel_futures=cancel_futures)
 
     def terminate_workers(self) -> None:
@@ -544,7 +526,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             shared.wake()
             dispatcher = self._dispatcher
         for task in cancelled:
-            if type(task) is Task:
+            if isinstance(task, Task):
                 task.future._cancel_queued()
             elif type(task) is _runs.MapRun:
                 task.cancel_rest()

@@ -45,9 +45,12 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ("MAIN_KEYS", "without_main")
+if TYPE_CHECKING:
+    import multiprocessing.context
+
+__all__ = ("MAIN_KEYS", "preload_in_forkserver", "without_main")
 
 # The entries of the preparation data that make a child import the main module.
 MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
@@ -95,3 +98,26 @@ def without_main(name: str, skip: bool = True) -> Iterator[None]:
         yield
     finally:
         _local.starting = None
+
+
+_WORKER_MODULE = "shoal.process._worker"
+
+
+def preload_in_forkserver(ctx: multiprocessing.context.BaseContext) -> None:
+    """Have the forkserver import shoal's worker module once, before it forks any worker.
+
+    Each worker then starts with shoal imported (about 50 ms less here per
+    worker): a new pool, a worker replacing one that died, and every
+    recycling under ``max_tasks_per_child`` start that much sooner. The
+    modules already listed (``__main__`` by default, or the user's choice)
+    stay. It has an effect only when the forkserver has not started yet; it
+    reads a private attribute, and does nothing if that ever changes.
+    """
+    if ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    modules = getattr(server, "_preload_modules", None)
+    if isinstance(modules, list) and _WORKER_MODULE not in modules:
+        server.set_forkserver_preload([*modules, _WORKER_MODULE])  # type: ignore[union-attr]

@@ -3,7 +3,9 @@
 Three kinds of entry travel from ``submit``/``map`` to the workers:
 
 * :class:`Task`: one call of ``submit()`` (or of a lazy or unordered
-  ``map()``), with its own future;
+  ``map()``), with its own future; an :class:`OptionTask` is one that
+  carries options (``executor.options(...)``): a timeout, retries, a
+  priority, a name;
 * :class:`~._runs.MapRun`: the calls of an eager, ordered ``map()`` not cut
   into slices yet;
 * :class:`~._runs.Slice`: calls of a run, sent (or about to be sent) to one
@@ -39,13 +41,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .. import _options
 from .._future import CANCELLED, PENDING, RUNNING, Future
+from .._options import DEFAULT_OPTIONS, TaskOptions
 from ._runs import Failed, MapRun, Slice
 
 if TYPE_CHECKING:
     from . import _wire
 
 __all__ = (
+    "OptionTask",
     "Queued",
     "Sent",
     "Task",
@@ -62,6 +67,7 @@ class Task:
     __slots__ = ("args", "blob", "fn", "future", "id", "kwargs", "slot", "whole")
 
     run: MapRun | None = None  # a call of its own, not of a map
+    options: TaskOptions = DEFAULT_OPTIONS  # an OptionTask has its own
 
     def __init__(
         self,
@@ -123,6 +129,13 @@ class Task:
             return 0
         return 1 if set_exception(future, error) else 0
 
+    def failed(self, error: BaseException) -> int:
+        """A run failed with ``error`` (its worker died, its timeout ran out): as ``fail``.
+
+        An OptionTask may run again instead.
+        """
+        return self.fail(error)
+
     def settle(self, outcome: Any) -> bool:
         """The call ended with ``outcome``, a result or a Failed. True: it has ended."""
         try:
@@ -140,6 +153,73 @@ class Task:
         if future.done() or future._callbacks is not None:
             return None
         return self.describe(), future
+
+
+class OptionTask(Task):
+    """A call that carries options: its timeout, retries, priority and name.
+
+    It keeps its arguments across runs (each retry pickles them afresh: the
+    pickle of a run is let go when that run ends) and the failures of its
+    earlier runs. ``again`` is where it puts itself when a run failed and
+    it is to run again: a list the dispatcher drains (see ``_control``).
+    """
+
+    __slots__ = ("again", "earlier", "key", "options", "saved")
+
+    def __init__(
+        self,
+        task_id: int,
+        future: Future[Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        options: TaskOptions,
+        key: tuple[float, int],
+        again: list[tuple[float, OptionTask]],
+    ) -> None:
+        super().__init__(task_id, future, fn, args, kwargs)
+        self.options = options
+        self.key = key  # _options.queue_key: lower starts first
+        self.saved = (args, kwargs)
+        self.earlier: list[BaseException] = []
+        self.again = again  # owned by the dispatcher thread
+
+    def describe(self) -> str:
+        return f"task {self.id} ({_options.call_name(self.options, self.fn)})"
+
+    def repickle(self) -> None:
+        """Before it goes out again: its arguments back, to be pickled afresh."""
+        self.blob = None
+        self.whole = False
+        self.args, self.kwargs = self.saved
+
+    def settle(self, outcome: Any) -> bool:
+        if type(outcome) is Failed:
+            self.failed(outcome.error)
+        else:
+            try:
+                self.future.set_result(outcome)
+            except Exception:
+                pass  # already done: a forced cancel got there first
+        return True
+
+    def failed(self, error: BaseException) -> int:
+        """A run failed with ``error``: run it again if the options say so, else fail it.
+
+        1 if that failed the future, else 0 (it runs again, or was done).
+        """
+        future = self.future
+        if future._state != RUNNING:
+            return 0  # cancelled with force, or done: this run's outcome is dropped
+        delay = _options.retry_delay(self.options, error, future._attempts)
+        if delay is not None:
+            self.earlier.append(error)
+            self.again.append((delay, self))
+            return 0
+        self.saved = ((), {})
+        error = _options.with_earlier_failures(error, self.earlier)
+        return 1 if set_exception(future, error) else 0
 
 
 # What the pool's queue and the dispatcher's backlog hold: single calls, the
