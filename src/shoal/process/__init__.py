@@ -13,6 +13,10 @@ parent side
                    breaking and stopping
   ``_tasks``       the task kinds (``_runs``: the calls of a ``map()``)
   ``_policy``      the scheduling decisions, as pure functions
+  ``_backlog``     the calls not sent: FIFO, or ranked once a priority is
+                   used; calls sent ahead taken back (steals, give-backs)
+  ``_control``     stopping running calls (timeouts, ``cancel(force=True)``)
+                   and retries; ``_deadlines``: the dispatcher's timers
   ``_batch``       a worker's calls, pickled into one RUN message
   ``_answers``     the workers' answers and control messages, settled
   ``_handover``    the latency path: a submitter sends to an idle worker
@@ -20,6 +24,7 @@ parent side
   ``_lifecycle``   the crew of workers: starting, retiring, what a dead one left
   ``_start``       starting a worker without importing the main module
   ``_segments``    shared-memory segments kept for the calls that carry them
+  ``_exit_report`` the calls that failed after the program ended, on stderr
 both sides
   ``_frames``      the messages and their framing
   ``_wire``        the pickles of calls and results, big buffers out of band
