@@ -376,6 +376,9 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         ids = self._ids
         no_kwargs = _NO_KWARGS
         tasks = [Task(next(ids), Future(), fn, args, no_kwargs) for args in arguments]
+        stopper = self._stopper
+        for task in tasks:
+            task.future._stopper = stopper
         self._enqueue(tasks)
         return [task.future for task in tasks]
 
