@@ -13,9 +13,12 @@ Two parts, served in this order:
   them) and marked ``stolen`` there until it has.
 * ``ranked``: a heap in ``_options.queue_key`` order, used from the moment a
   call with a priority is queued until it is empty again (see
-  ``_policy.rank``). Calls sent ahead that such a call outranks, when no
-  worker is free, are given back into it (``give_back``), just behind the
-  call that outranked them.
+  ``_policy.rank``); the calls waiting in ``fifo`` when it starts join it.
+  Calls sent ahead that such a call outranks, when no worker is free, are
+  given back into it (``give_back``), just behind the call that outranked
+  them. Calls that come back while it is in use (a dead or stopped
+  worker's, a retry) still go to the front of ``fifo``, ahead of it: they
+  had their turn already.
 
 Concurrency: the dispatcher thread only; ``count()`` may be read by
 ``statistics()`` as a snapshot.
@@ -61,8 +64,12 @@ class Backlog:
         if not ranked and not self.ranked:
             self.fifo.extend(incoming)
             return None
-        entries = list(incoming)
-        _policy.rank(self.ranked, entries, now, self._order)
+        if not self.ranked:
+            # Ranking starts: the calls waiting join the heap too, by their
+            # keys (a plain call's is "now", ahead of those arriving now).
+            _policy.rank(self.ranked, self.fifo, now, self._order)
+            self.fifo.clear()
+        _policy.rank(self.ranked, incoming, now, self._order)
         best = self.ranked[0] if self.ranked else None
         return None if best is None else (best[0], best[1])
 
