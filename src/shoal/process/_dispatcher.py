@@ -381,7 +381,8 @@ class Dispatcher:
             self._backlog.extendleft(reversed(left))
         if frame is not None:
             self._crew.write(worker, frame)
-            self._control.watch(worker)
+            if self._shared.timeouts:
+                self._control.watch(worker)
 
     # -- receiving ---------------------------------------------------------
 
@@ -402,7 +403,8 @@ class Dispatcher:
                     self._crew.retire(worker)
         if not worker.closed:
             mark_head(worker)
-            self._control.watch(worker)
+            if self._shared.timeouts:
+                self._control.watch(worker)
 
     def _release(self, entry: Queued) -> None:
         """Let go of a call that will not run (cancelled) or goes out again: its segments too."""
@@ -446,8 +448,7 @@ class Dispatcher:
         held, started = _lifecycle.unanswered(worker, self._release)
         how = _lifecycle.signal_name(exitcode)
         if worker.stop_target is not None:
-            # Killed (or dead) while stopping a call: that call's future is
-            # settled; the others it held run elsewhere, none is lost.
+            # Stopped: that call's future is settled, the others run elsewhere.
             back = self._control.after_stop(worker, held)
             self._backlog.extendleft(reversed(back))
             LOGGER_PROCESS.debug("%s (pid %s) stopped %s", worker.name, process.pid, how)

@@ -318,6 +318,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             key=queue_key(options, _clock.monotonic(), task_id),
             again=self._shared.again,
         )
+        if options.timeout is not None:
+            self._shared.timeouts = True  # before the task can be seen
         self._enqueue((task,), ranked=options.priority != 0)
         return future
 

@@ -73,6 +73,9 @@ class Shared:
     # A call with a priority was queued: the dispatcher ranks its backlog
     # (see _policy.rank); it clears the flag when it takes the queue.
     ranked: bool = False
+    # A call with a timeout was submitted: from then on the dispatcher
+    # watches the first call of each worker (see _control.watch). Set once.
+    timeouts: bool = False
     # cancel(force=True): (future, done) for the dispatcher to stop the
     # worker running that call; it sets ``done`` once it has (see _control).
     stop_requests: list[tuple[Future[Any], threading.Event]] = field(default_factory=list)
