@@ -7,16 +7,18 @@ queues) and answer; here those tables are built by hand.
 from __future__ import annotations
 
 import collections
+import itertools
 import types
 from typing import Any
 
 import pytest
 
 import shoal
+from shoal._options import PRIORITY_STEP_SECONDS, TaskOptions, queue_key
 from shoal.process import _policy
 from shoal.process._channel import Worker
 from shoal.process._runs import Failed, MapRun, Slice
-from shoal.process._tasks import Task
+from shoal.process._tasks import OptionTask, Task
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -218,3 +220,86 @@ def test_after_death_unpickling_a_slice_sends_its_calls_one_by_one() -> None:
     part = run.cut(4)  # not loaded: the worker died unpickling its items
     lost, back = _policy.after_death([part], started=True)
     assert lost is None and back == [part] and part.singly
+
+
+# -- after_stop, rank, take_ranked, outranked -------------------------------------------
+
+
+def make_option_task(task_id: int, priority: int, submitted: float, slot: int = -1) -> Any:
+    options = TaskOptions(priority=priority)
+    task = OptionTask(
+        task_id,
+        shoal.Future(),
+        abs,
+        (task_id,),
+        {},
+        options=options,
+        key=queue_key(options, submitted, task_id),
+        again=[],
+    )
+    task.slot = slot
+    return task
+
+
+def test_after_stop_sends_every_other_call_elsewhere() -> None:
+    stopped, behind, other = make_task(1), make_task(2, slot=4), make_task(3)
+    assert _policy.after_stop([stopped, behind, other], stopped) == [behind, other]
+    # The stopped call had answered: nothing of what is left is lost either.
+    assert _policy.after_stop([behind, other], stopped) == [behind, other]
+
+
+def test_ranked_calls_go_by_priority_then_submission() -> None:
+    heap: list[_policy.RankedItem] = []
+    order = itertools.count()
+    low = make_option_task(1, -1, submitted=100.0)
+    high = make_option_task(2, 2, submitted=100.0)
+    mid_first, mid_second = make_option_task(3, 1, 100.0), make_option_task(4, 1, 100.0)
+    plain = make_task(5)
+    _policy.rank(heap, [low, high, mid_first, mid_second, plain], 100.0, order)
+    taken = _policy.take_ranked(heap, 10)
+    assert taken == [high, mid_first, mid_second, plain, low]
+    assert not heap
+
+
+def test_ranked_calls_age() -> None:
+    heap: list[_policy.RankedItem] = []
+    old = make_option_task(1, 0, submitted=0.0)
+    # One step of priority is worth PRIORITY_STEP_SECONDS of waiting.
+    newer = make_option_task(2, 1, submitted=PRIORITY_STEP_SECONDS + 1.0)
+    _policy.rank(heap, [old, newer], 20.0, itertools.count())
+    assert _policy.take_ranked(heap, 1) == [old]
+    assert _policy.take_ranked(heap, 1) == [newer]
+
+
+def test_take_ranked_cuts_a_map_run_and_keeps_its_place() -> None:
+    heap: list[_policy.RankedItem] = []
+    run = MapRun(abs, list(range(10)), False)
+    later = make_task(7)
+    _policy.rank(heap, [run, later], 1.0, itertools.count())
+    first = _policy.take_ranked(heap, 4)
+    assert [len(part) for part in first] == [4]
+    rest = _policy.take_ranked(heap, 20)
+    assert [len(part) for part in rest] == [6, 1]
+    assert rest[1] is later
+
+
+def test_outranked_only_when_no_worker_is_free() -> None:
+    busy, free = make_worker(3), make_worker(4)
+    low = make_option_task(1, 0, submitted=5.0, slot=2)
+    hold(busy, [make_task(0), low])
+    assert _policy.outranked([busy, free], (0.0, 9), 10.0, None) == []
+    assert _policy.outranked([busy], (0.0, 9), 10.0, None) == [(busy, [low])]
+
+
+def test_outranked_leaves_better_started_and_taken_calls() -> None:
+    worker = make_worker(3)
+    running = make_task(0)  # no slot: the call it runs
+    better = make_option_task(1, 3, submitted=5.0, slot=1)
+    plain = make_task(2, slot=2)  # keyed "now": overtaken by any better key
+    taken = make_task(3, slot=3)
+    cancelled = make_task(4, slot=4)
+    cancelled.future.cancel()
+    hold(worker, [running, better, plain, taken, cancelled])
+    worker.stolen[3] = 3
+    best = (5.0 - PRIORITY_STEP_SECONDS, 9)
+    assert _policy.outranked([worker], best, 10.0, None) == [(worker, [plain])]

@@ -12,9 +12,12 @@ parent side
                    queue, the flags, the wake pipe, the counters
   ``_dispatcher``  the dispatcher thread: its loop, dispatching, crashes,
                    breaking and stopping
-  ``_tasks``       the task kinds (``_runs``: the calls of a ``map()``), and
-                   the report of calls that failed after the program ended
+  ``_tasks``       the task kinds (``_runs``: the calls of a ``map()``)
   ``_policy``      the scheduling decisions, as pure functions
+  ``_backlog``     the calls not sent: FIFO, or ranked once a priority is
+                   used; calls sent ahead taken back (steals, give-backs)
+  ``_control``     stopping running calls (timeouts, ``cancel(force=True)``)
+                   and retries; ``_deadlines``: the dispatcher's timers
   ``_batch``       a worker's calls, pickled into one RUN message
   ``_answers``     the workers' answers and control messages, settled
   ``_handover``    the latency path: a submitter sends to an idle worker
@@ -23,6 +26,7 @@ parent side
   ``_start``       the default start method, the fork server's preload,
                    starting a worker without importing the main module
   ``_segments``    shared-memory segments kept for the calls that carry them
+  ``_exit_report`` the calls that failed after the program ended, on stderr
 both sides
   ``_frames``      the messages and their framing
   ``_wire``        the pickles of calls and results, big buffers out of band

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _clock
-from .._future import CANCELLED
+from .._future import CANCELLED, RUNNING
 from .._process_errors import UnpicklingFailedError
 from . import _frames, _remote, _shm, _wire
 from ._runs import Failed, MapRun, Slice
@@ -81,13 +81,16 @@ class Answers:
         # Whether any call in flight carries shared memory: only then is
         # each answered call looked at for it.
         heavy = worker.heavy
+        # A worker asked to stop a call: its answers go the general way,
+        # where that call's is dropped (see _control).
+        stopping = worker.stop_target is not None
         with memoryview(inbox) as view:
             # No slice of the view may outlive this loop: the inbox is
             # resized below, which needs every export released.
             for start, offset in _frames.frames(view, len(inbox)):
                 if view[start] == result_mark:
                     task_id, ok, duration = unpack_answer(view, start + 1)
-                    if ok and in_flight and not answers:
+                    if ok and in_flight and not answers and not stopping:
                         task = in_flight[0]
                         if task.id != task_id:  # pragma: no cover - answers come in order
                             raise RuntimeError(
@@ -161,6 +164,13 @@ class Answers:
                 raise RuntimeError(f"{worker.name} answered task {task_id}, expected {task.id}")
             answered += 1
             total += duration
+            if task is worker.stop_target:
+                # The call it was asked to stop: its future is settled (or it
+                # runs again elsewhere), and its pickle was let go then.
+                worker.stop_target = None
+                in_flight.popleft()
+                _shm.discard(blob)
+                continue
             if ok:
                 try:
                     value = _wire.loads(blob)
@@ -172,7 +182,8 @@ class Answers:
                     del value
             else:
                 finished = task.settle(Failed(self._call_error(worker, task, blob)))
-                failed += 1
+                if task.run is not None or task.future._state != RUNNING:
+                    failed += 1  # not a run that goes again
             if task.run is not None:
                 runs[id(task.run)] = task.run
             if finished:

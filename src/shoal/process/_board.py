@@ -30,14 +30,25 @@ sends it): it costs nothing, and the hand-over's latency stays as it was.
 
 The board also says which call the worker runs and since when
 (``current``: the task id and its ``time.monotonic()`` start, which is the
-same clock in every process on Linux): what a timeout counts from.
+same clock in every process on Linux): what a timeout counts from. And it
+carries the parent's request to stop the running call (``stop``: which
+call, and why: its timeout or ``cancel(force=True)``), which the worker's
+``shoal.cancelled()`` and its SIGTERM handler read (see ``_worker``)::
+
+    dispatcher                         board                    worker
+    stop(id, ...): under the lock,     current[0] == id?        runs call id
+      close the open slots, then  -->  STOP_REASON, STOP_ID
+    SIGTERM ------------------------------------------------->  handler: raises the
+                                                                stop error in call id
 
 Concurrency:
   The board's bytes are written under ``lock`` only, by the worker's main
   thread and by any thread of the parent (``cancel()`` runs in the user's
-  thread). ``current`` is written by the worker alone (a "writing" mark,
-  the start, then the id) and read by the parent without the lock (id,
-  start, id again).
+  thread). ``current[0:2]`` is written by the worker alone (a "writing"
+  mark, the start, then the id) and read by the parent without the lock
+  (id, start, id again). ``current[2:4]`` (the stop request) is written by
+  the dispatcher alone, under the lock (the reason, then the id), and read
+  by the worker without it.
   The lock is held for a few bytecodes and never while any other lock is
   taken, except a future's ``_condition`` (taken first, by ``cancel()``).
   A worker killed while holding the lock would keep it forever: the parent
@@ -54,7 +65,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
 
-__all__ = ("CLOSED", "OPEN", "SLOTS", "STARTED", "Board", "start")
+__all__ = (
+    "CLOSED",
+    "OPEN",
+    "SLOTS",
+    "STARTED",
+    "STOP_CANCEL",
+    "STOP_TIMEOUT",
+    "Board",
+    "start",
+    "stop_asked",
+)
 
 OPEN = 0
 STARTED = 1
@@ -67,6 +88,13 @@ SLOTS = 1024
 # ``current[0]`` while the worker writes ``current``.
 _WRITING = -2.0
 
+# Where ``current`` holds the stop request: the call's id (-1: none), and why.
+STOP_ID = 2
+STOP_REASON = 3
+# Why a call is stopped: its timeout ran out, or cancel(force=True).
+STOP_TIMEOUT = 1.0
+STOP_CANCEL = 2.0
+
 # How long the parent waits for the lock before it looks whether the worker died.
 _LOCK_WAIT = 0.05
 
@@ -78,9 +106,11 @@ class Board:
 
     def __init__(self, ctx: BaseContext) -> None:
         self.states: Any = ctx.RawArray("B", SLOTS)
-        # [task id, monotonic start] of the call the worker runs; id -1: none yet.
-        self.current: Any = ctx.RawArray("d", 2)
+        # [task id, monotonic start] of the call the worker runs (id -1: none
+        # yet, or a map's slice), then [id, reason] of the call to stop (-1: none).
+        self.current: Any = ctx.RawArray("d", 4)
         self.current[0] = -1.0
+        self.current[STOP_ID] = -1.0
         self.lock: Any = ctx.Lock()
         self.dead = False  # set by the dispatcher once the worker has died
 
@@ -127,6 +157,37 @@ class Board:
             lock.release()
         return closed
 
+    def stop(self, task_id: int, slot: int, others: list[int], reason: float) -> list[int] | None:
+        """Ask the worker to stop call ``task_id`` (in ``slot``, -1: none).
+
+        None if the call has not started: its slot is closed, it never will
+        (nothing else changes). Else the call runs (or has just ended): the
+        stop request is written, and the slots of ``others`` not started are
+        closed so that the worker starts none of them; returns those closed.
+        Without the lock (a worker killed holding it), only the request is
+        written.
+        """
+        states = self.states
+        current = self.current
+        lock = self.lock
+        locked = lock.acquire(timeout=_LOCK_WAIT)
+        try:
+            if slot >= 0 and states[slot] == OPEN and locked:
+                states[slot] = CLOSED
+                return None
+            current[STOP_REASON] = reason
+            current[STOP_ID] = float(task_id)
+            closed: list[int] = []
+            if locked:
+                for other in others:
+                    if states[other] == OPEN:
+                        states[other] = CLOSED
+                        closed.append(other)
+            return closed
+        finally:
+            if locked:
+                lock.release()
+
     def started(self, slot: int) -> bool:
         """Whether the call in ``slot`` started; only once the worker is dead."""
         return bool(self.states[slot] == STARTED)
@@ -159,3 +220,11 @@ def start(board: tuple[Any, Any, Any], slot: int, task_id: int) -> bool:
     current[1] = time.monotonic()
     current[0] = float(task_id)
     return True
+
+
+def stop_asked(current: Any) -> float:
+    """In the worker: why the call it runs now is to stop (``STOP_*``), or 0.0: it is not."""
+    task_id = current[0]
+    if task_id >= 0 and current[STOP_ID] == task_id:
+        return float(current[STOP_REASON])
+    return 0.0

@@ -19,6 +19,8 @@ Concurrency:
   ``outbox`` and ``parts`` and count ``sent``, ``calls`` and ``heavy``
   (see ``_handover``). ``statistics()`` reads lengths and counters without
   a lock (a snapshot). The board has a lock of its own (``_board``).
+  ``stop_target`` and ``timed`` are the dispatcher's
+  (``_control``).
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class Worker:
         "since_idle",
         "sock",
         "stolen",
+        "stop_target",
+        "timed",
     )
 
     def __init__(self, process: BaseProcess, sock: Any, name: str, board: _board.Board) -> None:
@@ -94,6 +98,11 @@ class Worker:
         # Calls taken by another worker, still in in_flight until this one
         # answers SKIPPED for them: task id -> the slot they hold here.
         self.stolen: dict[int, int] = {}
+        # Set by _control: the call it was asked to stop, until that call's
+        # answer comes (then dropped) or the worker dies (it retires: no
+        # call is sent to it any more); the call whose timeout is watched.
+        self.stop_target: Sent | None = None
+        self.timed: Sent | None = None
 
     def held(self) -> Iterator[Sent]:
         """The calls it holds that no other worker took.

@@ -27,7 +27,9 @@ to say. A call sent ahead is still the caller's (``_board``): it can be
 cancelled, or taken by an idle worker, until its worker starts it.
 
 The other modules of the process pool (listed in ``shoal.process``) own
-the rest: the task kinds, the policy, the messages, the workers.
+the rest: the task kinds, the policy, the messages, the workers; the
+backlog's order (``_backlog``: FIFO, or ranked once a priority is used);
+timeouts, forced cancels and retries (``_control``, ``_deadlines``).
 
 Concurrency:
   Threads: user threads touch only ``Shared`` (under ``Shared.lock``) and
@@ -66,13 +68,16 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import _clock
+from .. import _clock, _options
 from .._future import LOGGER, PENDING, Future
 from .._process_errors import BrokenProcessPool
 from . import _handover, _lifecycle, _policy, _segments, _shm, _wire, _worker
 from ._answers import Answers, mark_head
+from ._backlog import Backlog
 from ._batch import MAX_HEAVY_IN_FLIGHT, Batcher
 from ._channel import READ_CHUNK, Worker
+from ._control import Control
+from ._deadlines import nearest
 from ._lifecycle import LOGGER_PROCESS, Crew
 from ._runs import MapRun
 from ._tasks import Queued, Sent, Task, count_calls, left_behind
@@ -146,12 +151,15 @@ class Dispatcher:
         }
         self._crew = Crew(ctx, self._selector, shared, config, serial)
         self._workers = self._crew.workers  # by socket fd
-        # Calls taken from Shared.queue, not yet sent to a worker, in order.
+        # Calls taken from Shared.queue, not yet sent to a worker, in order
+        # (the FIFO part of _waiting, which also ranks them: see _backlog).
         self._backlog: collections.deque[Queued] = collections.deque()
+        self._waiting = Backlog(self._backlog)
         # Calls taken from the backlog by the _send() under way.
         self._sending: list[Sent] = []
         self._batcher = Batcher(shm_prefix, self.segments, self.main_by_value, self._release)
         self._answers = Answers(shared, self.segments, self._backlog, self._release)
+        self._control = Control(shared, self._crew, self._backlog, self.segments, self._read)
         # Workers that died in a row before they were ready.
         self._startup_deaths = 0
         # Exponentially weighted mean of call durations, seconds; None until measured.
@@ -174,7 +182,7 @@ class Dispatcher:
         A busy worker runs one call; the calls it holds behind that one wait,
         as the backlog's do.
         """
-        return self._crew.counts(count_calls(list(self._backlog)))
+        return self._crew.counts(count_calls(self._waiting.entries()))
 
     def started(self) -> dict[int, float]:
         """When each call running now started, by task id; see ``Crew.started``."""
@@ -193,6 +201,7 @@ class Dispatcher:
         return _handover.send_now(self._shared, task)
 
     def _run(self) -> None:
+        self._shared.dispatcher_ident = threading.get_ident()
         try:
             self._loop()
         except BaseException as exc:
@@ -211,9 +220,12 @@ class Dispatcher:
     def _loop(self) -> None:
         shared = self._shared
         first_dispatched = False
+        control = self._control
         while True:
             timeout = self._crew.next_idle_deadline(self._idle_timeout)
-            if not self._backlog:
+            if control.deadlines or shared.stop_at is not None:
+                timeout = nearest(timeout, control.wait(), shared.stop_at)
+            if not self._waiting:
                 _handover.park(shared, self._workers.values(), self._max_tasks)
             events = self._selector.select(timeout)
             if _handover.unpark(shared):
@@ -221,6 +233,15 @@ class Dispatcher:
                     if worker.outbox or worker.parts:
                         self._crew.flush(worker)
             self._handle_events(events)
+            if shared.stop_requests:
+                control.take_requests()
+            if control.deadlines:
+                control.run_due()
+            if shared.again:
+                control.take_retries()
+            if shared.stop_at is not None and _clock.monotonic() >= shared.stop_at:
+                self._stop_workers("kill", shared.stop_timeout)
+                return
             if shared.stop is not None:
                 self._stop_workers(shared.stop)
                 return
@@ -238,7 +259,7 @@ class Dispatcher:
                 shared.left_at_exit = self._unwatched()
             if shared.cancel_backlog:
                 self._cancel_backlog()
-            if self._idle_timeout is not None and not self._backlog and not shared.queue:
+            if self._idle_timeout is not None and not self._waiting and not shared.queue:
                 self._crew.retire_idle(self._idle_timeout)
             self._dispatch()
             if not first_dispatched:
@@ -249,13 +270,19 @@ class Dispatcher:
                 self._answers.answered = []
                 for blob in answered:
                     self.segments.release(blob)
-            if shared.shutdown and not shared.queue and not self._backlog and not self._crew.busy():
+            if (
+                shared.shutdown
+                and not shared.queue
+                and not self._waiting
+                and not self._crew.busy()
+                and not control.retrying
+            ):
                 self._exit_workers()
                 return
 
     def _unwatched(self) -> list[tuple[str, Future[Any]] | MapRun]:
         """The calls not done yet whose futures have no done-callback, and the map runs."""
-        entries: list[Queued] = [*self._backlog, *self._sending]
+        entries: list[Queued] = [*self._waiting.entries(), *self._sending]
         for worker in self._workers.values():
             entries.extend(worker.held())
         return left_behind(entries)
@@ -264,7 +291,7 @@ class Dispatcher:
         for key, mask in events:
             data = key.data
             if data is None:
-                self._drain_wake_pipe()
+                self._shared.drain_wake_pipe()
                 continue
             kind: str = data[0]
             worker: Worker = data[1]
@@ -280,23 +307,19 @@ class Dispatcher:
             else:
                 self._reap(worker)
 
-    def _drain_wake_pipe(self) -> None:
-        try:
-            while os.read(self._shared.wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        self._shared.woken = False
-
     def _take_queue(self) -> None:
         shared = self._shared
         with shared.lock:
             incoming, shared.queue = shared.queue, collections.deque()
-        self._backlog.extend(incoming)
+            ranked, shared.ranked = shared.ranked, False
+        best = self._waiting.add(incoming, ranked, _clock.monotonic())
+        if best is not None:
+            self._waiting.take_back(self._workers.values(), best, self._max_tasks)
 
     def _cancel_backlog(self) -> None:
         """shutdown(cancel_futures=True): cancel every call that has not started."""
         self._shared.cancel_backlog = False
+        self._waiting.unrank()
         backlog = self._backlog
         # Calls sent once already and running (a slice, a call marked running
         # whose worker died before starting it) stay; calls back from a
@@ -319,10 +342,10 @@ class Dispatcher:
     # -- sending -----------------------------------------------------------
 
     def _dispatch(self) -> None:
-        backlog = self._backlog
+        backlog = self._waiting
         if self._shared.broken is not None:
             return
-        if not backlog and not self._steal():
+        if not backlog and not backlog.steal(self._workers.values(), self._max_tasks):
             return
         share = _policy.share(self._mean_duration)
         for worker in _policy.to_fill(self._workers.values(), share):
@@ -335,13 +358,14 @@ class Dispatcher:
                     break
                 # Held in _sending while they go out: if the dispatcher fails
                 # there (a bug in shoal), _break still finds these calls.
-                self._sending = _policy.take(backlog, room)
+                self._sending = backlog.take(room)
                 self._send(worker, self._sending)
                 self._sending = []
             if not backlog:
                 break
+        waiting = self._backlog if not backlog.ranked else backlog.entries()
         for _ in range(
-            _policy.workers_to_start(backlog, share, self._workers.values(), self._max_workers)
+            _policy.workers_to_start(waiting, share, self._workers.values(), self._max_workers)
         ):
             if not self._spawn():
                 return
@@ -357,44 +381,8 @@ class Dispatcher:
             self._backlog.extendleft(reversed(left))
         if frame is not None:
             self._crew.write(worker, frame)
-
-    def _steal(self) -> bool:
-        """Give an idle worker calls that a busy one holds and has not started.
-
-        Nothing is queued, so a worker with nothing to do would otherwise wait
-        while calls sent ahead to another wait behind that one's long call.
-        The thief takes the later half of the victim's calls still open on
-        its start board (closed there, the victim skips them), and they go out
-        again, first in the queue. True if any were taken.
-        """
-        # Nothing to take unless a worker holds two calls or more: the common
-        # case, looked at on every turn of the loop, costs one pass.
-        for worker in self._workers.values():
-            if worker.open_calls() > 1:
-                break
-        else:
-            return False
-        workers = list(self._workers.values())
-        taken = False
-        for _ in range(_policy.thieves(workers, self._max_tasks)):
-            found = _policy.steal_victim(workers)
-            if found is None:
-                break
-            victim, budget = found
-            candidates = _policy.stealable(victim, budget)
-            closed = set(victim.board.close_many([t.slot for t in candidates]))
-            got = [t for t in candidates if t.slot in closed]
-            if not got:
-                break
-            for task in got:
-                victim.stolen[task.id] = task.slot
-                task.slot = -1
-                task.future._detach_gate()
-            got.reverse()  # the victim's order
-            self._backlog.extendleft(reversed(got))
-            taken = True
-            LOGGER_PROCESS.debug("%d calls taken from %s by an idle worker", len(got), victim.name)
-        return taken
+            if self._shared.timeouts:
+                self._control.watch(worker)
 
     # -- receiving ---------------------------------------------------------
 
@@ -415,6 +403,8 @@ class Dispatcher:
                     self._crew.retire(worker)
         if not worker.closed:
             mark_head(worker)
+            if self._shared.timeouts:
+                self._control.watch(worker)
 
     def _release(self, entry: Queued) -> None:
         """Let go of a call that will not run (cancelled) or goes out again: its segments too."""
@@ -457,6 +447,14 @@ class Dispatcher:
         _shm.unlink_prefix(f"{self._shm_prefix}-w{process.pid}")
         held, started = _lifecycle.unanswered(worker, self._release)
         how = _lifecycle.signal_name(exitcode)
+        if worker.stop_target is not None:
+            # Stopped: that call's future is settled, the others run elsewhere.
+            back = self._control.after_stop(worker, held)
+            self._backlog.extendleft(reversed(back))
+            LOGGER_PROCESS.debug("%s (pid %s) stopped %s", worker.name, process.pid, how)
+            if not shared.shutdown and shared.broken is None:
+                self._spawn()
+            return
         if worker.retiring and exitcode == 0:
             LOGGER_PROCESS.debug("%s (pid %s) left", worker.name, process.pid)
         else:
@@ -499,7 +497,7 @@ class Dispatcher:
         if lost is None:
             return
         self._release(lost)
-        shared.failed += lost.fail(_lifecycle.lost_error(worker, lost, exitcode, replaced))
+        shared.failed += lost.failed(_lifecycle.lost_error(worker, lost, exitcode, replaced))
 
     # -- breaking and stopping ---------------------------------------------
 
@@ -515,9 +513,10 @@ class Dispatcher:
             if shared.broken is None:
                 shared.broken = reason
                 shared.broken_cause = cause
-            queued = list(self._backlog) + list(shared.queue)
+            queued = self._waiting.entries() + list(shared.queue) + self._control.retries()
             shared.queue.clear()
         self._backlog.clear()
+        self._waiting.ranked.clear()
         running = [t for w in self._workers.values() for t in w.in_flight] + (orphans or [])
         for worker in self._workers.values():
             worker.in_flight.clear()
@@ -536,14 +535,27 @@ class Dispatcher:
         for entry in [*queued, *running, *sending]:
             shared.failed += entry.fail(broken())
 
-    def _stop_workers(self, how: str) -> None:
-        """terminate_workers() / kill_workers() / Ctrl-C: stop now, fail what ran."""
+    def _stop_workers(self, how: str, timeout: float | None = None) -> None:
+        """terminate_workers() / kill_workers() / Ctrl-C / shutdown(timeout=...): stop now.
+
+        The calls that ran fail (with ``TaskTimeoutError`` for a shutdown's
+        ``timeout``), the others are cancelled.
+        """
         self._crew.signal_all(how)
         reason = (
             "the worker processes were stopped (terminate_workers(), kill_workers() or "
             "Ctrl-C) while this call ran"
         )
+
+        def error(entry: Queued) -> BaseException:
+            if timeout is None:
+                return BrokenProcessPool(reason)
+            return _options.timeout_error(f"{entry.describe()}, still running at shutdown", timeout)
+
         shared = self._shared
+        self._waiting.unrank()
+        for retry in self._control.retries():
+            shared.failed += retry.fail(error(retry))
         for worker in list(self._workers.values()):
             worker.process.join(EXIT_GRACE_SECONDS)
             held, started = _lifecycle.unanswered(worker, self._release)
@@ -552,7 +564,8 @@ class Dispatcher:
                 if (index or not started) and entry.cancel_unsent():
                     self._release(entry)
                     continue
-                shared.failed += entry.fail(BrokenProcessPool(reason))
+                if entry is not worker.stop_target:
+                    shared.failed += entry.fail(error(entry))
             self._crew.forget(worker)
         with shared.lock:
             queued = list(self._backlog) + list(shared.queue)
@@ -562,7 +575,7 @@ class Dispatcher:
             if waiting.cancel_unsent():
                 self._release(waiting)
             else:  # a slice, or a call marked running, back after a crash
-                shared.failed += waiting.fail(BrokenProcessPool(reason))
+                shared.failed += waiting.fail(error(waiting))
 
     def _exit_workers(self) -> None:
         """Shutdown with nothing left to run: ask every worker to leave, then wait."""

@@ -14,7 +14,15 @@ No I/O and no threads here: the dispatcher asks, and acts on the answers.
 * ``workers_to_start``: how many workers the calls waiting need.
 * ``steal_victim`` and ``stealable``: an idle worker with nothing queued
   takes the later half of the open calls of the busiest worker.
-* ``after_death``: what becomes of the calls a dead worker held.
+* ``after_death``: what becomes of the calls a dead worker held;
+  ``after_stop``: of those a worker held when it was stopped.
+* ``rank``, ``take_ranked``: once a call with a priority is queued, the
+  calls not sent wait in a heap in ``_options.queue_key`` order (higher
+  priority first, equal ones in submission order, ageing) until that heap
+  is empty again; plain calls there are keyed by the time the dispatcher
+  took them. Without priorities the backlog stays a plain FIFO.
+* ``outranked``: the calls sent ahead (not started) that a better-ranked
+  call waiting should overtake, when no worker is free: given back.
 
 Concurrency: pure functions; they read and change only what they are given,
 from the dispatcher thread.
@@ -23,9 +31,11 @@ from the dispatcher thread.
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._future import PENDING
 from ._runs import MapRun, Slice
@@ -38,13 +48,18 @@ __all__ = (
     "BATCH_SECONDS",
     "INITIAL_IN_FLIGHT",
     "MAX_IN_FLIGHT",
+    "RankedItem",
     "after_death",
+    "after_stop",
     "mean_duration",
+    "outranked",
+    "rank",
     "room",
     "share",
     "steal_victim",
     "stealable",
     "take",
+    "take_ranked",
     "thieves",
     "to_fill",
     "workers_to_start",
@@ -220,3 +235,81 @@ def after_death(held: list[Sent], started: bool) -> tuple[Sent | None, list[Sent
         unstarted.insert(0, Slice(lost.run, lost.start + 1, lost.stop))
         lost.stop = lost.start + 1
     return lost, unstarted
+
+
+def after_stop(held: list[Sent], target: Sent | None) -> list[Sent]:
+    """The calls of a worker killed to stop ``target`` that run elsewhere: all the others.
+
+    None of them was the reason it was stopped, so none is lost: the calls
+    behind the stopped one had not started (their slots were closed first),
+    save one that started in the moment between the stopped call's answer
+    and the kill; it runs again.
+    """
+    return [entry for entry in held if entry is not target]
+
+
+# A heap item of the ranked backlog: (key time, key order, tier, counter, entry).
+# ``tier`` 1 puts calls given back just behind the call that outranked them.
+RankedItem = tuple[float, int, int, int, Any]
+
+
+def rank(
+    heap: list[RankedItem], entries: Iterable[Queued], now: float, counter: itertools.count[int]
+) -> None:
+    """Push ``entries`` on the ranked ``heap``: by their own key, else (``now``, arrival)."""
+    for entry in entries:
+        key = getattr(entry, "key", None)
+        order = next(counter)
+        if key is None:
+            heapq.heappush(heap, (now, order, 0, order, entry))
+        else:
+            heapq.heappush(heap, (key[0], key[1], 0, order, entry))
+
+
+def take_ranked(heap: list[RankedItem], space: int) -> list[Sent]:
+    """Take up to ``space`` calls off the ranked ``heap``, the best first (as ``take``)."""
+    taken: list[Sent] = []
+    while space > 0 and heap:
+        item = heap[0]
+        one = collections.deque([item[4]])
+        part = take(one, space)
+        if not one:
+            heapq.heappop(heap)
+        if not part and one:  # pragma: no cover - take() always takes or drops
+            break
+        taken.extend(part)
+        space -= sum(len(p) for p in part)
+    return taken
+
+
+def outranked(
+    workers: Iterable[Worker], best: tuple[float, int], now: float, max_tasks: int | None
+) -> list[tuple[Worker, list[Task]]]:
+    """The calls sent ahead and not started that the call keyed ``best`` should overtake.
+
+    Only when no worker is free (one that is would start it at once): on
+    each worker, its calls with a start-board slot, not cancelled, not
+    taken, keyed after ``best`` (a plain call sent ahead counts as keyed
+    ``now``).
+    """
+    workers = list(workers)
+    if any(w.idle(max_tasks) for w in workers):
+        return []
+    found: list[tuple[Worker, list[Task]]] = []
+    for worker in workers:
+        if worker.retiring or worker.board.dead:
+            continue
+        stolen = worker.stolen
+        calls: list[Task] = []
+        for entry in worker.in_flight:
+            if entry.run is not None or entry.slot < 0 or entry.id in stolen:
+                continue
+            task: Task = entry
+            if task.future._state != PENDING:
+                continue
+            key = getattr(task, "key", None) or (now, task.id)
+            if key > best:
+                calls.append(task)
+        if calls:
+            found.append((worker, calls))
+    return found

@@ -4,7 +4,9 @@
 queue it shares with the pool's dispatcher thread and wakes that thread;
 the dispatcher sends it to a worker (see ``_dispatcher``). When the
 dispatcher is idle and so is a worker, ``submit`` writes the call to that
-worker itself instead, saving a thread wake-up (``_handover``). What survives what:
+worker itself instead, saving a thread wake-up (``_handover``). Calls with
+options (a timeout, retries, a priority) are in ``_control`` and ``_backlog``.
+What survives what:
 
 * A worker that dies (a segfault, ``os._exit``, SIGKILL, the OOM killer)
   fails only the calls it held, each with :class:`shoal.WorkerLostError`
@@ -76,15 +78,17 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 from .. import _clock
 from .._executor import Executor, as_index
 from .._future import Future
-from .._options import DEFAULT_OPTIONS, TaskOptions
+from .._options import DEFAULT_OPTIONS, TaskOptions, queue_key
 from .._process_errors import BrokenProcessPool
 from .._stats import ExecutorStatistics
 from . import _runs, _shm, _wire
+from ._control import Stopper
 from ._dispatcher import Dispatcher
+from ._exit_report import report_failed_at_exit
 from ._lifecycle import main_by_value, usable_cpus
 from ._shared import Shared
 from ._start import default_context, preload_in_forkserver
-from ._tasks import Queued, Task, count_calls, report_left_behind
+from ._tasks import OptionTask, Queued, Task, count_calls
 
 __all__ = ("ProcessPoolExecutor", "default_context")
 
@@ -127,7 +131,7 @@ def _python_exit() -> None:
     for shared, dispatcher in pools:
         dispatcher.join()
         if stop is None and shared.left_at_exit:
-            report_left_behind(shared.left_at_exit)
+            report_failed_at_exit(shared.left_at_exit)
 
 
 def _after_fork_in_child() -> None:
@@ -147,15 +151,6 @@ def _describe(fn: object) -> str:
     if isinstance(qualname, str):
         return f"{module}.{qualname}" if isinstance(module, str) else qualname
     return repr(fn)
-
-
-def _shut_down_abandoned(shared: Shared) -> Callable[[object], None]:
-    def callback(_: object) -> None:
-        with shared.lock:
-            shared.shutdown = True
-            shared.wake()
-
-    return callback
 
 
 class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
@@ -251,6 +246,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                 # with the reason.
                 self._initializer_objects = (initializer, self._initargs)
         self._shared = Shared()
+        # cancel(force=True) of this pool's calls (see _control).
+        self._stopper = Stopper(self._shared)
         self._ids = itertools.count()
         self._dispatcher: Dispatcher | None = None
 
@@ -271,10 +268,51 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
         future: Future[T] = Future()
+        future._stopper = self._stopper
         shared = self._shared
         task = Task(next(self._ids), future, fn, args, kwargs)
         if not (shared.parked and self._send_now(task)):
             self._enqueue((task,))
+        return future
+
+    def _submit_with(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future[T]:
+        """``submit`` of a call with options (see ``Executor.options``).
+
+        ``timeout``: the worker running the call past it is stopped (SIGTERM,
+        then SIGKILL after half a second) and replaced; the future fails
+        with ``TaskTimeoutError`` at once, the calls that worker held but had
+        not started go to other workers. ``retries``: the failed run goes
+        out again after its backoff, from the dispatcher. ``priority``: see
+        ``_backlog``. Such calls always go through the dispatcher (no
+        hand-over).
+        """
+        if options.plain:
+            return self.submit(fn, *args, **kwargs)
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
+        future: Future[T] = Future()
+        future._stopper = self._stopper
+        future._name = options.name
+        task_id = next(self._ids)
+        task = OptionTask(
+            task_id,
+            future,
+            fn,
+            args,
+            kwargs,
+            options=options,
+            key=queue_key(options, _clock.monotonic(), task_id),
+            again=self._shared.again,
+        )
+        if options.timeout is not None:
+            self._shared.timeouts = True  # before the task can be seen
+        self._enqueue((task,), ranked=options.priority != 0)
         return future
 
     def _send_now(self, task: Task) -> bool:
@@ -332,6 +370,9 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         ids = self._ids
         no_kwargs = _NO_KWARGS
         tasks = [Task(next(ids), Future(), fn, args, no_kwargs) for args in arguments]
+        stopper = self._stopper
+        for task in tasks:
+            task.future._stopper = stopper
         self._enqueue(tasks)
         return [task.future for task in tasks]
 
@@ -368,13 +409,18 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._enqueue((run,) if items else ())
         return _runs.results(run, deadline)
 
-    def _enqueue(self, tasks: Iterable[Queued]) -> None:
-        """Queue ``tasks`` for the dispatcher (started on first use) and wake it."""
+    def _enqueue(self, tasks: Iterable[Queued], *, ranked: bool = False) -> None:
+        """Queue ``tasks`` for the dispatcher (started on first use) and wake it.
+
+        ``ranked``: one of them has a priority (the dispatcher ranks its backlog).
+        """
         shared = self._shared
         started = None
         with shared.lock:
             self._check_open()
             shared.queue.extend(tasks)
+            if ranked:
+                shared.ranked = True
             if self._dispatcher is None:
                 started = self._start_dispatcher()
         # Outside the lock: a write to the pipe lets the dispatcher run, and
@@ -417,7 +463,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._dispatcher = dispatcher
         with _global_lock:
             _dispatchers[self._serial] = (shared, dispatcher)
-        weakref.finalize(self, _shut_down_abandoned(shared), None)
+        weakref.finalize(self, shared.abandoned)
         return dispatcher
 
     # -- stopping --------------------------------------------------------------
@@ -430,7 +476,22 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         Args:
             wait: block until every call has finished and the workers are gone.
             cancel_futures: cancel the calls not yet sent to a worker.
+            timeout: seconds from now; the calls still running then are
+                stopped (their workers killed) and fail with
+                ``TaskTimeoutError``, those not started are cancelled, and
+                no worker is left. With ``wait``, returns by then, plus the
+                moment it takes to kill and reap the workers.
         """
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"shutdown(timeout=...) must be a number or None, not {timeout!r}")
+            if not timeout >= 0:
+                raise ValueError(f"shutdown(timeout=...) must be 0 or more, not {timeout!r}")
+            shared = self._shared
+            with shared.lock:
+                if shared.stop_at is None:
+                    shared.stop_at = _clock.monotonic() + timeout
+                    shared.stop_timeout = float(timeout)
         self._stop(None, wait=wait, cancel_futures=cancel_futures)
 
     def terminate_workers(self) -> None:
@@ -462,7 +523,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             shared.wake()
             dispatcher = self._dispatcher
         for task in cancelled:
-            if type(task) is Task:
+            if isinstance(task, Task):
                 task.future._cancel_queued()
             elif type(task) is _runs.MapRun:
                 task.cancel_rest()

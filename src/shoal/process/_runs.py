@@ -260,6 +260,9 @@ class Slice:
     def fail(self, error: BaseException) -> int:
         return self.fail_all(error)
 
+    # A run failed with an error (its worker died): a map's calls do not retry.
+    failed = fail
+
     def fail_all(self, error: BaseException) -> int:
         """Fail every call left in this slice; return how many."""
         count = self.stop - self.start

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .._future import Future
     from ._channel import Worker
     from ._runs import MapRun
-    from ._tasks import Queued
+    from ._tasks import OptionTask, Queued
 
 __all__ = ("Shared",)
 
@@ -70,6 +70,24 @@ class Shared:
     # A submitter left part of a message in a worker's outbox (or parts): the
     # dispatcher must watch that socket for writing.
     flush: bool = False
+    # A call with a priority was queued: the dispatcher ranks its backlog
+    # (see _policy.rank); it clears the flag when it takes the queue.
+    ranked: bool = False
+    # A call with a timeout was submitted: from then on the dispatcher
+    # watches the first call of each worker (see _control.watch). Set once.
+    timeouts: bool = False
+    # cancel(force=True): (future, done) for the dispatcher to stop the
+    # worker running that call; it sets ``done`` once it has (see _control).
+    stop_requests: list[tuple[Future[Any], threading.Event]] = field(default_factory=list)
+    # shutdown(timeout=...): when the calls still running are stopped, and
+    # the timeout to name in their errors.
+    stop_at: float | None = None
+    stop_timeout: float = 0.0
+    # The dispatcher thread's ident, once it runs (the stopper never waits in it).
+    dispatcher_ident: int = 0
+    # Runs that failed and will run again: (backoff, task). Written and
+    # read by the dispatcher thread only (OptionTask.failed runs there).
+    again: list[tuple[float, OptionTask]] = field(default_factory=list)
     # Counters, written by the dispatcher only.
     completed: int = 0
     failed: int = 0
@@ -93,6 +111,21 @@ class Shared:
             self.wake_r = self.wake_w = -1
             if self._close_pipe is not None:
                 self._close_pipe()
+
+    def abandoned(self) -> None:
+        """The pool object was collected: shut down (its dispatcher finishes what is queued)."""
+        with self.lock:
+            self.shutdown = True
+            self.wake()
+
+    def drain_wake_pipe(self) -> None:
+        """Read the wake-ups that came. By the dispatcher, before it looks at what they say."""
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        self.woken = False
 
     def wake(self) -> None:
         """Make the dispatcher look at the queue and the flags. Any thread.

@@ -3,7 +3,9 @@
 Three kinds of entry travel from ``submit``/``map`` to the workers:
 
 * :class:`Task`: one call of ``submit()`` (or of a lazy or unordered
-  ``map()``), with its own future;
+  ``map()``), with its own future; an :class:`OptionTask` is one that
+  carries options (``executor.options(...)``): a timeout, retries, a
+  priority, a name;
 * :class:`~._runs.MapRun`: the calls of an eager, ordered ``map()`` not cut
   into slices yet;
 * :class:`~._runs.Slice`: calls of a run, sent (or about to be sent) to one
@@ -28,9 +30,6 @@ asks which kind it holds:
   the id its worker answers it by, its pickle while it is in flight, and
   its map run (None for a Task).
 
-``report_left_behind`` says on stderr which calls, submitted before the
-program ended, failed after it (``left_behind`` lists them).
-
 Concurrency: an entry belongs to whoever holds it: the submitting thread,
 then the pool's queue (under ``Shared.lock``), then the dispatcher thread.
 A Task's future is shared with the caller and has its own lock; a run is
@@ -39,24 +38,25 @@ shared with the thread reading its results (see ``_runs``).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .. import _options
 from .._future import CANCELLED, PENDING, RUNNING, Future
+from .._options import DEFAULT_OPTIONS, TaskOptions
 from ._runs import Failed, MapRun, Slice
 
 if TYPE_CHECKING:
     from . import _wire
 
 __all__ = (
+    "OptionTask",
     "Queued",
     "Sent",
     "Task",
     "count_calls",
     "left_behind",
     "mark_running",
-    "report_left_behind",
     "set_exception",
 )
 
@@ -67,6 +67,7 @@ class Task:
     __slots__ = ("args", "blob", "fn", "future", "id", "kwargs", "slot", "whole")
 
     run: MapRun | None = None  # a call of its own, not of a map
+    options: TaskOptions = DEFAULT_OPTIONS  # an OptionTask has its own
 
     def __init__(
         self,
@@ -140,6 +141,13 @@ class Task:
             return 0
         return 1 if set_exception(future, error) else 0
 
+    def failed(self, error: BaseException) -> int:
+        """A run failed with ``error`` (its worker died, its timeout ran out): as ``fail``.
+
+        An OptionTask may run again instead.
+        """
+        return self.fail(error)
+
     def settle(self, outcome: Any) -> bool:
         """The call ended with ``outcome``, a result or a Failed. True: it has ended."""
         try:
@@ -157,6 +165,73 @@ class Task:
         if future.done() or future._callbacks is not None:
             return None
         return self.describe(), future
+
+
+class OptionTask(Task):
+    """A call that carries options: its timeout, retries, priority and name.
+
+    It keeps its arguments across runs (each retry pickles them afresh: the
+    pickle of a run is let go when that run ends) and the failures of its
+    earlier runs. ``again`` is where it puts itself when a run failed and
+    it is to run again: a list the dispatcher drains (see ``_control``).
+    """
+
+    __slots__ = ("again", "earlier", "key", "options", "saved")
+
+    def __init__(
+        self,
+        task_id: int,
+        future: Future[Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        options: TaskOptions,
+        key: tuple[float, int],
+        again: list[tuple[float, OptionTask]],
+    ) -> None:
+        super().__init__(task_id, future, fn, args, kwargs)
+        self.options = options
+        self.key = key  # _options.queue_key: lower starts first
+        self.saved = (args, kwargs)
+        self.earlier: list[BaseException] = []
+        self.again = again  # owned by the dispatcher thread
+
+    def describe(self) -> str:
+        return f"task {self.id} ({_options.call_name(self.options, self.fn)})"
+
+    def repickle(self) -> None:
+        """Before it goes out again: its arguments back, to be pickled afresh."""
+        self.blob = None
+        self.whole = False
+        self.args, self.kwargs = self.saved
+
+    def settle(self, outcome: Any) -> bool:
+        if type(outcome) is Failed:
+            self.failed(outcome.error)
+        else:
+            try:
+                self.future.set_result(outcome)
+            except Exception:
+                pass  # already done: a forced cancel got there first
+        return True
+
+    def failed(self, error: BaseException) -> int:
+        """A run failed with ``error``: run it again if the options say so, else fail it.
+
+        1 if that failed the future, else 0 (it runs again, or was done).
+        """
+        future = self.future
+        if future._state != RUNNING:
+            return 0  # cancelled with force, or done: this run's outcome is dropped
+        delay = _options.retry_delay(self.options, error, future._attempts)
+        if delay is not None:
+            self.earlier.append(error)
+            self.again.append((delay, self))
+            return 0
+        self.saved = ((), {})
+        error = _options.with_earlier_failures(error, self.earlier)
+        return 1 if set_exception(future, error) else 0
 
 
 # What the pool's queue and the dispatcher's backlog hold: single calls, the
@@ -208,55 +283,3 @@ def set_exception(future: Future[Any], error: BaseException) -> bool:
     except Exception:
         return False
     return True
-
-
-# How many failed calls report_left_behind() names one by one.
-_REPORT_AT_EXIT = 10
-
-
-def report_left_behind(left: list[tuple[str, Future[Any]] | MapRun]) -> None:
-    """Say on stderr which calls, submitted before the program ended, failed after it.
-
-    Their futures are done, but nobody is left to look at them: without this,
-    a call whose worker could not run it (or that raised) would be lost
-    without a word. Calls watched by a done-callback are not listed: the
-    callback saw the outcome.
-    """
-    failures: list[str] = []
-    for entry in left:
-        if isinstance(entry, MapRun):
-            if not entry.cancelled:
-                failures.extend(
-                    f"{entry.describe(index)}: {_one_line(outcome.error)}"
-                    for index, outcome in enumerate(entry.results)
-                    if type(outcome) is Failed
-                )
-            continue
-        name, future = entry
-        if future.done() and not future.cancelled():
-            error = future.exception()
-            if error is not None:
-                failures.append(f"{name}: {_one_line(error)}")
-    if not failures:
-        return
-    lines = [
-        f"shoal: {len(failures)} call(s) submitted to a process pool before the program "
-        "ended failed after it ended, with nobody left to see it:",
-        *(f"  {line}" for line in failures[:_REPORT_AT_EXIT]),
-    ]
-    if len(failures) > _REPORT_AT_EXIT:
-        lines.append(f"  ... and {len(failures) - _REPORT_AT_EXIT} more")
-    lines.append(
-        "  (wait for the futures, or call shutdown(), before the program ends to see "
-        "each error where it happens)"
-    )
-    try:
-        sys.stderr.write("\n".join(lines) + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):  # no usable stderr: nothing more to do
-        pass
-
-
-def _one_line(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}".splitlines()
-    return text[0] if text else type(error).__name__

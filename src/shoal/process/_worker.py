@@ -35,6 +35,25 @@ Signals: SIGINT does nothing in a worker (Ctrl-C is the parent's to
 handle), through a handler rather than SIG_IGN, so that a program a call
 starts gets Ctrl-C with its default meaning.
 
+Stopping a call (its timeout ran out, or ``cancel(force=True)``): the parent
+writes a stop request for it on the start board, then sends SIGTERM, then
+SIGKILL if the worker has not answered that call within a short grace. The
+worker's SIGTERM handler raises the stop error (``TaskTimeoutError`` or
+``CancelledError``) in the main thread when the request names the call it
+runs and that call's code is on the stack (``_invoke``): a Python loop or a
+``sleep()`` ends there, its ``finally`` blocks and ``with`` exits run, and
+its answer goes out as for any other error (the parent has settled the
+future already and drops it); the parent then retires the worker, since
+code interrupted at an arbitrary point may have left the process in a state
+no later call should inherit. Why not only SIGKILL: cleanup that matters
+(temporary files, a child process, a lock file) gets its chance, and a
+call that checks ``shoal.cancelled()`` in its ``finally`` can tell why it
+ends. Why still SIGKILL: code blocked in C does not run Python handlers
+until it returns, and a call may catch the error and carry on. A SIGTERM
+with no stop request (``terminate_workers()``, a signal from outside) has
+its default meaning: the worker dies. One with a stop request for a call
+that has just ended does nothing: the parent sees that call's answer.
+
 Shared memory left behind: a worker that finds its parent gone unlinks its
 own segments (answers nobody will read) and, once the parent is seen dead,
 every segment of the pool (``shm_prefix``), as the watchdog does before it
@@ -70,6 +89,8 @@ import time
 import traceback
 from typing import Any
 
+from .. import _current
+from .._errors import CancelledError, TaskTimeoutError
 from . import _board, _frames, _remote, _shm, _wire
 
 __all__ = (
@@ -206,6 +227,9 @@ def _invoke(
     return True, result, time.perf_counter() - start
 
 
+_INVOKE_CODE = _invoke.__code__
+
+
 def _pickle_outcome(ok: bool, outcome: Any, fn: Any, prefix: str) -> tuple[bool, _wire.Blob]:
     """The answer's (ok, blob) for what ``_invoke`` gave; never raises for the user's sake."""
     if not ok:
@@ -259,6 +283,8 @@ def _run_slice(conn: Any, batch: list[Any], prefix: str, functions: list[Any]) -
     OSError when the parent is gone.
     """
     _, first_id, count, blob, fn_ref, star = batch.pop()
+    if _current_call is not None:
+        _current_call[0] = -1.0  # no call of its own runs: nothing to stop (see _board)
     try:
         items = _wire.loads(blob)
     except BaseException as exc:
@@ -372,6 +398,35 @@ def _ignore_interrupt(signum: int, frame: object) -> None:
     """The worker's SIGINT handler: nothing (see _serve)."""
 
 
+# The start board's ``current`` (see _board), once the loop has it: what
+# the probe of ``shoal.cancelled()`` and the SIGTERM handler read.
+_current_call: Any = None
+
+
+def _stop_asked() -> bool:
+    """The probe of ``shoal.cancelled()`` in this worker: a read of the start board."""
+    return _current_call is not None and _board.stop_asked(_current_call) != 0.0
+
+
+def _on_terminate(signum: int, frame: Any) -> None:
+    """SIGTERM: raise the stop error in the call asked to stop; see the module docstring."""
+    current = _current_call
+    if current is None or current[_board.STOP_ID] < 0:
+        # Nobody asked a call to stop: SIGTERM keeps its meaning.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    reason = _board.stop_asked(current)
+    if not reason:
+        return  # the call asked to stop has ended: its answer tells the parent
+    while frame is not None:
+        if frame.f_code is _INVOKE_CODE:
+            if reason == _board.STOP_TIMEOUT:
+                raise TaskTimeoutError("this call ran past its timeout and was stopped")
+            raise CancelledError("this call was cancelled with cancel(force=True) and stopped")
+        frame = frame.f_back
+
+
 def _serve(conn: Any, config: dict[str, Any]) -> None:
     for fd in config.get("inherited_fds", ()):
         # Under fork we hold copies of the parent's socket ends: ours would keep
@@ -389,6 +444,12 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
     # so the running call does not notice.
     signal.signal(signal.SIGINT, _ignore_interrupt)
     signal.siginterrupt(signal.SIGINT, False)
+    board = config.get("board")
+    if board is not None:
+        global _current_call
+        _current_call = board[2]
+        _current.set_probe(_stop_asked)
+        signal.signal(signal.SIGTERM, _on_terminate)
     name = config.get("name") or "shoal-worker"
     try:
         import setproctitle  # type: ignore[import-not-found]
