@@ -114,7 +114,20 @@ def main() -> None:
         print(f"    20 calls of 0.2 s, 50 ms later: {running} running, {cancelled} cancelled")
         shoal.wait(calls, timeout=30)
 
-    step("8. per-call options: a timeout that stops the call, retries")
+        step("8. stop a call running in a worker process")
+        busy = pool.submit(spin, 30)
+        while not busy.running():
+            time.sleep(0.01)
+        started = time.monotonic()
+        print(f"    cancel() -> {busy.cancel()}; cancel(force=True) -> {busy.cancel(force=True)}")
+        timed = pool.options(timeout=0.3, name="spin").submit(spin, 30)
+        try:
+            timed.result(timeout=10)
+        except shoal.TaskTimeoutError:
+            print(f"    a call with timeout=0.3 stopped {time.monotonic() - started:.1f} s later")
+        print("    and the pool goes on:", pool.submit(slow_square, 9, 0.0).result(timeout=30))
+
+    step("9. per-call options in threads: a timeout that stops the call, retries")
     with shoal.ThreadPoolExecutor(max_workers=2) as pool:
         started = time.monotonic()
         stuck = pool.options(timeout=0.2, name="spin").submit(spin, 30)
@@ -127,7 +140,7 @@ def main() -> None:
         flaky = fetch.submit(Flaky(failures=2))
         print(f"    {flaky.result(timeout=10)!r} after {flaky.attempts} attempts")
 
-        step("9. a task group: the first failure stops the rest")
+        step("10. a task group: the first failure stops the rest")
         started = time.monotonic()
         try:
             with shoal.TaskGroup(pool) as group:
@@ -142,7 +155,7 @@ def main() -> None:
             f"cancelled: {queued.cancelled()}; the block left after {left:.1f} s"
         )
 
-    step("10. shut down: every worker is gone")
+    step("11. shut down: every worker is gone")
     print("   done.")
 
 
