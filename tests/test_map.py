@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import shoal
+from shoal._options import DEFAULT_OPTIONS
 
 
 class MapError(Exception):
@@ -36,14 +37,23 @@ def add(x, y):
     return x + y
 
 
-def chunked_map(executor, fn, *iterables, **kwargs):
+def chunked_map(executor, fn, *iterables, timeout=None, chunksize=1, buffersize=None, ordered=True):
     """``executor.map`` with batching by an integer ``chunksize`` on every executor.
 
     The thread pool's own ``map`` ignores a number, as the standard one does,
-    and batches only with ``chunksize="auto"``; the base class's ``map`` is
-    the machinery it then runs, here with chunk sizes the test chooses.
+    and batches only with ``chunksize="auto"``; the base class's ``_map_with``
+    is the machinery it then runs, here with chunk sizes the test chooses.
     """
-    return shoal.Executor.map(executor, fn, *iterables, **kwargs)
+    return shoal.Executor._map_with(
+        executor,
+        DEFAULT_OPTIONS,
+        fn,
+        iterables,
+        timeout=timeout,
+        chunksize=chunksize,
+        buffersize=buffersize,
+        ordered=ordered,
+    )
 
 
 PROCESS_KINDS = pytest.mark.kinds("process-forkserver", "process-spawn", "process-fork")

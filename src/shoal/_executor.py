@@ -281,10 +281,7 @@ class Executor(_base.Executor):
         Raises:
             Exception: the first failing call's exception, at its position.
         """
-        # The machinery itself, whatever a subclass's map() makes of the
-        # arguments before it gets here.
-        return Executor._map_with(
-            self,
+        return self._map_with(
             DEFAULT_OPTIONS,
             fn,
             iterables,

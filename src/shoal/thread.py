@@ -88,7 +88,7 @@ from . import _clock
 from ._errors import BrokenThreadPool, CancelledError, TaskTimeoutError
 from ._executor import Executor
 from ._future import Future
-from ._options import DEFAULT_OPTIONS, TaskOptions
+from ._options import TaskOptions
 from ._thread_control import _Backlog, _Task, drain
 from ._thread_worker import WorkItem, _Worker, thread_count, worker_loop
 from ._timer import Timer
@@ -251,6 +251,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
             future: Future[T] = Future()
             # An empty kwargs dict would cost ~70 bytes per queued call.
             self._enqueue((future, fn, args, kwargs or _NO_KWARGS))
+            # _claim_thread(), spelt out: this is the hot path.
             try:
                 self._idle.pop()
             except IndexError:
@@ -281,35 +282,20 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
             if options.priority and self._backlog is None:
                 self._use_backlog()
             self._enqueue((task, None, None, None))
-            try:
-                self._idle.pop()
-            except IndexError:
-                if len(self._threads) < self._max_workers:
-                    self._start_thread()
+            self._claim_thread()
         return future
 
-    def map(
-        self,
-        fn: Callable[..., T],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | Literal["auto"] = 1,
-        buffersize: int | None = None,
-        ordered: bool = True,
-    ) -> Iterator[T]:
-        """Return an iterator of ``fn`` over the argument tuples of ``iterables``.
+    def _claim_thread(self) -> None:
+        """A call was queued: take an idle thread's token for it, or start a thread.
 
-        As :meth:`Executor.map`, except for ``chunksize``: see ``_map_with``.
+        Hold ``_shutdown_lock``. A new thread starts only while the pool is
+        below ``max_workers`` (see the idle tokens in the module docstring).
         """
-        return self._map_with(
-            DEFAULT_OPTIONS,
-            fn,
-            iterables,
-            timeout=timeout,
-            chunksize=chunksize,
-            buffersize=buffersize,
-            ordered=ordered,
-        )
+        try:
+            self._idle.pop()
+        except IndexError:
+            if len(self._threads) < self._max_workers:
+                self._start_thread()
 
     def _map_with(
         self,
@@ -470,11 +456,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                     self._start_thread(first=task)
                 else:
                     self._enqueue((task, None, None, None))
-                    try:
-                        self._idle.pop()
-                    except IndexError:
-                        if len(self._threads) < self._max_workers:
-                            self._start_thread()
+                    self._claim_thread()
         if broken:
             task.fail(BrokenThreadPool(broken))
 
