@@ -279,7 +279,8 @@ class Progress:
             self._done += calls
             self._failed += failed
             self._cancelled += cancelled
-            at_total = self._done == self._total and not self.growing
+            total = self._total
+            at_total = total is not None and self._done >= total and not self.growing
         if at_total:
             self._wake.set()
 
