@@ -5,7 +5,8 @@
 * ``None`` or ``False``: off, the default. Nothing here is imported and
   nothing is counted: the callers test ``progress`` once, when the job is set
   up, never per call.
-* ``True``: a tqdm bar on stderr, which shoal makes and closes.
+* ``True``: a tqdm bar on stderr, which shoal makes (in the calling thread)
+  and closes.
 * a tqdm bar, or any object with an ``update(n)`` method: shoal calls
   ``update(n)`` with the calls ended since its last call and, when failures
   or cancellations are counted and the object has ``set_postfix_str``,
@@ -14,7 +15,10 @@
 * a callable ``progress(done, total)``: called with the calls ended so far
   and the total (None while unknown); ``done`` never goes down. A failed or
   cancelled call counts as done; the callable is not told which (a tqdm bar
-  shows them; a callable that needs them reads the futures).
+  shows them; a callable that needs them reads the futures). A callable
+  (or a bar's ``update``) that raises is logged to the ``concurrent.futures``
+  logger, as a failing done-callback is, and shown nothing more; the job
+  goes on.
 
 Anything else is a TypeError at the call, before any work is queued.
 
@@ -30,6 +34,12 @@ closed or collected; ``as_completed`` finished, timed out or closed;
 ``wait`` returning; the ``TaskGroup`` block left), on every path, an
 exception's too; or, for a fixed total, as soon as every call has ended, so
 a ``map`` used for its side effects and never iterated still ends its bar.
+Ending waits for the last report: a callable that blocks delays it. The
+last report is exact for a job that ran to its end (a ``map`` exhausted
+counts every call; ``wait`` counts what it returns as done); a failure that
+stopped a ``map`` counts even if the future's done-callback had not run
+yet when the consumer saw it. While a process pool's eager map runs, its
+count can lag by the calls sent ahead to the workers.
 
 Concurrency:
   Threads: the thread that ends a call (a thread pool's worker, the process
@@ -41,8 +51,8 @@ Concurrency:
   One reporter thread per job (``shoal-progress``), started with it, shows
   the count: it wakes every ``INTERVAL`` seconds (and when the count reaches
   the total, and when the job ends) and calls the target's ``update`` or the
-  callable with no shoal lock held. It is the only thread that ever touches
-  the target: tqdm is not safe to update from several threads at once
+  callable with no shoal lock held. Once the job has started, it is the
+  only thread that touches the target: tqdm is not safe to update from several threads at once
   (least of all on a free-threaded build), a user's callable must not run
   on a pool's worker or dispatcher thread, nor slow them down, nor run under
   a lock of shoal's. Since it is a thread of its own, the bar moves while the
