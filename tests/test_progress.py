@@ -204,6 +204,16 @@ def test_a_map_never_iterated_and_dropped_closes_its_bar(executor):
     assert no_reporter_left()
 
 
+def test_a_map_dropped_after_its_first_result_closes_its_bar(executor):
+    calls = Calls()
+    results = executor.map(abs, range(1000), buffersize=2, progress=calls)
+    assert next(results) == 0
+    del results
+    gc.collect()
+    assert no_reporter_left()
+    assert calls.seen[-1][0] < 1000
+
+
 def test_the_maps_timeout_closes_the_bar_and_is_not_a_failure(executor_factory, capsys):
     if executor_factory.name != "thread":
         pytest.skip("the blocked call shares an Event with the test")
