@@ -51,7 +51,16 @@ import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, NamedTuple
 
-__all__ = ("MAX_DEPTH", "MAX_OBJECTS", "Culprit", "annotate", "find_culprit", "plain_probe")
+__all__ = (
+    "MAX_DEPTH",
+    "MAX_OBJECTS",
+    "SINK",
+    "Culprit",
+    "annotate",
+    "find_culprit",
+    "leave_out_of_band",
+    "plain_probe",
+)
 
 # Probes (each pickles a part, or a range of parts, on its own) before the
 # search stops; with halving, a path of 20 steps through containers of a
@@ -77,16 +86,17 @@ class _Sink:
         return len(data)
 
 
-_SINK = _Sink()
+SINK = _Sink()
 
 
-def _out_of_band(buffer: pickle.PickleBuffer) -> bool:
-    return False  # leave big buffers out of the probe: nothing is copied
+def leave_out_of_band(buffer: pickle.PickleBuffer) -> bool:
+    """A buffer_callback for probes: every buffer out of band, so none is copied."""
+    return False
 
 
 def plain_probe(obj: object) -> None:
     """Pickle ``obj`` with plain pickle (protocol 5) and forget the bytes; raise what it raises."""
-    pickle.Pickler(_SINK, protocol=5, buffer_callback=_out_of_band).dump(obj)
+    pickle.Pickler(SINK, protocol=5, buffer_callback=leave_out_of_band).dump(obj)
 
 
 class Culprit(NamedTuple):
@@ -142,7 +152,7 @@ def find_culprit(
 def annotate(
     error: BaseException,
     roots: Sequence[tuple[str, object]],
-    what: str,
+    what: str | Callable[[int], str],
     role: Role = "call",
     probe: Probe = plain_probe,
     *,
@@ -159,8 +169,9 @@ def annotate(
       pickle '_thread.lock' object``) when it is a plain pickling error (a
       ``TypeError``, ``AttributeError`` or ``pickle.PicklingError`` whose
       message is its one argument), as the standard pool would raise it;
-    * a note (``__notes__``) saying what ``what`` is (``"task 3 (work)"``),
-      the path, and what to do.
+    * a note (``__notes__``) saying what ``what`` is (``"task 3 (work)"``;
+      a callable gets the culprit's root index and names it), the path, and
+      what to do.
 
     Errors that are no pickling failure (``RecursionError``,
     ``MemoryError``, anything not an ``Exception``) and errors already
@@ -173,9 +184,7 @@ def annotate(
     ):
         return None
     try:
-        culprit = find_culprit(
-            roots, probe, by_value=by_value, max_objects=max_objects
-        )
+        culprit = find_culprit(roots, probe, by_value=by_value, max_objects=max_objects)
     except Exception:  # the diagnosis must never hide the error it explains
         return None
     if culprit is None:
@@ -189,7 +198,9 @@ def annotate(
             if culprit.error_type is not type(error):
                 detail = f"{culprit.error_type.__name__}: {detail}"
             error.args = (f"{path}{stopped}: {detail}",)
-        error.add_note(_note(culprit, what, role, stopped))
+        error.add_note(
+            _note(culprit, what if isinstance(what, str) else what(culprit.root), role, stopped)
+        )
     except Exception:  # a read-only exception type: leave it as it is
         pass
     return culprit
@@ -227,7 +238,8 @@ def _note(culprit: Culprit, what: str, role: Role, stopped: str) -> str:
     fixes.append(instead)
     if role == "call":
         fixes.append("use a ThreadPoolExecutor, whose calls are not pickled")
-    return f"{head} cannot be pickled. To fix: {', '.join(fixes[:-1])}, or {fixes[-1]}."
+    fix = fixes[-1] if len(fixes) == 1 else f"{', '.join(fixes[:-1])}, or {fixes[-1]}"
+    return f"{head} cannot be pickled. To fix: {fix}."
 
 
 # -- the search -----------------------------------------------------------------
@@ -281,7 +293,16 @@ class _Search:
     ``keep``) alive until the cyclic collector runs.
     """
 
-    __slots__ = ("by_value", "keep", "max_depth", "max_objects", "objects", "probe", "seen", "steps")
+    __slots__ = (
+        "by_value",
+        "keep",
+        "max_depth",
+        "max_objects",
+        "objects",
+        "probe",
+        "seen",
+        "steps",
+    )
 
     def __init__(self, probe: Probe, by_value: bool, max_objects: int, max_depth: int) -> None:
         self.probe = probe
@@ -410,58 +431,81 @@ class _Search:
     # -- an object's parts ---------------------------------------------------
 
     def _groups(self, obj: object) -> list[_Group]:
+        """The parts of ``obj`` as its pickle holds them (none for an atomic object)."""
         kind = type(obj)
         if kind in _ATOMIC:
             return []
-        if kind is list or kind is tuple:
-            return [_Group(obj, _index, "")]  # type: ignore[arg-type]
-        if kind is dict:
-            return _mapping(obj, "[{}]", "")  # type: ignore[arg-type]
-        if kind is set or kind is frozenset:
-            members = list(obj)  # type: ignore[call-overload]
-            return [_Group(members, lambda i: "{" + _short(members[i]) + "}", "")]
-        if kind is types.FunctionType:
-            return self._function_groups(obj) if self.by_value else []  # type: ignore[arg-type]
-        if kind is types.MethodType:
-            return [_named({".__self__": obj.__self__, ".__func__": obj.__func__})]  # type: ignore[attr-defined]
-        if kind is types.BuiltinFunctionType:
-            owner = getattr(obj, "__self__", None)
-            if owner is None or isinstance(owner, types.ModuleType):
-                return []
-            return [_named({".__self__": owner})]
-        if kind is functools.partial:
-            return _partial_groups(obj)  # type: ignore[arg-type]
-        if isinstance(obj, type):
-            return _class_groups(obj) if self.by_value else []
-        if isinstance(obj, BaseException):
-            owner = _type_name(kind)
-            groups = [_Group(obj.args, lambda i: f".args[{i}]", "")]
-            if obj.__dict__:
-                groups += _attributes(obj.__dict__, owner)
-            return groups
-        return _reduced_groups(obj)
+        parts = _PARTS.get(kind)
+        if parts is None:
+            if kind is types.FunctionType or isinstance(obj, type):
+                parts = _by_value_groups if self.by_value else _no_groups
+            elif isinstance(obj, BaseException):
+                parts = _exception_groups
+            else:
+                parts = _reduced_groups
+        return parts(obj)
 
-    def _function_groups(self, fn: types.FunctionType) -> list[_Group]:
-        """The parts cloudpickle sends of a function it sends by value."""
-        parts: dict[str, object] = {}
-        code = fn.__code__
-        for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=False):
-            try:
-                parts[f".<closure>.{name}"] = cell.cell_contents
-            except ValueError:  # an empty cell
-                pass
-        fn_globals = fn.__globals__
-        for name in _code_names(code):
-            if name in fn_globals:
-                parts[f".<globals>.{name}"] = fn_globals[name]
-        groups = [_named(parts)]
-        if fn.__defaults__:
-            groups.append(_Group(fn.__defaults__, lambda i: f".__defaults__[{i}]", ""))
-        if fn.__kwdefaults__:
-            groups += _mapping(fn.__kwdefaults__, ".__kwdefaults__[{}]", "")
-        if fn.__dict__:
-            groups += _attributes(fn.__dict__, "")
-        return groups
+
+def _no_groups(obj: Any) -> list[_Group]:
+    return []
+
+
+def _sequence_groups(obj: Any) -> list[_Group]:
+    return [_Group(obj, _index, "")]
+
+
+def _dict_groups(obj: Any) -> list[_Group]:
+    return _mapping(obj, "[{}]", "")
+
+
+def _set_groups(obj: Any) -> list[_Group]:
+    members = list(obj)
+    return [_Group(members, lambda i: "{" + _short(members[i]) + "}", "")]
+
+
+def _method_groups(obj: Any) -> list[_Group]:
+    return [_named({".__self__": obj.__self__, ".__func__": obj.__func__})]
+
+
+def _builtin_groups(obj: Any) -> list[_Group]:
+    owner = getattr(obj, "__self__", None)
+    if owner is None or isinstance(owner, types.ModuleType):
+        return []  # a function of a module: by name
+    return [_named({".__self__": owner})]
+
+
+def _exception_groups(obj: Any) -> list[_Group]:
+    groups = [_Group(obj.args, lambda i: f".args[{i}]", "")]
+    if obj.__dict__:
+        groups += _attributes(obj.__dict__, _type_name(type(obj)))
+    return groups
+
+
+def _by_value_groups(obj: Any) -> list[_Group]:
+    """The parts cloudpickle sends of a function or class it sends by value."""
+    if isinstance(obj, type):
+        parts = {f".{k}": v for k, v in vars(obj).items() if k not in _CLASS_SKIP}
+        return [_named(parts)]
+    fn: types.FunctionType = obj
+    named: dict[str, object] = {}
+    code = fn.__code__
+    for name, cell in zip(code.co_freevars, fn.__closure__ or (), strict=False):
+        try:
+            named[f".<closure>.{name}"] = cell.cell_contents
+        except ValueError:  # an empty cell
+            pass
+    fn_globals = fn.__globals__
+    for name in _code_names(code):
+        if name in fn_globals:
+            named[f".<globals>.{name}"] = fn_globals[name]
+    groups = [_named(named)]
+    if fn.__defaults__:
+        groups.append(_Group(fn.__defaults__, lambda i: f".__defaults__[{i}]", ""))
+    if fn.__kwdefaults__:
+        groups += _mapping(fn.__kwdefaults__, ".__kwdefaults__[{}]", "")
+    if fn.__dict__:
+        groups += _attributes(fn.__dict__, "")
+    return groups
 
 
 def _reduced_groups(obj: object) -> list[_Group]:
@@ -528,12 +572,6 @@ def _partial_groups(part: functools.partial[Any]) -> list[_Group]:
 
 
 _CLASS_SKIP = frozenset({"__dict__", "__weakref__", "__module__", "__doc__", "__qualname__"})
-
-
-def _class_groups(cls: type) -> list[_Group]:
-    """The attributes cloudpickle sends of a class it sends by value."""
-    parts = {f".{k}": v for k, v in vars(cls).items() if k not in _CLASS_SKIP}
-    return [_named(parts)]
 
 
 def _named(parts: dict[str, object]) -> _Group:
@@ -604,3 +642,17 @@ def _type_name(kind: type) -> str:
     if module in (None, "builtins"):
         return str(name)
     return f"{module}.{name}"
+
+
+# The parts of the types pickle itself knows (and a few with reductions
+# whose parts have better names than ``__reduce__()[1][0]``).
+_PARTS: dict[type, Callable[[Any], list[_Group]]] = {
+    list: _sequence_groups,
+    tuple: _sequence_groups,
+    dict: _dict_groups,
+    set: _set_groups,
+    frozenset: _set_groups,
+    types.MethodType: _method_groups,
+    types.BuiltinFunctionType: _builtin_groups,
+    functools.partial: _partial_groups,
+}
