@@ -146,7 +146,9 @@ def find_culprit(
     try:
         return search.run(roots)
     finally:
+        # Let go of the user's objects now, not when the search is collected.
         search.keep.clear()
+        search.steps.clear()
 
 
 def annotate(
@@ -391,6 +393,10 @@ class _Search:
         self.objects += 1
         try:
             self.probe(obj)
+        except RecursionError:
+            # The search's own frames and a deep part together: no answer
+            # about this part. Name the deepest failing object reached.
+            raise _Stop("search stopped: too deep to pickle part by part") from None
         except Exception as exc:
             return type(exc), _safe_str(exc)
         except KeyboardInterrupt:

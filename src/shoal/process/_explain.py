@@ -92,4 +92,5 @@ def explain_item(error: BaseException, run: MapRun, index: int) -> BaseException
 def explain_run_function(error: BaseException, run: MapRun) -> BaseException:
     """``error`` with the path to what in the function of ``run`` did not pickle."""
     fn = _chunk_function(run.fn)
-    return _wire.explain(error, [("fn", run.fn if fn is None else fn)], run.describe())
+    fn = run.fn if fn is None else fn
+    return _wire.explain(error, [("fn", fn)], f"every call of map({_name(fn)})")
