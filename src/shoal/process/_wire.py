@@ -4,7 +4,8 @@ This module is mechanism only: it turns objects into bytes and back, their
 big buffers out of band. What to send, when, and what a failure means for a
 task is decided by the dispatcher (parent) and the worker loop (child),
 which both import this module. It imports only the standard library,
-``shoal._pickle_path`` (the path to what did not pickle, see ``explain``),
+``shoal._pickle_path`` (the path to what did not pickle, see ``explain``;
+imported on first need, as the worker's start-up never needs it),
 ``_by_value`` (how functions and classes of ``__main__`` travel), ``_shm``
 (the shared-memory segments that carry big buffers) and ``cloudpickle``
 when plain pickle cannot do the job.
@@ -49,11 +50,13 @@ import io
 import pickle
 import types
 from collections.abc import Callable
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-from .. import _pickle_path
 from . import _by_value, _shm
 from ._shm import SHM_THRESHOLD, Segments
+
+if TYPE_CHECKING:
+    from .._pickle_path import Role
 
 __all__ = (
     "Blob",
@@ -320,6 +323,8 @@ def probe(obj: object) -> None:
     buffers left out of band: explain() probes each part of a failed
     pickle with it.
     """
+    from .. import _pickle_path
+
     picklers: list[type[pickle.Pickler]] = [pickle.Pickler, _Pickler]
     with contextlib.suppress(ImportError):
         picklers.append(_cloud_pickler_class())
@@ -341,7 +346,7 @@ def explain(
     error: BaseException,
     roots: list[tuple[str, object]],
     what: str | Callable[[int], str],
-    role: _pickle_path.Role = "call",
+    role: Role = "call",
 ) -> BaseException:
     """``error``, raised pickling ``roots``, with the path to the culprit written in.
 
@@ -350,6 +355,8 @@ def explain(
     a note name the path and say what to do. Runs only after pickling
     failed; bounded; never raises but KeyboardInterrupt.
     """
+    from .. import _pickle_path
+
     try:
         by_value = _cloud_pickler_class() is not None
     except ImportError:
