@@ -216,3 +216,31 @@ def test_many_bad_calls_fail_alone(pool):
             assert failure(future).pickle_path == "args[0].session._lock"
         else:
             assert future.result(TIMEOUT) == i * i
+
+
+def frames_of(error: BaseException) -> list[str]:
+    names = []
+    tb = error.__traceback__
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    return names
+
+
+def test_the_error_keeps_no_frame_of_the_dispatcher(pool):
+    # The dispatcher's frame holds the worker's start board and the task,
+    # whose future holds the error: a cycle keeping a process-shared
+    # semaphore alive until the cyclic collector runs.
+    error = failure(pool.submit(work, Job()))
+    items: list[object] = [1, 2, Job()]
+    with pytest.raises(TypeError) as info:
+        list(pool.map(work, items))
+    lock = threading.Lock()
+    with pytest.raises(TypeError) as fn_info:
+        list(pool.map(lambda x: lock, range(3)))
+    with pytest.raises(TypeError) as chunk_info:
+        list(pool.map(work, items, chunksize=2))
+    for failed in (error, info.value, fn_info.value, chunk_info.value):
+        names = frames_of(failed)
+        assert names, "the pickling frames stay"
+        assert not {"batch", "_slice_entries", "_run_function"} & set(names), names

@@ -31,6 +31,22 @@ from ._runs import MapRun
 __all__ = ("explain_call", "explain_item", "explain_run_function")
 
 
+def _from_pickling(error: BaseException) -> BaseException:
+    """Drop the dispatcher's own frame, where ``error`` was caught, from its traceback.
+
+    That frame holds the worker, its start board and the task, whose future
+    holds the error: a reference cycle, which would keep the board's
+    process-shared semaphore alive until the cyclic collector runs, at
+    whatever moment (under Python 3.13, inside a call into the resource
+    tracker, which then warns of a reentrant call). The frames left are
+    pickling's, which show what failed.
+    """
+    tb = error.__traceback__
+    if tb is not None and tb.tb_next is not None:
+        error.__traceback__ = tb.tb_next
+    return error
+
+
 def _chunk_function(fn: object) -> Any:
     """The user's function of a chunk runner's partial, else None."""
     if isinstance(fn, functools.partial) and fn.func in CHUNK_RUNNERS and len(fn.args) == 1:
@@ -55,8 +71,9 @@ def explain_call(
     """``error`` with the path to what in ``fn(*args, **kwargs)`` did not pickle.
 
     ``what`` names the call; for a chunk, ``first`` is the input position
-    of its first call, when known.
+    of its first call, when known. ``error`` is what the caller caught.
     """
+    _from_pickling(error)
     inner = _chunk_function(fn)
     if inner is not None and len(args) == 1 and not kwargs:
         star = fn.func is CHUNK_RUNNERS[0]  # type: ignore[attr-defined]
@@ -86,11 +103,13 @@ def explain_item(error: BaseException, run: MapRun, index: int) -> BaseException
     if _chunk_function(run.fn) is not None:
         first = index * len(run.items[0])  # every chunk but the last is full
         return explain_call(error, run.fn, (item,), None, what, first=first)
+    _from_pickling(error)
     return _wire.explain(error, [("args", item if run.star else (item,))], what)
 
 
 def explain_run_function(error: BaseException, run: MapRun) -> BaseException:
     """``error`` with the path to what in the function of ``run`` did not pickle."""
+    _from_pickling(error)
     fn = _chunk_function(run.fn)
     fn = run.fn if fn is None else fn
     return _wire.explain(error, [("fn", fn)], f"every call of map({_name(fn)})")
