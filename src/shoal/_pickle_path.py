@@ -28,8 +28,8 @@ the end of a million-item list costs about 40 probes, not a million. Each
 object is gone into once (a cycle leads back to one already seen, which
 explains its ancestors' failure: the search goes on at the next part that
 fails), and the search stops after ``MAX_OBJECTS`` probes or ``MAX_DEPTH``
-steps, naming the deepest failing object it reached, "(search stopped
-after N objects)".
+steps (or when a probe runs out of stack), naming the deepest failing
+object it reached, "(search stopped after N objects)".
 
 Costs and side effects: nothing runs until pickling has failed. The search
 pickles parts again, so a reducer (``__reduce__``, ``__getstate__``) may run
