@@ -109,7 +109,9 @@ def dumps_error(exc: BaseException, shm_prefix: str, unpickling: bool = False) -
 
     An exception that cannot be pickled, or whose pickle does not load back
     here (an ``__init__`` with required arguments that ``args`` lacks, say),
-    is replaced by an UnpicklableError with its type name and message. The
+    is replaced by an UnpicklableError with its type name and message (and,
+    for one that cannot be pickled, a reason naming the path to what did
+    not pickle: ``exception.conn._sock: cannot pickle ...``). The
     traceback text always travels. Never raises for a bad exception.
     ``unpickling`` travels with it (see load_failure()): True for an
     exception raised unpickling the call rather than by the call.
@@ -122,7 +124,12 @@ def dumps_error(exc: BaseException, shm_prefix: str, unpickling: bool = False) -
     message = _safe_str(exc)
     payload: BaseException = exc
     try:
-        data, buffers = _wire.pickle_buffers(payload)
+        try:
+            data, buffers = _wire.pickle_buffers(payload)
+        except Exception as error:
+            # The reason below names the path to what did not pickle.
+            _wire.explain(error, [("exception", exc)], f"a {type_name}", "exception")
+            raise
         try:
             pickle.loads(data, buffers=buffers)  # the copy is dropped at once
         except BaseException:
