@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from .._executor import CHUNK_RUNNERS
+from .._chunks import CHUNK_RUNNERS
 from . import _wire
 from ._runs import MapRun
 
