@@ -15,6 +15,8 @@ Concurrency: stateless; any thread.
 
 from __future__ import annotations
 
+import copyreg
+import io
 import pickle
 import traceback
 
@@ -104,6 +106,36 @@ def _type_name(exc: BaseException) -> str:
     return f"{module}.{kind.__qualname__}"
 
 
+def _is_exception_class(key: object) -> bool:
+    return isinstance(key, type) and issubclass(key, BaseException)
+
+
+def _pickle_exception(exc: BaseException) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle an exception as its own class reduces it, whatever copyreg says.
+
+    A library may register reducers for every exception class in copyreg
+    (tblib does, and Dask distributed installs it on import); those lose
+    what an exception's own ``__reduce__`` keeps (``SystemExit.code``).
+    A process that imported such a library still sends its exceptions as
+    themselves. Otherwise, and when that pickle fails, ``_wire`` pickles
+    as it does any value (cloudpickle as a last resort).
+    """
+    table = copyreg.dispatch_table
+    if not any(isinstance(k, type) and issubclass(k, BaseException) for k in table):
+        return _wire.pickle_buffers(exc)
+    own = {
+        k: v for k, v in table.items() if not (isinstance(k, type) and issubclass(k, BaseException))
+    }
+    sink = io.BytesIO()
+    pickler = pickle.Pickler(sink, protocol=5)
+    pickler.dispatch_table = own
+    try:
+        pickler.dump(exc)
+    except Exception:
+        return _wire.pickle_buffers(exc)
+    return sink.getvalue(), []
+
+
 def dumps_error(exc: BaseException, shm_prefix: str, unpickling: bool = False) -> Blob:
     """Pickle ``exc`` with its formatted traceback; read the blob with load_error().
 
@@ -125,7 +157,7 @@ def dumps_error(exc: BaseException, shm_prefix: str, unpickling: bool = False) -
     payload: BaseException = exc
     try:
         try:
-            data, buffers = _wire.pickle_buffers(payload)
+            data, buffers = _pickle_exception(payload)
         except Exception as error:
             # The reason below names the path to what did not pickle.
             _wire.explain(error, [("exception", exc)], f"a {type_name}", "exception")
