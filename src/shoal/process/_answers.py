@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import pickle
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +77,10 @@ class Answers:
         result_mark = _frames.RESULT_MARK
         data_at = _frames.RESULT_DATA_OFFSET
         answered = completed = 0
-        total = 0.0
+        total = waited = 0.0
+        # The queue wait of a call: from its submit to its start, which is
+        # taken as now less the run time its worker measured.
+        now = time.monotonic()
         last_run: MapRun | None = None  # to notify once it has its results
         # Whether any call in flight carries shared memory: only then is
         # each answered call looked at for it.
@@ -98,6 +102,7 @@ class Answers:
                             )
                         answered += 1
                         total += duration
+                        waited += now - duration - task.submitted
                         run = task.run
                         if run is not last_run:
                             if last_run is not None:
@@ -129,7 +134,7 @@ class Answers:
                     answers.extend(message[1])
                     continue
                 if answers:
-                    more, seconds = self._complete(worker, answers)
+                    more, seconds = self._complete(worker, answers, now)
                     answered += more
                     total += seconds
                     answers = []
@@ -138,21 +143,26 @@ class Answers:
             del inbox[:offset]
         if last_run is not None:
             last_run.notify()
-        self._shared.completed += completed
+        shared = self._shared
+        shared.completed += completed
+        shared.wait_time += waited
         if answers:
-            more, seconds = self._complete(worker, answers)
+            more, seconds = self._complete(worker, answers, now)
             answered += more
             total += seconds
+        shared.runs += answered
+        shared.run_time += total
         return answered, total
 
     def _complete(
-        self, worker: Worker, results: list[tuple[int, bool, _wire.Blob, float]]
+        self, worker: Worker, results: list[tuple[int, bool, _wire.Blob, float]], now: float
     ) -> tuple[int, float]:
         """Settle answers in their general form; as ``settle``."""
         shared = self._shared
         in_flight = worker.in_flight
         total = 0.0
         completed = failed = 0
+        waited = 0.0
         runs: dict[int, MapRun] = {}  # to notify once they have their results
         answered = 0
         for task_id, ok, blob, duration in results:
@@ -164,6 +174,7 @@ class Answers:
                 raise RuntimeError(f"{worker.name} answered task {task_id}, expected {task.id}")
             answered += 1
             total += duration
+            waited += now - duration - task.submitted
             if task is worker.stop_target:
                 # The call it was asked to stop: its future is settled (or it
                 # runs again elsewhere), and its pickle was let go then.
@@ -198,6 +209,7 @@ class Answers:
             run.notify()
         shared.completed += completed
         shared.failed += failed
+        shared.wait_time += waited
         return answered, total
 
     def _call_error(self, worker: Worker, task: Sent, blob: _wire.Blob) -> BaseException:
@@ -251,6 +263,7 @@ class Answers:
             else:  # cancelled by its caller
                 task.release_slot(worker.free)
                 self._release(task)  # a call of its own
+                self._shared.cancelled += 1
                 if task.future._state == CANCELLED:
                     task.future.set_running_or_notify_cancel()
             if not in_flight:

@@ -73,14 +73,13 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import process as _std_process
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from .. import _clock
 from .._executor import Executor, as_index
 from .._future import Future
 from .._options import DEFAULT_OPTIONS, TaskOptions, queue_key
 from .._process_errors import BrokenProcessPool
-from .._stats import ExecutorStatistics
 from . import _runs, _shm, _wire
 from ._control import Stopper
 from ._dispatcher import Dispatcher
@@ -88,7 +87,10 @@ from ._exit_report import report_failed_at_exit
 from ._lifecycle import main_by_value, usable_cpus
 from ._shared import Shared
 from ._start import default_context, preload_in_forkserver
-from ._tasks import OptionTask, Queued, Task, count_calls
+from ._tasks import OptionTask, Queued, Task
+
+if TYPE_CHECKING:
+    from .._stats import ExecutorStatistics
 
 __all__ = ("ProcessPoolExecutor", "default_context")
 
@@ -522,11 +524,11 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                 shared.cancel_backlog = True
             shared.wake()
             dispatcher = self._dispatcher
+        count = 0
         for task in cancelled:
-            if isinstance(task, Task):
-                task.future._cancel_queued()
-            elif type(task) is _runs.MapRun:
-                task.cancel_rest()
+            count += len(task) if task.cancel_unsent() else 0
+        with shared.lock:
+            shared.cancelled_by_callers += count
         if wait and dispatcher is not None and dispatcher.thread is not threading.current_thread():
             dispatcher.join()
         if wait or dispatcher is None:
@@ -574,19 +576,4 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
 
     def statistics(self) -> ExecutorStatistics:
         """A snapshot of the pool's counters (see :class:`ExecutorStatistics`)."""
-        shared = self._shared
-        dispatcher = self._dispatcher
-        workers, idle, backlog, running = (
-            (0, 0, 0, 0) if dispatcher is None else dispatcher.counts()
-        )
-        starts = {} if dispatcher is None else dispatcher.started()
-        return ExecutorStatistics(
-            longest_running=_clock.monotonic() - min(starts.values()) if starts else 0.0,
-            workers=workers,
-            idle=idle,
-            queued=count_calls(list(shared.queue)) + backlog,
-            running=running,
-            completed=shared.completed,
-            failed=shared.failed,
-            respawned=shared.respawned,
-        )
+        return self._shared.statistics(self._dispatcher)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -81,6 +82,7 @@ class MapRun:
         "next",
         "results",
         "star",
+        "submitted",
         "wanted",
     )
 
@@ -88,6 +90,8 @@ class MapRun:
         self.fn = fn
         self.items = items
         self.star = star
+        # When it was submitted (statistics' queue wait), ``time.monotonic()``.
+        self.submitted = time.monotonic()
         self.results: list[Any] = [PENDING] * len(items)
         self.next = 0  # the first item not cut into a slice yet
         self.cancelled = False
@@ -219,6 +223,11 @@ class Slice:
 
     def __len__(self) -> int:
         return self.stop - self.start
+
+    @property
+    def submitted(self) -> float:
+        """When its map was submitted."""
+        return self.run.submitted
 
     @property
     def id(self) -> int:

@@ -38,6 +38,7 @@ shared with the thread reading its results (see ``_runs``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -61,10 +62,13 @@ __all__ = (
 )
 
 
+_monotonic = time.monotonic
+
+
 class Task:
     """One submitted call, from ``submit`` until its future is done."""
 
-    __slots__ = ("args", "blob", "fn", "future", "id", "kwargs", "slot", "whole")
+    __slots__ = ("args", "blob", "fn", "future", "id", "kwargs", "slot", "submitted", "whole")
 
     run: MapRun | None = None  # a call of its own, not of a map
     options: TaskOptions = DEFAULT_OPTIONS  # an OptionTask has its own
@@ -92,6 +96,8 @@ class Task:
         self.whole = False
         # Its slot on its worker's start board while sent ahead (see _board), else -1.
         self.slot = -1
+        # When it was submitted (statistics' queue wait), ``time.monotonic()``.
+        self.submitted = _monotonic()
 
     def __len__(self) -> int:
         """One call (a map's Slice or MapRun holds many)."""
@@ -202,6 +208,7 @@ class OptionTask(Task):
 
     def repickle(self) -> None:
         """Before it goes out again: its arguments back, to be pickled afresh."""
+        self.submitted = _monotonic()  # its next run waits from now
         self.blob = None
         self.whole = False
         self.args, self.kwargs = self.saved
