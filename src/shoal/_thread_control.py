@@ -112,6 +112,7 @@ __all__ = ("_Backlog", "_Task", "drain", "plain_task", "stop_at_shutdown")
 _TIMEOUT = "timeout"
 _CANCEL = "cancel"
 _SHUTDOWN = "shutdown"
+_STALE = "stale"  # a stopped run whose thread came back after the next run started
 
 
 class _Task:
@@ -266,6 +267,12 @@ class _Task:
                     else:
                         self.earlier.append(error)  # type: ignore[arg-type]
                     return None, delay
+            if self.attempt != attempt:
+                # This run was stopped (a timeout with a retry) and a later
+                # run has started since: this thread only leaves. Without
+                # this check it saw that run's fresh ``stop`` (None) and
+                # queued the call once more, a run beyond its retries.
+                return _STALE, None
             if self.stop is None:
                 # A repeat after the first pass settled it.
                 return None, (None if self.final else 0.0)
