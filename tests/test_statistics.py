@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import observe_calls as calls
 import pytest
 
+import observe_calls as calls
 import shoal
 from shoal._stats import ExecutorStatistics
 
