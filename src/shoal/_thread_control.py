@@ -102,9 +102,10 @@ from ._thread_worker import (
 )
 
 if TYPE_CHECKING:
+    from ._trace import CallTrace
     from .thread import ThreadPoolExecutor
 
-__all__ = ("_Backlog", "_Task", "drain", "plain_task", "stop_at_shutdown")
+__all__ = ("_Backlog", "_Task", "drain", "plain_task", "stop_at_shutdown", "use_backlog")
 
 
 # -- calls with options -----------------------------------------------------------------
@@ -134,6 +135,7 @@ class _Task:
         "queued_at",
         "slot",
         "stop",
+        "trace",
         "worker",
     )
 
@@ -169,6 +171,8 @@ class _Task:
         # When it was queued for its next run (statistics' queue wait). owned
         # by: the thread queueing it, then the worker running it.
         self.queued_at = time.monotonic()
+        # Its timeline record, when traced (see _trace); else None. immutable after submit
+        self.trace: CallTrace | None = None
         future._name = options.name
         future._set_stopper(self.force_stop)
 
@@ -194,6 +198,8 @@ class _Task:
             attempt = self._enter(worker)
             if attempt:
                 started = time.monotonic()
+                if self.trace is not None:
+                    self.trace.started, self.trace.track = started, worker.track()
                 value = self.fn(*self.args, **self.kwargs)
         except BaseException as exc:
             error = exc
@@ -215,6 +221,8 @@ class _Task:
                     return worker.after_stop(counted=False)
                 except _Interrupt:
                     pass
+        if self.trace is not None:
+            self.trace.run(attempt, started, ended, worker.track(), error)
         # Idle before the future is done, as on the fast path (thread.py says why).
         worker.idle.append(None)
         stats[RUN_TIME] += ended - started
@@ -307,6 +315,10 @@ class _Task:
                 self.final = True
             else:
                 self.earlier.append(error)
+                if self.trace is not None:  # the next run starts before this thread is back
+                    self.trace.run(
+                        attempt, self.trace.started, time.monotonic(), worker.track(), error
+                    )
             worker.interrupt(_TimedOut)
         if delay is None:
             if self._settle(None, error):
@@ -422,6 +434,20 @@ class _Backlog:
             worker.idle.append(None)
             return True
         return task.run(worker)
+
+
+def use_backlog(pool: ThreadPoolExecutor, work_queue: queue.SimpleQueue[Any]) -> _Backlog:
+    """A priority backlog for ``pool``, with the calls queued so far. Hold the pool's lock."""
+    backlog = _Backlog(pool, work_queue)
+    items = []
+    while True:
+        try:
+            items.append(work_queue.get_nowait())
+        except queue.Empty:
+            break
+    for item in items:
+        backlog.put(item)
+    return backlog
 
 
 def drain(

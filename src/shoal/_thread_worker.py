@@ -12,6 +12,7 @@ which thread owns which field and the lock order.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import weakref
@@ -276,6 +277,13 @@ class _Worker:
         """In the worker thread, first thing."""
         self.thread = threading.current_thread()
         self.ident = threading.get_ident()
+
+    def track(self) -> tuple[int, int, str]:
+        """Its track on a timeline (see ``_trace``): (pid, thread id, thread name)."""
+        thread = self.thread
+        if thread is None:  # pragma: no cover - set before any call runs
+            return os.getpid(), 0, "?"
+        return os.getpid(), thread.native_id or self.ident, thread.name
 
     def asked_to_stop(self) -> bool:
         """The probe of ``shoal.cancelled()`` in this thread."""

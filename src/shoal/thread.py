@@ -90,13 +90,13 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import thread as _std_thread
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from . import _clock
+from . import _clock, _trace
 from ._errors import BrokenThreadPool, CancelledError
 from ._executor import Executor
 from ._future import Future
-from ._options import TaskOptions
+from ._options import DEFAULT_OPTIONS, TaskOptions
 from ._stats import ExecutorStatistics
-from ._thread_control import _Backlog, _Task, drain, stop_at_shutdown
+from ._thread_control import _Backlog, _Task, drain, stop_at_shutdown, use_backlog
 from ._thread_worker import (
     CANCELLED,
     FAILED,
@@ -190,6 +190,8 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
             :class:`BrokenThreadPool`, whose ``__cause__`` is the error.
         max_pending: if set, ``submit`` blocks while that many calls wait in
             the queue (calls running in threads do not count).
+        trace: a path: record this pool's calls as a timeline, written
+            there by ``shutdown()`` (see :func:`shoal.trace`).
     """
 
     _counter = itertools.count().__next__
@@ -202,6 +204,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         initargs: tuple[Any, ...] = (),
         *,
         max_pending: int | None = None,
+        trace: str | os.PathLike[str] | None = None,
     ) -> None:
         if max_workers is None:
             cpus = getattr(os, "process_cpu_count", os.cpu_count)()
@@ -247,6 +250,8 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         # COMPLETED, ...) and every worker started. guarded by: _shutdown_lock
         self._tallies = [0] * 6
         self._everyone: list[_Worker] = []
+        # Its own timeline (trace=path), opened now. immutable after __init__
+        self._trace = None if trace is None else _trace.Recorder(trace)
         with _global_lock:
             self._exiting = _exiting
             _live_pools.add(self)
@@ -263,6 +268,8 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
+        if _trace._active is not None or self._trace is not None:
+            return self._submit_with(DEFAULT_OPTIONS, fn, args, kwargs)  # traced
         slots = self._slots
         if slots is not None:
             self._take_slot(slots)
@@ -290,8 +297,11 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         kwargs: dict[str, Any],
     ) -> Future[T]:
         """``submit`` of a call carrying ``options`` (``executor.options(...).submit``)."""
-        if options.plain:
+        traced = _trace.recorders(self._trace)
+        if options.plain and traced is None:
             return self.submit(fn, *args, **kwargs)
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
         slots = self._slots
         if slots is not None:
             self._take_slot(slots)
@@ -302,6 +312,9 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                 self._raise_closed()
             future: Future[T] = Future()
             task = _Task(self, future, fn, args, kwargs or _NO_KWARGS, options, slots)
+            if traced is not None:
+                task.trace = _trace.CallTrace(traced, options, fn, args)
+                future.add_done_callback(task.trace.settled)  # nobody else has it yet
             if options.priority and self._backlog is None:
                 self._use_backlog()
             self._enqueue((task, None, None, None, 0.0))
@@ -397,18 +410,9 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
             _live_threads[thread] = self._work_queue
 
     def _use_backlog(self) -> None:
-        """Switch to the priority backlog, with the calls queued so far. Hold ``_shutdown_lock``."""
-        backlog = _Backlog(self, self._work_queue)
-        items = []
-        while True:
-            try:
-                items.append(self._work_queue.get_nowait())
-            except queue.Empty:
-                break
-        for item in items:
-            backlog.put(item)
-        self._backlog = backlog
-        self._enqueue = backlog.put
+        """Switch to the priority backlog. Hold ``_shutdown_lock``."""
+        self._backlog = use_backlog(self, self._work_queue)
+        self._enqueue = self._backlog.put
 
     def _timer(self) -> Timer:
         timer = self._timer_
@@ -564,6 +568,8 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
             timer.close()
             if wait:
                 timer.join(_SHUTDOWN_GRACE)
+        if self._trace is not None:
+            self._trace.write()
 
     def _join(self, deadline: float | None) -> bool:
         """Wait for the counted threads and the calls between runs; False if the deadline passed."""

@@ -87,7 +87,8 @@ class Answers:
         heavy = worker.heavy
         # A worker asked to stop a call: its answers go the general way,
         # where that call's is dropped (see _control).
-        stopping = worker.stop_target is not None
+        # So do all answers once a call was traced (see shoal._trace).
+        stopping = worker.stop_target is not None or self._shared.traced
         with memoryview(inbox) as view:
             # No slice of the view may outlive this loop: the inbox is
             # resized below, which needs every export released.
@@ -186,13 +187,21 @@ class Answers:
                 try:
                     value = _wire.loads(blob)
                 except BaseException as exc:
+                    if task.trace is not None:
+                        _record(task, worker, now, duration, blob, exc)
                     finished = self._unpickling_failed(task, exc)
                 else:
+                    if task.trace is not None:
+                        _record(task, worker, now, duration, blob, None)
                     finished = task.settle(value)
                     completed += 1
                     del value
             else:
-                finished = task.settle(Failed(self._call_error(worker, task, blob)))
+                error = self._call_error(worker, task, blob)
+                if task.trace is not None:
+                    _record(task, worker, now, duration, blob, error)
+                finished = task.settle(Failed(error))
+                del error
                 if task.run is not None or task.future._state != RUNNING:
                     failed += 1  # not a run that goes again
             if task.run is not None:
@@ -298,6 +307,29 @@ class Answers:
         error = unpickling_error(call, f"the result of {call}", exc, None)
         self._shared.failed += 1
         return task.settle(Failed(error))
+
+
+def _record(  # noqa: PLR0917 - one answer's parts
+    task: Sent, worker: Worker, now: float, duration: float, blob: _wire.Blob, error: Any
+) -> None:
+    """Put a traced call's run on the timeline: it ended now, after ``duration`` in ``worker``.
+
+    ``arg_bytes`` and ``result_bytes`` are the pickles' bytes in the
+    messages (big buffers that went through shared memory not counted); a
+    map's calls travel in slices, and have no ``arg_bytes`` of their own.
+    """
+    pid = worker.process.pid or 0
+    sent = task.blob if task.run is None else None
+    task.trace.run(  # type: ignore[union-attr]
+        1 if task.run is not None else max(task.future._attempts, 1),
+        now - duration,
+        now,
+        (pid, pid, worker.name),
+        error,
+        arg_bytes=None if sent is None else len(sent[0]),
+        result_bytes=len(blob[0]) if error is None else None,
+        once=task.run is None,  # a map's calls: one event each, all attempt 1
+    )
 
 
 def mark_head(worker: Worker) -> None:

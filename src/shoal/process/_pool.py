@@ -75,7 +75,7 @@ from concurrent.futures import process as _std_process
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
-from .. import _clock
+from .. import _clock, _trace
 from .._executor import Executor, as_index
 from .._future import Future
 from .._options import DEFAULT_OPTIONS, TaskOptions, queue_key
@@ -187,6 +187,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         *,
         max_tasks_per_child: int | None = None,
         idle_timeout: float | None = None,
+        trace: str | os.PathLike[str] | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = usable_cpus()
@@ -248,6 +249,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                 # with the reason.
                 self._initializer_objects = (initializer, self._initargs)
         self._shared = Shared()
+        # Its own timeline (trace=path), opened now, written by shutdown(). immutable after __init__
+        self._trace = None if trace is None else _trace.Recorder(trace)
         # cancel(force=True) of this pool's calls (see _control).
         self._stopper = Stopper(self._shared)
         self._ids = itertools.count()
@@ -269,6 +272,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
+        if _trace._active is not None or self._trace is not None:
+            return self._submit_with(DEFAULT_OPTIONS, fn, args, kwargs)  # traced
         future: Future[T] = Future()
         future._stopper = self._stopper
         shared = self._shared
@@ -294,7 +299,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         ``_backlog``. Such calls always go through the dispatcher (no
         hand-over).
         """
-        if options.plain:
+        traced = _trace.recorders(self._trace)
+        if options.plain and traced is None:
             return self.submit(fn, *args, **kwargs)
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
@@ -312,6 +318,10 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             key=queue_key(options, _clock.monotonic(), task_id),
             again=self._shared.again,
         )
+        if traced is not None:
+            task.trace = _trace.CallTrace(traced, options, fn, args)
+            future.add_done_callback(task.trace.settled)  # nobody else has it yet
+            self._shared.traced = True  # before the task can be seen
         if options.timeout is not None:
             self._shared.timeouts = True  # before the task can be seen
         self._enqueue((task,), ranked=options.priority != 0)
@@ -367,7 +377,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         """``map``'s submission: one lock and one wake-up for all the calls."""
         if not callable(fn):
             raise TypeError(f"map() needs a callable as its first argument, not {fn!r}")
-        if not options.plain:
+        if not options.plain or _trace.recorders(self._trace) is not None:
             return super()._submit_many(fn, arguments, options)
         ids = self._ids
         no_kwargs = _NO_KWARGS
@@ -408,6 +418,10 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             else list(arguments)
         )
         run = _runs.MapRun(fn, items, star)
+        traced = _trace.recorders(self._trace)
+        if traced is not None:
+            run.trace = _trace.CallTrace(traced, options, fn)
+            self._shared.traced = True  # before the run can be seen
         self._enqueue((run,) if items else ())
         return _runs.results(run, deadline)
 
@@ -542,6 +556,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             self._initializer_blob = self._initializer_objects = None
             self._initializer = None
             self._initargs = ()
+            if self._trace is not None:
+                self._trace.write()
 
     def __exit__(
         self,

@@ -83,6 +83,7 @@ class MapRun:
         "results",
         "star",
         "submitted",
+        "trace",
         "wanted",
     )
 
@@ -92,6 +93,8 @@ class MapRun:
         self.star = star
         # When it was submitted (statistics' queue wait), ``time.monotonic()``.
         self.submitted = time.monotonic()
+        # Its timeline record when traced (one event per call; see shoal._trace).
+        self.trace: Any = None
         self.results: list[Any] = [PENDING] * len(items)
         self.next = 0  # the first item not cut into a slice yet
         self.cancelled = False
@@ -228,6 +231,11 @@ class Slice:
     def submitted(self) -> float:
         """When its map was submitted."""
         return self.run.submitted
+
+    @property
+    def trace(self) -> Any:
+        """Its map's timeline record, or None."""
+        return self.run.trace
 
     @property
     def id(self) -> int:

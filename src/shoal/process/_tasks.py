@@ -48,6 +48,7 @@ from .._options import DEFAULT_OPTIONS, TaskOptions
 from ._runs import Failed, MapRun, Slice
 
 if TYPE_CHECKING:
+    from .._trace import CallTrace
     from . import _wire
 
 __all__ = (
@@ -68,7 +69,18 @@ _monotonic = time.monotonic
 class Task:
     """One submitted call, from ``submit`` until its future is done."""
 
-    __slots__ = ("args", "blob", "fn", "future", "id", "kwargs", "slot", "submitted", "whole")
+    __slots__ = (
+        "args",
+        "blob",
+        "fn",
+        "future",
+        "id",
+        "kwargs",
+        "slot",
+        "submitted",
+        "trace",
+        "whole",
+    )
 
     run: MapRun | None = None  # a call of its own, not of a map
     options: TaskOptions = DEFAULT_OPTIONS  # an OptionTask has its own
@@ -98,6 +110,8 @@ class Task:
         self.slot = -1
         # When it was submitted (statistics' queue wait), ``time.monotonic()``.
         self.submitted = _monotonic()
+        # Its timeline record when traced (see shoal._trace), else None.
+        self.trace: CallTrace | None = None
 
     def __len__(self) -> int:
         """One call (a map's Slice or MapRun holds many)."""
@@ -233,6 +247,8 @@ class OptionTask(Task):
             return 0  # cancelled with force, or done: this run's outcome is dropped
         delay = _options.retry_delay(self.options, error, future._attempts)
         if delay is not None:
+            if self.trace is not None:  # a run that did not answer: it ends now
+                self.trace.ended(future._attempts, error)
             self.earlier.append(error)
             self.again.append((delay, self))
             return 0
