@@ -218,11 +218,14 @@ class CallTrace:
         result_bytes: int | None = None,
         outcome: str | None = None,
         once: bool = True,
+        calls: int | None = None,
     ) -> None:
         """Record run ``attempt``, from ``start`` to ``end``, on ``track``.
 
         ``once``: unless that attempt was recorded already (False: the calls
         of a process pool's ``map()``, one CallTrace for all, each recorded).
+        ``calls``: how many calls the run stands for, if not the CallTrace's
+        (a process pool's chunked ``map()``: each of its calls is a chunk).
         """
         if once:
             with self.recorders[0]._lock:
@@ -236,8 +239,9 @@ class CallTrace:
         }
         if error is not None:
             args["error"] = type(error).__qualname__
-        if self.calls != 1:
-            args["calls"] = self.calls
+        calls = self.calls if calls is None else calls
+        if calls != 1:
+            args["calls"] = calls
         if arg_bytes is not None:
             args["arg_bytes"] = arg_bytes
         if result_bytes is not None:

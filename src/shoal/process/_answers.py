@@ -319,7 +319,11 @@ def _record(  # noqa: PLR0917 - one answer's parts
     map's calls travel in slices, and have no ``arg_bytes`` of their own.
     """
     pid = worker.process.pid or 0
-    sent = task.blob if task.run is None else None
+    run = task.run
+    sent = task.blob if run is None else None
+    calls = None
+    if run is not None and task.trace.calls != 1:  # type: ignore[union-attr]
+        calls = len(run.items[task.start])  # type: ignore[union-attr]  # a chunk of a chunked map
     task.trace.run(  # type: ignore[union-attr]
         1 if task.run is not None else max(task.future._attempts, 1),
         now - duration,
@@ -328,7 +332,8 @@ def _record(  # noqa: PLR0917 - one answer's parts
         error,
         arg_bytes=None if sent is None else len(sent[0]),
         result_bytes=len(blob[0]) if error is None else None,
-        once=task.run is None,  # a map's calls: one event each, all attempt 1
+        once=run is None,  # a map's calls: one event each, all attempt 1
+        calls=calls,
     )
 
 
