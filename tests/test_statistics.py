@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -147,9 +148,7 @@ def test_a_call_cancelled_before_it_started_counts_in_cancelled_only(
     assert (record.completed, record.failed, record.cancelled) == (1, 0, 1)
 
 
-def test_shutdown_with_cancel_futures_counts_the_queued_calls(
-    kind: str, tmp_path: Path
-) -> None:
+def test_shutdown_with_cancel_futures_counts_the_queued_calls(kind: str, tmp_path: Path) -> None:
     pool = make_pool(kind)
     holder, gate = hold(pool, tmp_path)
     queued = [pool.submit(calls.identity, i) for i in range(5)]
@@ -233,12 +232,16 @@ def test_statistics_while_calls_run_from_many_threads(kind: str) -> None:
         until(lambda: stats(pool).completed == 400, "400 calls")
 
 
-def test_the_thread_pool_counts_a_failing_initializer_as_failed_calls(tmp_path: Path) -> None:
+def test_the_thread_pool_counts_a_failing_initializer_as_failed_calls() -> None:
+    release = threading.Event()
+
     def broken_init() -> None:
+        release.wait(30)  # until the calls are queued behind it
         raise OSError("no")
 
     pool = shoal.ThreadPoolExecutor(1, initializer=broken_init)
     futures = [pool.submit(calls.identity, i) for i in range(3)]
+    release.set()
     for future in futures:
         with pytest.raises(shoal.BrokenExecutor):
             future.result(timeout=30)

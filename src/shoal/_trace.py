@@ -47,8 +47,6 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ._options import call_name
@@ -283,41 +281,54 @@ def recorders(own: Recorder | None) -> tuple[Recorder, ...] | None:
     return (active,) if own is None or own is active else (own, active)
 
 
-@contextmanager
-def trace(path: str | os.PathLike[str]) -> Iterator[Recorder]:
+class trace:
     """Record a timeline of every call submitted to a shoal pool inside the block.
 
-    Writes ``path`` when the block ends: Trace Event Format JSON, for
-    Perfetto (ui.perfetto.dev) or ``chrome://tracing``. One event per run
-    of each call (a retried call has one per attempt; a chunk of a chunked
-    ``map`` on the thread pool is one event, with its number of calls in
-    ``args.calls``), on one track per worker thread or process, named by
-    the function's ``__qualname__`` or ``options(name=...)``. Its args:
-    ``attempt``, ``outcome`` (``result``, ``error``, ``cancelled``,
-    ``timed out``, ``lost``), ``error`` (the exception's type),
-    ``queue_wait_us`` (submit to start) and, on the process pool,
-    ``arg_bytes`` and ``result_bytes`` (the pickles' sizes).
+    ``with shoal.trace("run.json"): ...`` writes ``run.json`` when the block
+    ends: Trace Event Format JSON, for Perfetto (ui.perfetto.dev) or
+    ``chrome://tracing``. One event per run of each call (a retried call
+    has one per attempt; a chunk of a chunked ``map`` is one event, with
+    its number of calls in ``args.calls``), on one track per worker thread
+    or process, named by the function's ``__qualname__`` or
+    ``options(name=...)``. Its args: ``attempt``, ``outcome`` (``result``,
+    ``error``, ``cancelled``, ``timed out``, ``lost``), ``error`` (the
+    exception's type), ``queue_wait_us`` (submit to start) and, on the
+    process pool, ``arg_bytes`` and ``result_bytes`` (the pickles' sizes).
 
     Leave the block once the calls are done (a ``with`` block of the pool
     inside this one does that): runs that end after it are not written.
 
     Raises:
-        OSError: ``path`` cannot be written (at once, not when the block ends).
+        OSError: ``path`` cannot be written (on entry, not when the block ends).
         RuntimeError: a ``trace()`` block is active already (in any thread):
             one at a time, so that each call is in one file. A pool's own
             ``trace=`` option records into its file as well.
     """
-    global _active
-    with _active_lock:
-        if _active is not None:
-            raise RuntimeError(
-                f"a shoal.trace() block is active already (writing {_active.path!r}); "
-                "leave it first, or give a pool its own file with trace=path"
-            )
-        _active = recorder = Recorder(path)
-    try:
-        yield recorder
-    finally:
+
+    __slots__ = ("_path", "_recorder")
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = path
+        self._recorder: Recorder | None = None
+
+    def __enter__(self) -> Recorder:
+        global _active
+        if self._recorder is not None:
+            raise RuntimeError("this shoal.trace() block was entered already")
         with _active_lock:
-            _active = None
-        recorder.write()
+            if _active is not None:
+                raise RuntimeError(
+                    f"a shoal.trace() block is active already (writing {_active.path!r}); "
+                    "leave it first, or give a pool its own file with trace=path"
+                )
+            _active = self._recorder = Recorder(self._path)
+        return self._recorder
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _active
+        recorder = self._recorder
+        with _active_lock:
+            if _active is recorder:
+                _active = None
+        if recorder is not None:
+            recorder.write()

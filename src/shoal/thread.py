@@ -191,7 +191,8 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         max_pending: if set, ``submit`` blocks while that many calls wait in
             the queue (calls running in threads do not count).
         trace: a path: record this pool's calls as a timeline, written
-            there by ``shutdown()`` (see :func:`shoal.trace`).
+            there by ``shutdown()`` (with ``wait=False``: the runs ended so
+            far), opened at once (see :func:`shoal.trace`).
     """
 
     _counter = itertools.count().__next__

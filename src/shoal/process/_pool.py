@@ -174,6 +174,9 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             one takes its place (frees memory leaked by the calls).
         idle_timeout: seconds after which an idle worker leaves; workers come
             back when work does.
+        trace: a path: record this pool's calls as a timeline, written
+            there by ``shutdown()`` (with ``wait=False``: the runs ended so
+            far), opened at once (see :func:`shoal.trace`).
     """
 
     __module__ = "shoal"
@@ -556,8 +559,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             self._initializer_blob = self._initializer_objects = None
             self._initializer = None
             self._initargs = ()
-            if self._trace is not None:
-                self._trace.write()
+        if self._trace is not None:
+            self._trace.write()  # with wait=False: the runs that ended so far
 
     def __exit__(
         self,
