@@ -244,6 +244,7 @@ def test_with_tracing_off_nothing_is_recorded(kind: str, tmp_path: Path) -> None
     with shoal.trace(tmp_path / "t.json"):
         pass
     assert _trace._active is None
+    assert _trace.tracing == 0  # a submit reads this one global, and goes on
     assert _trace.recorders(None) is None
     with make_pool(kind) as pool:
         future = pool.submit(calls.identity, 1)

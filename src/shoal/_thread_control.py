@@ -91,8 +91,9 @@ from ._thread_worker import (
     CANCELLED,
     COMPLETED,
     FAILED,
-    OTHER_RUNS,
+    MEASURED,
     RUN_TIME,
+    STARTED,
     TIMED_OUT,
     WAIT_TIME,
     _ForceCancelled,
@@ -197,7 +198,7 @@ class _Task:
         try:
             attempt = self._enter(worker)
             if attempt:
-                started = time.monotonic()
+                started = stats[STARTED] = time.monotonic()
                 if self.trace is not None:
                     self.trace.started, self.trace.track = started, worker.track()
                 value = self.fn(*self.args, **self.kwargs)
@@ -227,12 +228,14 @@ class _Task:
         worker.idle.append(None)
         stats[RUN_TIME] += ended - started
         stats[WAIT_TIME] += started - self.queued_at
+        stats[MEASURED] += 1
         if error is None:
-            stats[COMPLETED if self._settle(value, None) else OTHER_RUNS] += 1
+            if self._settle(value, None):
+                stats[COMPLETED] += 1
         elif delay is None:
-            stats[FAILED if self._settle(None, error) else OTHER_RUNS] += 1
+            if self._settle(None, error):
+                stats[FAILED] += 1
         else:
-            stats[OTHER_RUNS] += 1
             self.pool._retry_later(self, delay)
         return True
 

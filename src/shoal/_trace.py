@@ -33,12 +33,15 @@ Concurrency:
   the user's thread enters and leaves ``trace()`` and shuts pools down,
   which writes the file.
   ``_active`` (the ``trace()`` block's recorder) is written under
-  ``_active_lock`` and read without it (a snapshot: a call submitted while
-  the block is entered or left may or may not be recorded).
+  ``_active_lock``, ``tracing`` under ``_count_lock``; both are read
+  without a lock (a snapshot: a call submitted while the block is entered
+  or left may or may not be recorded).
   ``Recorder._events``, ``_tracks`` and ``_closed`` are guarded by
   ``Recorder._lock``; ``CallTrace.recorded`` (the last attempt recorded)
-  too, by the lock of its first recorder. The locks are leaves: nothing is
-  taken while holding them, and no user code runs under them.
+  too, by the lock of its first recorder. Lock order: ``_active_lock``, then
+  ``_count_lock`` (a block's recorder is made under the first); the others
+  are leaves: nothing is taken while holding them. No user code runs under
+  any of them.
 """
 
 from __future__ import annotations
@@ -69,6 +72,10 @@ NO_WORKER = (0, "calls that did not run")
 
 _active_lock = threading.Lock()
 _active: Recorder | None = None  # written under: _active_lock
+# Recorders open (a trace() block's, pools' own): while 0, a submit reads
+# this one global and records nothing. written under: _count_lock
+tracing = 0
+_count_lock = threading.Lock()
 
 # (pid, tid): where an event goes; the name is the track's.
 Track = tuple[int, int, str]
@@ -89,6 +96,9 @@ class Recorder:
                 f"shoal cannot write the trace file {self.path!r} ({exc.strerror}); "
                 "give trace() a path in a directory you can write to",
             ) from exc
+        global tracing
+        with _count_lock:
+            tracing += 1
         self.start = time.monotonic()
         self._lock = threading.Lock()
         self._events: list[tuple[Any, ...]] = []  # guarded by: _lock
@@ -117,6 +127,7 @@ class Recorder:
             self._closed = True
             events, self._events = self._events, []
             tracks = dict(self._tracks)
+        _closed()
         start = self.start
         out: list[dict[str, Any]] = []
         pids = sorted({pid for pid, _ in tracks})
@@ -146,8 +157,17 @@ class Recorder:
     def discard(self) -> None:
         """Close the file without writing (the pool or block failed to start)."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
+        _closed()
         self._file.close()
+
+
+def _closed() -> None:
+    global tracing
+    with _count_lock:
+        tracing -= 1
 
 
 def _meta(kind: str, pid: int, tid: int, name: str) -> dict[str, Any]:

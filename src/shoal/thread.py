@@ -247,8 +247,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         # False, or why the pool is broken. guarded by: _shutdown_lock
         self._broken: str | bool = False  # type: ignore[assignment]
         self._broken_cause: BaseException | None = None  # guarded by: _shutdown_lock
-        # Counters of calls settled outside a worker (see _thread_worker:
-        # COMPLETED, ...) and every worker started. guarded by: _shutdown_lock
+        # Counters of calls settled outside a worker, every worker. guarded by: _shutdown_lock
         self._tallies = [0] * 6
         self._everyone: list[_Worker] = []
         # Its own timeline (trace=path), opened now. immutable after __init__
@@ -269,7 +268,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
-        if _trace._active is not None or self._trace is not None:
+        if _trace.tracing and _trace.recorders(self._trace) is not None:
             return self._submit_with(DEFAULT_OPTIONS, fn, args, kwargs)  # traced
         slots = self._slots
         if slots is not None:
@@ -298,7 +297,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         kwargs: dict[str, Any],
     ) -> Future[T]:
         """``submit`` of a call carrying ``options`` (``executor.options(...).submit``)."""
-        traced = _trace.recorders(self._trace)
+        traced = _trace.recorders(self._trace) if _trace.tracing else None
         if options.plain and traced is None:
             return self.submit(fn, *args, **kwargs)
         if not callable(fn):

@@ -275,7 +275,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
-        if _trace._active is not None or self._trace is not None:
+        if _trace.tracing and _trace.recorders(self._trace) is not None:
             return self._submit_with(DEFAULT_OPTIONS, fn, args, kwargs)  # traced
         future: Future[T] = Future()
         future._stopper = self._stopper
@@ -302,7 +302,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         ``_backlog``. Such calls always go through the dispatcher (no
         hand-over).
         """
-        traced = _trace.recorders(self._trace)
+        traced = _trace.recorders(self._trace) if _trace.tracing else None
         if options.plain and traced is None:
             return self.submit(fn, *args, **kwargs)
         if not callable(fn):
@@ -380,7 +380,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         """``map``'s submission: one lock and one wake-up for all the calls."""
         if not callable(fn):
             raise TypeError(f"map() needs a callable as its first argument, not {fn!r}")
-        if not options.plain or _trace.recorders(self._trace) is not None:
+        if not options.plain or (_trace.tracing and _trace.recorders(self._trace)):
             return super()._submit_many(fn, arguments, options)
         ids = self._ids
         no_kwargs = _NO_KWARGS
@@ -421,7 +421,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             else list(arguments)
         )
         run = _runs.MapRun(fn, items, star)
-        traced = _trace.recorders(self._trace)
+        traced = _trace.recorders(self._trace) if _trace.tracing else None
         if traced is not None:
             run.trace = _trace.CallTrace(traced, options, fn)
             self._shared.traced = True  # before the run can be seen
