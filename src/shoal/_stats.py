@@ -68,8 +68,8 @@ class ExecutorStatistics:
             measured, so the answer's trip back is included.
         mean_run_time: mean seconds a run took in its worker, over the runs
             that answered (a result or an exception); None until one has.
-            Thread pool: over one plain call in 8 per thread (the first of
-            each 8; timing each would cost tiny calls ~5%) and every call
+            Thread pool: over one plain call in 16 per thread (the first of
+            each 16; timing each would cost tiny calls ~5%) and every call
             with options; a ``map(chunksize="auto")`` chunk is one run.
             ``mean_queue_wait`` is over the same runs.
     """

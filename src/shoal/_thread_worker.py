@@ -109,9 +109,9 @@ WorkItem = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any
 COMPLETED, FAILED, CANCELLED, RUN_TIME, WAIT_TIME, MEASURED, STARTED = range(7)
 # A worker times one plain call in SAMPLE_EVERY (every call with options):
 # two clock reads and three float updates on every call cost the thread
-# pool's tiny calls about 5% (bench/README.md); a mean over one call in 8 is
-# as good a mean, at an eighth of the price.
-SAMPLE_EVERY = 8
+# pool's tiny calls about 5% (bench/README.md); a mean over one call in 16
+# is as good a mean, and costs a countdown per call.
+SAMPLE_EVERY = 16
 # The pool's own tallies (``ThreadPoolExecutor._tallies``, under its
 # ``_shutdown_lock``), for calls settled by another thread than a worker's:
 # COMPLETED, FAILED and CANCELLED as above, then these.
@@ -159,7 +159,6 @@ def worker_loop(  # noqa: PLR0917 - a thread target, called with args=
     stop = worker.stop_plain
     # Its counters, by index (COMPLETED, ...: literals below, this is the hot path).
     stats = worker.stats
-    clock = time.monotonic
     tick = 1  # calls left until the next one timed; the first is
     if first is not None and not first.run(worker):
         return
@@ -188,33 +187,28 @@ def worker_loop(  # noqa: PLR0917 - a thread target, called with args=
             try:
                 if future.set_running_or_notify_cancel():
                     tick -= 1
-                    started = 0.0 if tick else clock()
-                    try:
-                        result = fn(*args, **kwargs)
-                    except BaseException as exc:
-                        if started:
-                            ended = clock()
-                        # Idle before the future is done (see _idle in the thread
-                        # pool's docstring): whoever sees the outcome and submits again
-                        # must find this thread counted.
-                        now_idle(None)
-                        future.set_exception(exc)
-                        del exc
-                        # Counted once settled: a stopper that got there first
-                        # counted it (set_* raised InvalidStateError).
-                        stats[1] += 1
+                    if tick:
+                        try:
+                            result = fn(*args, **kwargs)
+                        except BaseException as exc:
+                            # Idle before the future is done (see _idle in the thread
+                            # pool's docstring): whoever sees the outcome and submits
+                            # again must find this thread counted.
+                            now_idle(None)
+                            future.set_exception(exc)
+                            del exc
+                            # Counted once settled: a stopper that got there first
+                            # counted it (set_* raised InvalidStateError).
+                            stats[1] += 1
+                        else:
+                            now_idle(None)
+                            future.set_result(result)
+                            del result
+                            stats[0] += 1
                     else:
-                        if started:
-                            ended = clock()
-                        now_idle(None)
-                        future.set_result(result)
-                        del result
-                        stats[0] += 1
-                    if started:
-                        tick = 8  # SAMPLE_EVERY
-                        stats[3] += ended - started
-                        stats[4] += started - submitted
-                        stats[5] += 1
+                        # One call in SAMPLE_EVERY is timed, out of line.
+                        tick = SAMPLE_EVERY
+                        _run_timed(future, fn, args, kwargs, submitted, now_idle, stats)
                 else:
                     now_idle(None)
                     stats[2] += 1
@@ -246,6 +240,40 @@ def worker_loop(  # noqa: PLR0917 - a thread target, called with args=
             work_queue.put(None)
             return
         del executor
+
+
+def _run_timed(  # noqa: PLR0917 - the worker loop's locals
+    future: Future[Any],
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    submitted: float,
+    now_idle: Callable[[None], None],
+    stats: list[Any],
+) -> None:
+    """The worker loop's plain call, timed for statistics(); the loop's rules hold here.
+
+    Called inside the loop's ``try`` (the call may be stopped: see rule 2
+    of _thread_control's docstring); counts as the loop does.
+    """
+    started = time.monotonic()
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        ended = time.monotonic()
+        now_idle(None)
+        future.set_exception(exc)
+        del exc
+        stats[FAILED] += 1
+    else:
+        ended = time.monotonic()
+        now_idle(None)
+        future.set_result(result)
+        del result
+        stats[COMPLETED] += 1
+    stats[RUN_TIME] += ended - started
+    stats[WAIT_TIME] += started - submitted
+    stats[MEASURED] += 1
 
 
 # -- workers -----------------------------------------------------------------------
