@@ -286,6 +286,7 @@ class _Worker:
         "future",
         "ident",
         "idle",
+        "place",
         "pool_ref",
         "stale",
         "stats",
@@ -301,6 +302,8 @@ class _Worker:
         self.idle = idle
         self.thread: threading.Thread | None = None  # set by the thread itself
         self.ident = 0  # set by the thread itself
+        # Its track on a timeline: (pid, native thread id, name); set by the thread itself.
+        self.place: tuple[int, int, str] = (0, 0, "?")
         # The plain call it runs (None between calls); written by the worker only.
         self.future: Future[Any] | None = None
         # The call with options it runs; written by the worker only.
@@ -316,13 +319,11 @@ class _Worker:
         """In the worker thread, first thing."""
         self.thread = threading.current_thread()
         self.ident = threading.get_ident()
+        self.place = (os.getpid(), threading.get_native_id(), self.thread.name)
 
     def track(self) -> tuple[int, int, str]:
         """Its track on a timeline (see ``_trace``): (pid, thread id, thread name)."""
-        thread = self.thread
-        if thread is None:  # pragma: no cover - set before any call runs
-            return os.getpid(), 0, "?"
-        return os.getpid(), thread.native_id or self.ident, thread.name
+        return self.place
 
     def asked_to_stop(self) -> bool:
         """The probe of ``shoal.cancelled()`` in this thread."""

@@ -52,6 +52,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from ._executor import CHUNK_RUNNERS
 from ._options import call_name
 
 if TYPE_CHECKING:
@@ -190,8 +191,6 @@ def _outcome(error: BaseException | None) -> str:
 
 def _name_and_calls(options: TaskOptions, fn: Any, args: tuple[Any, ...]) -> tuple[str, int]:
     """How the timeline names a call, and how many calls it stands for (a map's chunk: many)."""
-    from ._executor import CHUNK_RUNNERS
-
     if isinstance(fn, functools.partial) and fn.func in CHUNK_RUNNERS and fn.args:
         chunk = args[0] if args else ()
         try:
