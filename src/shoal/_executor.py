@@ -174,6 +174,7 @@ class Executor(_base.Executor):
         backoff: float = 0.0,
         priority: int = 0,
         name: str | None = None,
+        memory_limit: int | str | None = None,
     ) -> OptionsView:
         """A view of this executor whose calls carry options; see ``shoal._options``.
 
@@ -185,10 +186,14 @@ class Executor(_base.Executor):
             backoff: seconds before the first retry, doubled for each next one.
             priority: among calls not started, higher starts first.
             name: how reprs and errors name the call.
+            memory_limit: bytes, or a size such as ``"1GiB"``, of address
+                space the call may take beyond what its worker process has
+                when it starts; past it the call fails with ``MemoryError``
+                and the worker lives on. Process pool only.
 
         Raises:
             TypeError, ValueError: an option's value is wrong (named in the
-                message); nothing is queued.
+                message), or this executor cannot honour it; nothing is queued.
         """
         options = DEFAULT_OPTIONS.merged(
             timeout=timeout,
@@ -197,8 +202,22 @@ class Executor(_base.Executor):
             backoff=backoff,
             priority=priority,
             name=name,
+            memory_limit=memory_limit,
         )
         return OptionsView(self, options)
+
+    def _check_options(self, options: TaskOptions) -> None:
+        """Raise if this executor cannot honour ``options``; ``OptionsView`` asks.
+
+        A memory limit is per process: only the process pool overrides this.
+        """
+        if options.memory_limit is not None:
+            raise TypeError(
+                f"{type(self).__name__} cannot enforce options(memory_limit=...): the limit "
+                "is on a process's address space, and its calls share one process with every "
+                "other call; use shoal.ProcessPoolExecutor, whose worker processes each take "
+                "the limit for the call they run"
+            )
 
     def _submit_with(
         self,

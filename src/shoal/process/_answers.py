@@ -222,6 +222,8 @@ class Answers:
         in_flight = worker.in_flight
         if tag == _frames.READY:
             worker.ready = True
+            # Its cgroup as it will run calls (an initializer may have moved it).
+            worker.crash.baseline(worker.process.pid)
         elif tag == _frames.INIT_FAILED:
             try:
                 error = _remote.load_error(message[1])

@@ -78,6 +78,7 @@ Concurrency:
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import pickle
@@ -444,6 +445,11 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
     # so the running call does not notice.
     signal.signal(signal.SIGINT, _ignore_interrupt)
     signal.siginterrupt(signal.SIGINT, False)
+    crash_log = config.get("crash_log")
+    if crash_log is not None:
+        # On a fatal signal, every thread's Python stack goes to the file the
+        # parent reads after our death (see _crashlog); nothing per call.
+        faulthandler.enable(file=crash_log.fd, all_threads=True)
     board = config.get("board")
     if board is not None:
         global _current_call
