@@ -11,6 +11,7 @@ import concurrent.futures.process
 import contextlib
 import pickle
 import signal as _signal
+from typing import Any
 
 from ._errors import BrokenExecutor
 
@@ -83,19 +84,13 @@ class WorkerLostError(BrokenProcessPool):
         self.cause = cause
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (
-            _rebuild_worker_lost,
-            (
-                str(self),
-                self.exitcode,
-                self.task,
-                self.pid,
-                self.signal,
-                self.oom_killed,
-                self.worker_stack,
-                self.cause,
-            ),
-        )
+        forensics = {
+            "signal": self.signal,
+            "oom_killed": self.oom_killed,
+            "worker_stack": self.worker_stack,
+            "cause": self.cause,
+        }
+        return (_rebuild_worker_lost, (str(self), self.exitcode, self.task, self.pid, forensics))
 
 
 class UnpicklingFailedError(BrokenProcessPool, pickle.UnpicklingError):
@@ -161,18 +156,6 @@ def _rebuild_worker_lost(
     exitcode: int | None,
     task: str | None,
     pid: int | None = None,
-    signal: int | None = None,
-    oom_killed: bool | None = None,
-    worker_stack: str | None = None,
-    cause: str | None = None,
+    forensics: dict[str, Any] | None = None,
 ) -> WorkerLostError:
-    return WorkerLostError(
-        message,
-        exitcode=exitcode,
-        task=task,
-        pid=pid,
-        signal=signal,
-        oom_killed=oom_killed,
-        worker_stack=worker_stack,
-        cause=cause,
-    )
+    return WorkerLostError(message, exitcode=exitcode, task=task, pid=pid, **(forensics or {}))

@@ -136,7 +136,7 @@ def oom_counter(pid: int) -> tuple[str, int] | None:
             lines = file.read().splitlines()
     except OSError:
         return None
-    candidates = []
+    candidates: list[str] = []
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if "memory" in controllers.split(","):  # cgroup v1
@@ -160,7 +160,7 @@ def read_oom_count(path: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def kernel_oom_record(pid: int, since: float) -> str | None | bool:
+def kernel_oom_record(pid: int, since: float) -> str | bool | None:
     """The kernel log's record of the OOM killer killing ``pid`` after ``since``.
 
     ``since``: ``time.monotonic()`` when the worker started. Returns the
@@ -298,7 +298,7 @@ def _signal_name(number: int) -> str:
 
 
 def death_error(
-    name: str, pid: int | None, call: str, exitcode: int | None, crash: Forensics, after: str
+    name: str, pid: int | None, call: str, *, exitcode: int | None, crash: Forensics, after: str
 ) -> WorkerLostError:
     """The error of ``call``, lost with the worker ``name`` (``pid``) that died of ``exitcode``.
 

@@ -214,7 +214,7 @@ def signal_name(exitcode: int | None) -> str:
 
 
 def lost_error(worker: Worker, lost: Sent, exitcode: int | None, replaced: bool) -> WorkerLostError:
-    """The error of the call ``lost`` with ``worker``, which died running it (see ``_forensics``)."""
+    """The error of the call ``lost`` with ``worker``, which died running it; see ``_forensics``."""
     after = (
         "the pool started a new worker and goes on"
         if replaced
@@ -223,7 +223,12 @@ def lost_error(worker: Worker, lost: Sent, exitcode: int | None, replaced: bool)
     crash = worker.crash
     crash.collect()  # forgotten already, as a rule: then this does nothing
     return _forensics.death_error(
-        worker.name, worker.process.pid, lost.describe(), exitcode, crash, after
+        worker.name,
+        worker.process.pid,
+        lost.describe(),
+        exitcode=exitcode,
+        crash=crash,
+        after=after,
     )
 
 
