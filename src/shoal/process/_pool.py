@@ -78,7 +78,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 from .. import _clock
 from .._executor import Executor, as_index
 from .._future import Future
-from .._options import DEFAULT_OPTIONS, TaskOptions, queue_key
+from .._options import DEFAULT_OPTIONS, TaskOptions, parse_bytes, queue_key
 from .._process_errors import BrokenProcessPool
 from .._stats import ExecutorStatistics
 from . import _runs, _shm, _wire
@@ -89,6 +89,7 @@ from ._lifecycle import main_by_value, usable_cpus
 from ._shared import Shared
 from ._start import default_context, preload_in_forkserver
 from ._tasks import OptionTask, Queued, Task, count_calls
+from ._worker import _describe
 
 __all__ = ("ProcessPoolExecutor", "default_context")
 
@@ -145,14 +146,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _describe(fn: object) -> str:
-    module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", None)
-    if isinstance(qualname, str):
-        return f"{module}.{qualname}" if isinstance(module, str) else qualname
-    return repr(fn)
-
-
 class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
     """Run calls in a pool of worker processes that survives its workers.
 
@@ -172,6 +165,10 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             one takes its place (frees memory leaked by the calls).
         idle_timeout: seconds after which an idle worker leaves; workers come
             back when work does.
+        max_memory_per_worker: bytes, or a size such as ``"2GiB"``: a worker
+            whose resident memory is past it after a call leaves once it has
+            answered that call, and a new one takes its place (counted in
+            ``statistics().respawned``); the calls it held go to others.
     """
 
     __module__ = "shoal"
@@ -185,6 +182,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         *,
         max_tasks_per_child: int | None = None,
         idle_timeout: float | None = None,
+        max_memory_per_worker: int | str | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = usable_cpus()
@@ -217,6 +215,11 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._by_value = main_by_value(mp_context)
         self._max_tasks_per_child = max_tasks_per_child
         self._idle_timeout = idle_timeout
+        self._max_memory = (
+            None
+            if max_memory_per_worker is None
+            else parse_bytes(max_memory_per_worker, "max_memory_per_worker")
+        )
         self._serial = next(_serials)
         self._initializer = initializer  # type: ignore[assignment]  # typeshed says -> None
         self._initargs = tuple(initargs)
@@ -314,6 +317,9 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             self._shared.timeouts = True  # before the task can be seen
         self._enqueue((task,), ranked=options.priority != 0)
         return future
+
+    def _check_options(self, options: TaskOptions) -> None:
+        """Every option holds here: a memory limit is set in the worker, per call."""
 
     def _send_now(self, task: Task) -> bool:
         """The latency path: hand ``task`` to an idle worker without waking the dispatcher.
@@ -458,6 +464,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             idle_timeout=self._idle_timeout,
             serial=self._serial,
             shm_prefix=self._shm_prefix,
+            max_memory=self._max_memory,
         )
         dispatcher.start()
         self._dispatcher = dispatcher

@@ -245,7 +245,7 @@ def _pickle_outcome(ok: bool, outcome: Any, fn: Any, prefix: str) -> tuple[bool,
 
 
 def _run_one(
-    entry: tuple[Any, ...], prefix: str, functions: list[Any], board: Any
+    entry: tuple[Any, ...], prefix: str, functions: list[Any], board: Any, limit: int | None = None
 ) -> tuple[int, bool, _wire.Blob, float] | None:
     """Run one call of a RUN message and return its answer; never raises for the user's sake.
 
@@ -255,7 +255,7 @@ def _run_one(
     board was closed (cancelled, or taken by another worker): it must not
     run. Everything else the call touched (arguments, result, exception) is
     local here and released when this returns; the arguments before the
-    result is pickled.
+    result is pickled. ``limit``: the call's memory limit (see ``_limited``).
     """
     _, task_id, blob, index, slot = entry
     if board is not None and not _board.start(board, slot, task_id):
@@ -270,7 +270,10 @@ def _run_one(
     except BaseException as exc:
         return task_id, False, _unpickling_failed(exc, prefix), 0.0
     del blob
-    ok, outcome, duration = _invoke(fn, args, kwargs)
+    if limit is None:
+        ok, outcome, duration = _invoke(fn, args, kwargs)
+    else:
+        ok, outcome, duration = _limited(limit, fn, args, kwargs)
     del args, kwargs
     ok, answer = _pickle_outcome(ok, outcome, fn, prefix)
     return task_id, ok, answer, duration
@@ -322,45 +325,171 @@ def _run_slice(conn: Any, batch: list[Any], prefix: str, functions: list[Any]) -
         del answer
 
 
-def _run_message(conn: Any, message: Any, prefix: str, board: Any) -> bool:
-    """Run the calls of a RUN message in order, answering each; False if the parent is gone."""
+def _run_message(conn: Any, message: Any, prefix: str, board: Any, cap: int | None) -> bool:
+    """Run the calls of a RUN message in order, answering each; False if the parent is gone.
+
+    ``cap``: ``max_memory_per_worker`` in bytes, or None. Once this
+    process's resident memory is past it after a call, the calls left (of
+    this message and of any that follow) go back to the parent unrun: see
+    ``_recycle``.
+    """
     batch = message[1]
     # The function pickles of the message; each is replaced by its function
     # when first used, and dropped with the message.
     functions = message[2]
     del message
     batch.reverse()  # pop() from the end: each call blob is freed once run
+    if _recycling:
+        return _give_back(conn, batch, board)
     run_one = _run_one
     send_result = _frames.send_result
+    call_kind = _frames.CALL
     slice_kind = _frames.SLICE
     while batch:
-        if batch[-1][0] == slice_kind:
+        kind = batch[-1][0]
+        if kind == slice_kind:
             try:
                 _run_slice(conn, batch, prefix, functions)
             except OSError:
                 return False
-            continue
-        entry = batch.pop()
-        answer = run_one(entry, prefix, functions, board)
-        if answer is None:  # cancelled, or taken by another worker
-            skipped = entry[1]
+        else:
+            entry = batch.pop()
+            if kind == call_kind:
+                answer = run_one(entry, prefix, functions, board)
+            else:  # LIMITED: a call with its memory limit
+                answer = run_one(entry[:5], prefix, functions, board, entry[5])
+            # Answer each call before starting the next: if this process
+            # dies, the parent knows exactly which call it was running (the
+            # first unanswered one) and that the calls behind it never
+            # started, so it can hand those to another worker.
+            task_id = entry[1]
             del entry
             try:
-                _frames.send(conn, (_frames.SKIPPED, skipped))
+                if answer is None:  # cancelled, or taken by another worker
+                    _frames.send(conn, (_frames.SKIPPED, task_id))
+                else:
+                    send_result(conn, *answer)
             except OSError:
                 return False
-            continue
-        del entry
-        # Answer each call before starting the next: if this process dies,
-        # the parent knows exactly which call it was running (the first
-        # unanswered one) and that the calls behind it never started, so it
-        # can hand those to another worker.
+            del answer
+        if cap is not None and _resident() > cap:
+            return _recycle(conn, batch, board)
+    return True
+
+
+# -- memory ------------------------------------------------------------------------
+
+# Set once this worker's resident memory passed max_memory_per_worker: it
+# runs no more calls, and leaves on the parent's EXIT.
+_recycling = False
+# /proc/self/statm, opened on first use (-1: not yet; -2: not readable here).
+_statm_fd = -1
+
+
+def _statm() -> tuple[int, int] | None:
+    """(address space, resident memory) of this process in bytes, or None (not Linux).
+
+    A ``pread`` of ``/proc/self/statm``, kept open: about a microsecond.
+    """
+    global _statm_fd
+    if _statm_fd == -1:
         try:
-            send_result(conn, *answer)
+            _statm_fd = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:
+            _statm_fd = -2
+    if _statm_fd < 0:
+        return None
+    fields = os.pread(_statm_fd, 128, 0).split()
+    page = os.sysconf("SC_PAGE_SIZE")
+    return int(fields[0]) * page, int(fields[1]) * page
+
+
+def _resident() -> int:
+    """This process's resident memory now, in bytes.
+
+    Where ``/proc`` is missing, the peak instead (``ru_maxrss``): the peak
+    passes the cap whenever the current size does, so a worker over it is
+    still recycled; one that was over it for a moment is too.
+    """
+    sizes = _statm()
+    if sizes is not None:
+        return sizes[1]
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _recycle(conn: Any, batch: list[Any], board: Any) -> bool:
+    """Resident memory is past ``max_memory_per_worker``: tell the parent, give the rest back.
+
+    The parent retires this worker (it sends EXIT) and starts another in
+    its place; the calls this worker held and did not start, and those of
+    any RUN message already on the way, go back (RETURNED) and run
+    elsewhere. False if the parent is gone.
+    """
+    global _recycling
+    _recycling = True
+    try:
+        _frames.send(conn, (_frames.RECYCLE, _resident()))
+    except OSError:
+        return False
+    return _give_back(conn, batch, board)
+
+
+def _give_back(conn: Any, batch: list[Any], board: Any) -> bool:
+    """Answer the entries of ``batch`` (reversed) RETURNED, unrun; SKIPPED for those closed."""
+    while batch:
+        entry = batch.pop()
+        answer = _frames.RETURNED
+        if (
+            entry[0] != _frames.SLICE
+            and board is not None
+            and not _board.give_back(board, entry[4])
+        ):
+            answer = _frames.SKIPPED  # cancelled, or taken by another worker, already
+        try:
+            _frames.send(conn, (answer, entry[1]))
         except OSError:
             return False
-        del answer
     return True
+
+
+def _limited(
+    limit: int, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None
+) -> tuple[bool, Any, float]:
+    """``_invoke`` under a soft RLIMIT_AS of ``limit`` bytes more than the process has now.
+
+    The limit before is put back as the call ends, however it ends, so it
+    holds for this call only. A limit already set (soft or hard) lower
+    stays in force. Where the address space cannot be read (not Linux),
+    ``limit`` is the whole address space.
+    """
+    import resource
+
+    kind = resource.RLIMIT_AS
+    try:
+        soft, hard = resource.getrlimit(kind)
+        sizes = _statm()
+        cap = limit + (sizes[0] if sizes is not None else 0)
+        for outer in (soft, hard):
+            if outer != resource.RLIM_INFINITY:
+                cap = min(cap, outer)
+        resource.setrlimit(kind, (cap, hard))
+    except (OSError, ValueError) as exc:
+        exc.add_note("(shoal: options(memory_limit=...) could not be set for this call)")
+        return False, exc, 0.0
+    try:
+        ok, outcome, duration = _invoke(fn, args, kwargs)
+    finally:
+        resource.setrlimit(kind, (soft, hard))
+    if not ok and isinstance(outcome, MemoryError):
+        outcome.add_note(
+            f"(shoal: this call ran under options(memory_limit={limit})): it may take "
+            f"{limit} bytes of address space beyond what its worker held as it started; "
+            "the worker goes on)"
+        )
+    return ok, outcome, duration
 
 
 def _initialize(conn: Any, config: dict[str, Any], prefix: str) -> bool:
@@ -491,6 +620,7 @@ def _loop(conn: Any, config: dict[str, Any], prefix: str) -> bool:
     poll = poller.poll
     clock = time.perf_counter
     spin_seconds = config.get("spin_seconds", SPIN_SECONDS)
+    cap = config.get("max_memory")
     spin = False
     while True:
         if spin and spin_seconds:
@@ -509,7 +639,7 @@ def _loop(conn: Any, config: dict[str, Any], prefix: str) -> bool:
             return True  # the parent is gone
         tag = message[0]
         if tag == _frames.RUN:
-            if not _run_message(conn, message, prefix, board):
+            if not _run_message(conn, message, prefix, board, cap):
                 return True  # the parent is gone
             del message
         elif tag == _frames.EXIT:
