@@ -14,6 +14,11 @@ child's end of a duplex ``multiprocessing`` pipe, and speaks the protocol of
                                              (calls of a map): see _frames
              <-- one answer per call, sent before the next call starts
                  (_frames.send_result; RESULTS when it has shared memory)
+                                             a LIMITED call runs under a soft
+                                             RLIMIT_AS, restored after it (_memory)
+             <-- (RECYCLE, rss) once resident memory passed max_memory
+                 after a call; then (RETURNED, id) for each call held
+                 or sent later, unrun, until EXIT (_memory)
     (EXIT,) -->                              exits 0
     parent gone (EOF on the pipe,            exits 0 (EXIT_ORPHANED when the
     or the watchdog sees it die)             watchdog had to do it)
@@ -30,6 +35,10 @@ leave the parent unable to tell which call killed the worker.)
 Exit codes: EXIT_OK (0) after EXIT, INIT_FAILED or EOF; EXIT_ORPHANED when the
 watchdog found the parent dead; EXIT_INTERNAL_ERROR when the loop itself
 (not user code) failed, after printing the traceback to stderr.
+
+Crash log: ``faulthandler`` writes every thread's stack to the file the
+parent gave (``config["crash_log"]``, see ``_crashlog``) on SIGSEGV,
+SIGBUS, SIGILL, SIGFPE and SIGABRT; the parent reads it after the death.
 
 Signals: SIGINT does nothing in a worker (Ctrl-C is the parent's to
 handle), through a handler rather than SIG_IGN, so that a program a call
@@ -92,7 +101,7 @@ from typing import Any
 
 from .. import _current
 from .._errors import CancelledError, TaskTimeoutError
-from . import _board, _frames, _remote, _shm, _wire
+from . import _board, _frames, _memory, _remote, _shm, _wire
 
 __all__ = (
     "EXIT_INTERNAL_ERROR",
@@ -255,7 +264,7 @@ def _run_one(
     board was closed (cancelled, or taken by another worker): it must not
     run. Everything else the call touched (arguments, result, exception) is
     local here and released when this returns; the arguments before the
-    result is pickled. ``limit``: the call's memory limit (see ``_limited``).
+    result is pickled. ``limit``: the call's memory limit (see ``_memory.limited``).
     """
     _, task_id, blob, index, slot = entry
     if board is not None and not _board.start(board, slot, task_id):
@@ -273,7 +282,7 @@ def _run_one(
     if limit is None:
         ok, outcome, duration = _invoke(fn, args, kwargs)
     else:
-        ok, outcome, duration = _limited(limit, fn, args, kwargs)
+        ok, outcome, duration = _memory.limited(_invoke, limit, fn, args, kwargs)
     del args, kwargs
     ok, answer = _pickle_outcome(ok, outcome, fn, prefix)
     return task_id, ok, answer, duration
@@ -331,7 +340,7 @@ def _run_message(conn: Any, message: Any, prefix: str, board: Any, cap: int | No
     ``cap``: ``max_memory_per_worker`` in bytes, or None. Once this
     process's resident memory is past it after a call, the calls left (of
     this message and of any that follow) go back to the parent unrun: see
-    ``_recycle``.
+    ``_memory.recycle``.
     """
     batch = message[1]
     # The function pickles of the message; each is replaced by its function
@@ -339,8 +348,8 @@ def _run_message(conn: Any, message: Any, prefix: str, board: Any, cap: int | No
     functions = message[2]
     del message
     batch.reverse()  # pop() from the end: each call blob is freed once run
-    if _recycling:
-        return _give_back(conn, batch, board)
+    if _memory.recycling:
+        return _memory.give_back(conn, batch, board)
     run_one = _run_one
     send_result = _frames.send_result
     call_kind = _frames.CALL
@@ -372,124 +381,9 @@ def _run_message(conn: Any, message: Any, prefix: str, board: Any, cap: int | No
             except OSError:
                 return False
             del answer
-        if cap is not None and _resident() > cap:
-            return _recycle(conn, batch, board)
+        if cap is not None and _memory.resident() > cap:
+            return _memory.recycle(conn, batch, board)
     return True
-
-
-# -- memory ------------------------------------------------------------------------
-
-# Set once this worker's resident memory passed max_memory_per_worker: it
-# runs no more calls, and leaves on the parent's EXIT.
-_recycling = False
-# /proc/self/statm, opened on first use (-1: not yet; -2: not readable here).
-_statm_fd = -1
-
-
-def _statm() -> tuple[int, int] | None:
-    """(address space, resident memory) of this process in bytes, or None (not Linux).
-
-    A ``pread`` of ``/proc/self/statm``, kept open: about a microsecond.
-    """
-    global _statm_fd
-    if _statm_fd == -1:
-        try:
-            _statm_fd = os.open("/proc/self/statm", os.O_RDONLY)
-        except OSError:
-            _statm_fd = -2
-    if _statm_fd < 0:
-        return None
-    fields = os.pread(_statm_fd, 128, 0).split()
-    page = os.sysconf("SC_PAGE_SIZE")
-    return int(fields[0]) * page, int(fields[1]) * page
-
-
-def _resident() -> int:
-    """This process's resident memory now, in bytes.
-
-    Where ``/proc`` is missing, the peak instead (``ru_maxrss``): the peak
-    passes the cap whenever the current size does, so a worker over it is
-    still recycled; one that was over it for a moment is too.
-    """
-    sizes = _statm()
-    if sizes is not None:
-        return sizes[1]
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def _recycle(conn: Any, batch: list[Any], board: Any) -> bool:
-    """Resident memory is past ``max_memory_per_worker``: tell the parent, give the rest back.
-
-    The parent retires this worker (it sends EXIT) and starts another in
-    its place; the calls this worker held and did not start, and those of
-    any RUN message already on the way, go back (RETURNED) and run
-    elsewhere. False if the parent is gone.
-    """
-    global _recycling
-    _recycling = True
-    try:
-        _frames.send(conn, (_frames.RECYCLE, _resident()))
-    except OSError:
-        return False
-    return _give_back(conn, batch, board)
-
-
-def _give_back(conn: Any, batch: list[Any], board: Any) -> bool:
-    """Answer the entries of ``batch`` (reversed) RETURNED, unrun; SKIPPED for those closed."""
-    while batch:
-        entry = batch.pop()
-        answer = _frames.RETURNED
-        if (
-            entry[0] != _frames.SLICE
-            and board is not None
-            and not _board.give_back(board, entry[4])
-        ):
-            answer = _frames.SKIPPED  # cancelled, or taken by another worker, already
-        try:
-            _frames.send(conn, (answer, entry[1]))
-        except OSError:
-            return False
-    return True
-
-
-def _limited(
-    limit: int, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None
-) -> tuple[bool, Any, float]:
-    """``_invoke`` under a soft RLIMIT_AS of ``limit`` bytes more than the process has now.
-
-    The limit before is put back as the call ends, however it ends, so it
-    holds for this call only. A limit already set (soft or hard) lower
-    stays in force. Where the address space cannot be read (not Linux),
-    ``limit`` is the whole address space.
-    """
-    import resource
-
-    kind = resource.RLIMIT_AS
-    try:
-        soft, hard = resource.getrlimit(kind)
-        sizes = _statm()
-        cap = limit + (sizes[0] if sizes is not None else 0)
-        for outer in (soft, hard):
-            if outer != resource.RLIM_INFINITY:
-                cap = min(cap, outer)
-        resource.setrlimit(kind, (cap, hard))
-    except (OSError, ValueError) as exc:
-        exc.add_note("(shoal: options(memory_limit=...) could not be set for this call)")
-        return False, exc, 0.0
-    try:
-        ok, outcome, duration = _invoke(fn, args, kwargs)
-    finally:
-        resource.setrlimit(kind, (soft, hard))
-    if not ok and isinstance(outcome, MemoryError):
-        outcome.add_note(
-            f"(shoal: this call ran under options(memory_limit={limit})): it may take "
-            f"{limit} bytes of address space beyond what its worker held as it started; "
-            "the worker goes on)"
-        )
-    return ok, outcome, duration
 
 
 def _initialize(conn: Any, config: dict[str, Any], prefix: str) -> bool:
@@ -656,8 +550,10 @@ def worker_main(conn: Any, config: dict[str, Any]) -> None:
         config: ``initializer`` (a call Blob or None), ``parent_pid``,
             ``shm_prefix`` (the pool's; this worker's segments are named
             ``{shm_prefix}-w{pid}-{n}``), ``name`` (the process title) and,
-            optionally, ``spin_seconds`` (how long to poll for the next
-            message before blocking; 0: never) and ``inherited_fds``:
+            optionally, ``crash_log`` (a ``_crashlog.CrashLog``),
+            ``max_memory`` (bytes: see ``_memory.recycle``), ``spin_seconds``
+            (how long to poll for the next message before blocking; 0:
+            never) and ``inherited_fds``:
             descriptors the worker closes at once (under the fork start
             method, the parent's ends of the worker pipes; never pass it for
             spawn or forkserver, where those numbers mean other files).
