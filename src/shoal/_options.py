@@ -243,7 +243,7 @@ def parse_bytes(value: object, what: str) -> int:
     else:
         raise TypeError(f"{what} must be {_SIZE_FORMS}; not {type(value).__name__} ({value!r})")
     if size <= 0:
-        raise ValueError(f"{what} must be more than 0 bytes, not {value!r}")
+        raise ValueError(f"{what} must be more than 0 bytes, not {value!r}: give {_SIZE_FORMS}")
     return size
 
 
