@@ -88,17 +88,18 @@ def test_a_bad_max_memory_per_worker_fails_at_construction(value) -> None:
 # -- options(memory_limit=...) -----------------------------------------------------
 
 
-def test_a_runaway_call_fails_with_memory_error_and_its_worker_goes_on(pool) -> None:
-    worker = pool.submit(forensic_calls.pid).result(TIMEOUT)
-    limited = pool.options(memory_limit="64MiB")
-    with pytest.raises(MemoryError) as caught:
-        limited.submit(forensic_calls.allocate, 1 << 30).result(TIMEOUT)
-    assert any("options(memory_limit=...)" in note for note in caught.value.__notes__)
-    # Within its limit, a call runs; without one, so does a big one; same worker.
-    assert limited.submit(forensic_calls.allocate, 16 * MiB).result(TIMEOUT) == 16 * MiB
-    assert pool.submit(forensic_calls.allocate, 256 * MiB).result(TIMEOUT) == 256 * MiB
-    assert worker in pool._processes
-    assert pool.statistics().respawned == 0
+def test_a_runaway_call_fails_with_memory_error_and_its_worker_goes_on(start_method) -> None:
+    with shoal.ProcessPoolExecutor(max_workers=1, mp_context=start_method) as pool:
+        worker = pool.submit(forensic_calls.pid).result(TIMEOUT)
+        limited = pool.options(memory_limit="64MiB")
+        with pytest.raises(MemoryError) as caught:
+            limited.submit(forensic_calls.allocate, 1 << 30).result(TIMEOUT)
+        assert any("options(memory_limit=...)" in note for note in caught.value.__notes__)
+        # Within its limit, a call runs; without one, so does a big one; same worker.
+        assert limited.submit(forensic_calls.allocate, 16 * MiB).result(TIMEOUT) == 16 * MiB
+        assert pool.submit(forensic_calls.allocate, 256 * MiB).result(TIMEOUT) == 256 * MiB
+        assert pool.submit(forensic_calls.pid).result(TIMEOUT) == worker
+        assert pool.statistics().respawned == 0
 
 
 def test_a_memory_limit_holds_for_its_call_only_in_a_batch(start_method) -> None:
@@ -118,13 +119,16 @@ def test_a_memory_limit_holds_for_its_call_only_in_a_batch(start_method) -> None
         assert pool.statistics().respawned == 0
 
 
-def test_a_memory_limit_counts_from_what_the_worker_holds(pool) -> None:
-    # The worker holds 200 MiB of its own; a call may still take its 64.
-    pool.submit(forensic_calls.keep, 200 * MiB).result(TIMEOUT)
-    limited = pool.options(memory_limit="64MiB")
-    for _ in range(2):  # both workers of the pool may hold it
-        pool.submit(forensic_calls.keep, 200 * MiB).result(TIMEOUT)
-    assert limited.submit(forensic_calls.allocate, 32 * MiB).result(TIMEOUT) == 32 * MiB
+def test_a_memory_limit_counts_from_what_the_worker_holds(start_method) -> None:
+    # The worker holds 200 MiB of its own: a call may still take its 64 more
+    # (an absolute limit of 64 MiB would fail it), but not 128 more.
+    with shoal.ProcessPoolExecutor(max_workers=1, mp_context=start_method) as pool:
+        worker = pool.submit(forensic_calls.keep, 200 * MiB).result(TIMEOUT)
+        limited = pool.options(memory_limit="64MiB")
+        assert limited.submit(forensic_calls.allocate, 32 * MiB).result(TIMEOUT) == 32 * MiB
+        with pytest.raises(MemoryError):
+            limited.submit(forensic_calls.allocate, 128 * MiB).result(TIMEOUT)
+        assert pool.submit(forensic_calls.pid).result(TIMEOUT) == worker
 
 
 def test_a_memory_limit_with_retries_limits_every_run(pool) -> None:

@@ -8,6 +8,10 @@ it runs now. Each answer completes that call's future (or a map's result
 slot) and takes the call off the queue; a result or an exception that does
 not unpickle here fails only its own call, with an UnpicklingFailedError.
 
+A worker past ``max_memory_per_worker`` says RECYCLE (it is retired: EXIT
+is sent) and then RETURNED for each call it gives back unrun: those go to
+the front of the backlog, in order, once the read is settled.
+
 The common answer (a result in band, framed by ``_frames.send_result``) is
 settled straight from the worker's inbox, without a copy; others go
 through ``_complete``.
