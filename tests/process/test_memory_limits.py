@@ -56,6 +56,14 @@ def test_a_recycled_workers_map_calls_run_elsewhere(capped) -> None:
     assert capped.statistics().respawned == 1
 
 
+def test_a_map_whose_first_call_grows_the_worker_completes_elsewhere(capped) -> None:
+    _warm_up(capped)
+    for _ in range(3):  # slices sent ahead come back unrun, and run in the new worker
+        pids = list(capped.map(forensic_calls.keep_at_zero, range(3000)))
+        assert len(pids) == 3000
+    assert capped.statistics().respawned >= 3
+
+
 def test_a_worker_under_its_memory_cap_stays(start_method) -> None:
     with shoal.ProcessPoolExecutor(
         max_workers=1, mp_context=start_method, max_memory_per_worker=2 << 30
