@@ -80,6 +80,7 @@ from .._executor import Executor, as_index
 from .._future import Future
 from .._options import DEFAULT_OPTIONS, TaskOptions, parse_bytes, queue_key
 from .._process_errors import BrokenProcessPool
+from .._progress import Progress
 from .._stats import ExecutorStatistics
 from . import _runs, _shm, _wire
 from ._control import Stopper
@@ -166,12 +167,12 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         idle_timeout: seconds after which an idle worker leaves; workers come
             back when work does.
         max_memory_per_worker: bytes, or a size such as ``"2GiB"``: a worker
-            whose resident memory is past it after a call leaves once it has
-            answered that call, and a new one takes its place (counted in
-            ``statistics().respawned``); the calls it held go to others.
+            past it (resident) after a call leaves, a new one takes its place
+            (``statistics().respawned``); the calls it held go to others.
     """
 
     __module__ = "shoal"
+    _memory_limits = True  # options(memory_limit=...): set in the worker, per call
 
     def __init__(
         self,
@@ -215,11 +216,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._by_value = main_by_value(mp_context)
         self._max_tasks_per_child = max_tasks_per_child
         self._idle_timeout = idle_timeout
-        self._max_memory = (
-            None
-            if max_memory_per_worker is None
-            else parse_bytes(max_memory_per_worker, "max_memory_per_worker")
-        )
+        cap = max_memory_per_worker
+        self._max_memory = None if cap is None else parse_bytes(cap, "max_memory_per_worker")
         self._serial = next(_serials)
         self._initializer = initializer  # type: ignore[assignment]  # typeshed says -> None
         self._initargs = tuple(initargs)
@@ -318,9 +316,6 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._enqueue((task,), ranked=options.priority != 0)
         return future
 
-    def _check_options(self, options: TaskOptions) -> None:
-        """Every option holds here: a memory limit is set in the worker, per call."""
-
     def _send_now(self, task: Task) -> bool:
         """The latency path: hand ``task`` to an idle worker without waking the dispatcher.
 
@@ -392,15 +387,21 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         *,
         star: bool = True,
         options: TaskOptions = DEFAULT_OPTIONS,
+        progress: Progress | None = None,
     ) -> Iterator[T]:
         """An eager, ordered map (the usual one) as one MapRun; see ``_runs``.
 
-        Lazy (``buffersize``), unordered maps and maps with options submit
-        their calls one by one.
-        """
+        Lazy, unordered and optioned maps submit their calls one by one."""
         if buffersize is not None or not ordered or not options.plain:
             return super()._map_calls(
-                fn, arguments, deadline, buffersize, ordered, star=star, options=options
+                fn,
+                arguments,
+                deadline,
+                buffersize,
+                ordered,
+                star=star,
+                options=options,
+                progress=progress,
             )
         if not callable(fn):
             raise TypeError(f"map() needs a callable as its first argument, not {fn!r}")
@@ -413,7 +414,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         )
         run = _runs.MapRun(fn, items, star)
         self._enqueue((run,) if items else ())
-        return _runs.results(run, deadline)
+        return _runs.results(run, deadline, progress)
 
     def _enqueue(self, tasks: Iterable[Queued], *, ranked: bool = False) -> None:
         """Queue ``tasks`` for the dispatcher (started on first use) and wake it.
