@@ -15,17 +15,24 @@ while a ``shoal.trace()`` block is active, and every call of a pool made
 with ``trace=path``. With tracing off, nothing is recorded and no call
 carries a CallTrace.
 
-How a run is recorded: the pool calls ``CallTrace.run`` when a run ended
-and its start and end are known (the thread pool: in the worker thread,
-around the call; the process pool: in the dispatcher, from the answer:
-its end is the answer's arrival, its start that less the run time the
-worker measured). Runs that end otherwise (a stopped call, a lost worker, a
-call cancelled before it ran) are recorded by ``CallTrace.settled``, a
-done-callback of the call's future, once the future is done: an event
-ending then, of zero length when the start is not known, on the worker's
-track when the error names it (``WorkerLostError.pid``), else on the track
-"calls that did not run". Each attempt is recorded once (whichever of the
-two comes first).
+How a run is recorded: as a tuple (``Run``), added without a lock to the
+recorder's flat list of runs (``list.extend`` is atomic); ``write`` makes
+the Trace Event Format events of them. A plain call on the thread pool is
+recorded by its worker thread, on the pool's plain path
+(``_thread_worker.run_traced``): no done-callback, no lock; a plain call
+stopped by another thread (``cancel(force=True)``, ``shutdown(timeout=)``)
+by that thread, as its future is settled (``_Worker.interrupt``), and that
+record replaces the worker's. Other calls carry a :class:`CallTrace`: the
+pool calls ``CallTrace.run`` when a run ended and its start and end are
+known (the thread pool: in the worker thread, around the call; the process
+pool: in the dispatcher, from the answer: its end is the answer's arrival,
+its start that less the run time the worker measured). Runs that end
+otherwise (a stopped call, a lost worker, a call cancelled before it ran)
+are recorded by ``CallTrace.settled``, a done-callback of the call's
+future, once the future is done: an event ending then, of zero length when
+the start is not known, on the worker's track when the error names it
+(``WorkerLostError.pid``), else on the track "calls that did not run".
+Each attempt is recorded once (whichever of the two comes first).
 
 Concurrency:
   Threads: worker threads, the process pool's dispatcher and the threads
@@ -36,9 +43,13 @@ Concurrency:
   ``_active_lock``, ``tracing`` under ``_count_lock``; both are read
   without a lock (a snapshot: a call submitted while the block is entered
   or left may or may not be recorded).
-  ``Recorder._events``, ``_tracks`` and ``_closed`` are guarded by
-  ``Recorder._lock``; ``CallTrace.recorded`` (the last attempt recorded)
-  too, by the lock of its first recorder. Lock order: ``_active_lock``, then
+  ``Recorder.runs`` and ``stopped`` are extended by any of those threads
+  without a lock (atomic), and swapped for a sink by ``write`` (under
+  ``Recorder._lock``, which guards ``_closed``, ``record`` and ``alone``
+  too; a call queued before may still hold the old list's ``extend`` and
+  extend it after it was copied: that run is dropped).
+  ``CallTrace.recorded`` (the last attempt recorded) is guarded by the lock
+  of its first recorder. Lock order: ``_active_lock``, then
   ``_count_lock`` (a block's recorder is made under the first); the others
   are leaves: nothing is taken while holding them. No user code runs under
   any of them.

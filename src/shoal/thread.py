@@ -66,7 +66,8 @@ Concurrency:
   Work items are plain tuples ``(future, fn, args, kwargs, submitted)``; a
   ``None`` item tells a worker to look at the flags and exit if the pool is
   done; an item ``(x, None, None, None, 0.0)`` is a call with options or a
-  backlog ticket, and the worker calls ``x.run(worker)``. The plain path
+  backlog ticket, and the worker calls ``x.run(worker)``; an item ``(None,
+  None, call, None, 0.0)`` is a traced plain call (``_thread_worker.run_traced``). The plain path
   pays, per call, two stores that let a stopper find the thread
   (``future._stopper``, ``worker.future``), a ``try`` that costs nothing
   unless it catches, and for ``statistics()`` three clock reads and four
