@@ -269,12 +269,13 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
-        if _trace.tracing and _trace.recorders(self._trace) is not None:
-            return self._submit_with(DEFAULT_OPTIONS, fn, args, kwargs)  # traced
+        traced = _trace.recorders(self._trace) if _trace.tracing else None
         future: Future[T] = Future()
         future._stopper = self._stopper
         shared = self._shared
         task = Task(next(self._ids), future, fn, args, kwargs)
+        if traced is not None:
+            task.traced(traced, shared)
         if not (shared.parked and self._send_now(task)):
             self._enqueue((task,))
         return future
@@ -296,9 +297,9 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         ``_backlog``. Such calls always go through the dispatcher (no
         hand-over).
         """
-        traced = _trace.recorders(self._trace) if _trace.tracing else None
-        if options.plain and traced is None:
+        if options.plain:  # traced or not
             return self.submit(fn, *args, **kwargs)
+        traced = _trace.recorders(self._trace) if _trace.tracing else None
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
         future: Future[T] = Future()
