@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -257,3 +258,74 @@ def test_with_tracing_off_nothing_is_recorded(kind: str, tmp_path: Path) -> None
 def test_trace_is_exported() -> None:
     assert shoal.trace is _trace.trace
     assert "trace" in shoal.__all__
+
+
+# -- the thread pool's light path for plain calls: its other endings ------------------------
+
+
+def join_threads(prefix: str) -> None:
+    """Wait for a pool's first thread, left in a stopped call (asleep in C), to come back."""
+    for thread in threading.enumerate():
+        if thread.name == f"{prefix}_0":
+            thread.join(30)
+
+
+def test_a_plain_call_stopped_by_force_is_recorded_when_stopped(trace_path: Path) -> None:
+    # Recorded by the stopper, not when its thread comes back: the run is in
+    # the file although the thread is still asleep when the block ends.
+    with shoal.trace(trace_path):
+        pool = shoal.ThreadPoolExecutor(1, thread_name_prefix="stopped-by-force")
+        sleeper = pool.submit(time.sleep, 1.5)
+        until(sleeper.running, "the call to start")
+        assert sleeper.cancel(force=True)
+        pool.shutdown(wait=False)
+    join_threads("stopped-by-force")
+    runs, meta = load(trace_path)
+    (event,) = runs
+    assert event["name"] == "sleep"
+    assert event["args"]["outcome"] == "cancelled" and "error" not in event["args"]
+    assert (event["pid"], event["tid"]) in tracks(meta)
+
+
+def test_a_plain_call_stopped_by_shutdowns_timeout_is_timed_out(trace_path: Path) -> None:
+    with shoal.trace(trace_path):
+        pool = shoal.ThreadPoolExecutor(1, thread_name_prefix="stopped-at-shutdown")
+        sleeper = pool.submit(time.sleep, 1.5)
+        until(sleeper.running, "the call to start")
+        pool.shutdown(wait=True, timeout=0.1)
+    join_threads("stopped-at-shutdown")
+    (event,), _ = load(trace_path)
+    assert (event["args"]["outcome"], event["args"]["error"]) == ("timed out", "TaskTimeoutError")
+
+
+def test_plain_calls_drained_at_shutdown_and_in_a_priority_backlog(trace_path: Path) -> None:
+    started, gate = trace_path.with_name("started"), trace_path.with_name("gate")
+    with shoal.trace(trace_path):
+        pool = shoal.ThreadPoolExecutor(1, max_pending=100)
+        holder = pool.submit(calls.hold, str(started), str(gate))
+        until(started.exists, "the holder to start")
+        queued = [pool.submit(calls.identity, i) for i in range(3)]
+        # A priority turns the queue into a backlog: the plain calls queued move there.
+        urgent = pool.options(priority=-1).submit(calls.identity, "urgent")
+        later = pool.submit(calls.identity, "later")
+        assert queued[0].cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+        gate.touch()
+        holder.result(timeout=30)
+        pool.shutdown(wait=True)
+    assert all(f.cancelled() for f in [*queued, urgent, later])
+    runs, _ = load(trace_path)
+    outcomes = collections.Counter((e["name"], e["args"]["outcome"]) for e in runs)
+    assert outcomes == {("hold", "result"): 1, ("identity", "cancelled"): 5}
+
+
+def test_two_recorders_get_each_plain_call(tmp_path: Path) -> None:
+    outer, own = tmp_path / "outer.json", tmp_path / "own.json"
+    with shoal.trace(outer), shoal.ThreadPoolExecutor(2, trace=own) as pool:
+        assert list(pool.map(calls.identity, range(20))) == list(range(20))
+        with pytest.raises(KeyError):
+            pool.submit(calls.boom, 1).result(timeout=30)
+    for path in (outer, own):
+        runs, _ = load(path)
+        assert len(runs) == 21
+        assert collections.Counter(e["args"]["outcome"] for e in runs) == {"result": 20, "error": 1}

@@ -76,7 +76,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _clock
-from ._errors import InvalidStateError, TaskTimeoutError
+from ._errors import BrokenThreadPool, InvalidStateError, TaskTimeoutError
 from ._future import Future
 from ._options import (
     DEFAULT_OPTIONS,
@@ -100,13 +100,22 @@ from ._thread_worker import (
     _Interrupt,
     _TimedOut,
     _Worker,
+    record_when_done,
 )
+from ._trace import CallTrace
 
 if TYPE_CHECKING:
-    from ._trace import CallTrace
     from .thread import ThreadPoolExecutor
 
-__all__ = ("_Backlog", "_Task", "drain", "plain_task", "stop_at_shutdown", "use_backlog")
+__all__ = (
+    "_Backlog",
+    "_Task",
+    "drain",
+    "fail_at_initializer",
+    "plain_task",
+    "stop_at_shutdown",
+    "use_backlog",
+)
 
 
 # -- calls with options -----------------------------------------------------------------
@@ -378,8 +387,17 @@ class _Task:
 def plain_task(pool: ThreadPoolExecutor, item: tuple[Any, ...]) -> _Task:
     """A plain call taken into the priority backlog: a task with the default options."""
     future, fn, args, kwargs, submitted = item
+    if fn is not None:
+        task = _Task(pool, future, fn, args, kwargs, DEFAULT_OPTIONS, pool._slots)
+        task.queued_at = submitted
+        return task
+    # A traced plain call: traced as a call with options is.
+    future, fn, args, kwargs, submitted, _, _, (_, recorders) = args
     task = _Task(pool, future, fn, args, kwargs, DEFAULT_OPTIONS, pool._slots)
     task.queued_at = submitted
+    task.trace = CallTrace(recorders, DEFAULT_OPTIONS, fn, args)
+    task.trace.submitted = submitted
+    future.add_done_callback(task.trace.settled)
     return task
 
 
@@ -410,7 +428,7 @@ class _Backlog:
             self._queue.put(None)
             return
         task = item[0]
-        if item[1] is not None:
+        if item[1] is not None or item[2] is not None:  # a plain call, traced or not
             pool = self._pool_ref()
             assert pool is not None  # put() is called by the pool
             task = plain_task(pool, item)
@@ -479,6 +497,12 @@ def drain(
                 slots.release()
         elif isinstance(item[0], _Task):
             tasks.append(item[0])
+        elif item[2] is not None:  # a traced plain call
+            call = item[2]
+            futures.append(call[0])
+            if slots is not None:
+                slots.release()
+            call[0].add_done_callback(record_when_done(call))
         # else: a ticket of the backlog, whose calls are taken below.
     if backlog is not None:
         tasks.extend(backlog.take_all())
@@ -492,6 +516,34 @@ def drain(
             slot.release()
         futures.append(task.future)
     return futures, started
+
+
+def fail_at_initializer(
+    pool: ThreadPoolExecutor, initializer: Callable[..., object], exc: BaseException
+) -> None:
+    """A thread's initializer raised ``exc``: break ``pool``, fail what it still holds."""
+    with pool._shutdown_lock:
+        pool._broken = (
+            f"a thread initializer failed ({initializer!r} raised {exc!r}); "
+            "the thread pool is not usable anymore: fix the initializer and create a new pool"
+        )
+        pool._broken_cause = exc
+        lost, started = pool._drain()
+        started.extend(pool._between)
+        pool._between.clear()
+        pool._work_queue.put(None)
+    for future in lost:
+        if future.set_running_or_notify_cancel():
+            error = BrokenThreadPool(pool._broken)
+            error.__cause__ = exc
+            future.set_exception(error)
+            pool._tally(FAILED)
+        else:
+            pool._tally(CANCELLED)
+    for task in started:
+        error = BrokenThreadPool(pool._broken)
+        error.__cause__ = exc
+        task.fail(error)
 
 
 def stop_at_shutdown(pool: ThreadPoolExecutor, timeout: float) -> None:

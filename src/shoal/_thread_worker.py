@@ -24,6 +24,9 @@ from ._errors import CancelledError, TaskTimeoutError
 from ._executor import as_index
 from ._future import LOGGER, Future
 from ._stats import ExecutorStatistics
+from ._trace import CANCELLED as CANCELLED_RUN
+from ._trace import NO_WORKER, Ending, Tracer, Track, ending
+from ._trace import TIMED_OUT as TIMED_OUT_RUN
 
 if TYPE_CHECKING:
     import collections
@@ -42,8 +45,11 @@ __all__ = (
     "RUN_TIME",
     "TIMED_OUT",
     "WAIT_TIME",
+    "TracedCall",
     "WorkItem",
     "pool_statistics",
+    "record_when_done",
+    "run_traced",
     "thread_count",
     "worker_loop",
 )
@@ -160,6 +166,7 @@ def worker_loop(  # noqa: PLR0917 - a thread target, called with args=
     # Its counters, by index (COMPLETED, ...: literals below, this is the hot path).
     stats = worker.stats
     tick = 1  # calls left until the next one timed; the first is
+    place = worker.place  # its track on a timeline
     if first is not None and not first.run(worker):
         return
     del first
@@ -169,10 +176,17 @@ def worker_loop(  # noqa: PLR0917 - a thread target, called with args=
             future, fn, args, kwargs, submitted = item
             del item
             if fn is None:
-                # A call with options, or a ticket of the priority backlog.
-                keep = future.run(worker)
+                if args is None:
+                    # A call with options, or a ticket of the priority backlog.
+                    keep = future.run(worker)
+                    del future, fn, args, kwargs
+                    if not keep:
+                        return
+                    continue
+                # A traced plain call (see _trace_run): run here, timed, recorded.
+                tick = run_traced(worker, args, stats, place, slots, now_idle, stop, tick)
                 del future, fn, args, kwargs
-                if not keep:
+                if tick < 0:
                     return
                 continue
             if slots is not None:
@@ -276,6 +290,106 @@ def _run_timed(  # noqa: PLR0917 - the worker loop's locals
     stats[MEASURED] += 1
 
 
+# -- traced plain calls ---------------------------------------------------------------
+
+# A plain call submitted while traced (see shoal._trace): (future, fn, args,
+# kwargs, submitted, name, calls, tracer), queued as ``(None, None, call,
+# None, 0.0)``. ``name`` and ``calls``: how the timeline names it and how
+# many calls it stands for (``_trace.name_and_calls``); ``tracer``: what
+# its run is recorded into (``_trace.tracer``).
+TracedCall = tuple[
+    Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any], float, str, int, Tracer
+]
+
+_now = time.monotonic
+
+
+def run_traced(  # noqa: PLR0917 - the worker loop's locals
+    worker: _Worker,
+    call: TracedCall,
+    stats: list[Any],
+    track: Track,
+    slots: threading.Semaphore | None,
+    now_idle: Callable[[None], None],
+    stop: Callable[[Future[Any]], bool],
+    tick: int,
+) -> int:
+    """Run a traced plain call in ``worker``'s thread, as the loop runs a plain one.
+
+    Returns the loop's countdown to the next call timed for statistics()
+    (``tick``, counted down here too), or -1: the thread must exit.
+
+    Timed, and its run kept as a ``_trace.Run`` appended to a list (no
+    lock, no done-callback: the recorder makes the event when it writes),
+    before the future is settled, so that a caller who sees the outcome and
+    leaves the ``trace()`` block finds the run written. A call stopped by
+    another thread is recorded by that thread (``_Worker.interrupt``), and
+    that record replaces this one. The loop's rules hold here.
+    """
+    future, fn, args, kwargs, submitted, name, calls, (record, _) = call
+    if slots is not None:
+        slots.release()
+    future._stopper = stop
+    worker.future = future
+    worker.traced = call
+    try:
+        # Read before the call can be seen running: a stopper reads it too.
+        started = stats[6] = _now()
+        if future.set_running_or_notify_cancel():
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                ended = _now()
+                run = (name, submitted, started, ended, track, 1, ending(exc), calls, None, None)
+                record(run)
+                now_idle(None)
+                future.set_exception(exc)
+                del exc
+                stats[1] += 1
+            else:
+                ended = _now()
+                record((name, submitted, started, ended, track, 1, None, calls, None, None))
+                now_idle(None)
+                future.set_result(result)
+                del result
+                stats[0] += 1
+            tick -= 1
+            if not tick:  # sampled as the loop samples plain calls
+                tick = SAMPLE_EVERY
+                stats[3] += ended - started
+                stats[4] += started - submitted
+                stats[5] += 1
+        else:
+            where = (track[0], *NO_WORKER)
+            record((name, submitted, started, started, where, 1, CANCELLED_RUN, calls, None, None))
+            now_idle(None)
+            stats[2] += 1
+    except BaseException:
+        # Stopped: as in the loop.
+        result = None
+        worker.future = worker.traced = None
+        del future, fn, args, kwargs, call
+        while True:
+            try:
+                return tick if worker.after_stop(counted=True) else -1
+            except _Interrupt:
+                pass
+    worker.future = worker.traced = None
+    return tick
+
+
+def record_when_done(call: TracedCall) -> Callable[[Future[Any]], None]:
+    """A done-callback that records a traced plain call taken off the queue (never run)."""
+
+    def record(future: Future[Any]) -> None:
+        now = time.monotonic()
+        end = CANCELLED_RUN if future.cancelled() else ending(future.exception())
+        track = (os.getpid(), *NO_WORKER)
+        call[7][0]((call[5], call[4], now, now, track, 1, end, call[6], None, None))
+
+    return record
+
+
 # -- workers -----------------------------------------------------------------------
 
 
@@ -290,9 +404,11 @@ class _Worker:
         "pool_ref",
         "stale",
         "stats",
+        "stopper",
         "stopping",
         "task",
         "thread",
+        "traced",
     )
 
     def __init__(
@@ -314,6 +430,9 @@ class _Worker:
         self.stale = False
         # Its counters (COMPLETED...): written by the worker thread only.
         self.stats: list[Any] = [0, 0, 0, 0.0, 0.0, 0, 0.0]
+        # The traced plain call it runs (None else); written by the worker only.
+        self.traced: TracedCall | None = None
+        self.stopper = self.stop_plain  # made once: a plain call's stopper
 
     def start(self) -> None:
         """In the worker thread, first thing."""
@@ -331,6 +450,17 @@ class _Worker:
 
     def interrupt(self, exc_type: type[_Interrupt]) -> None:
         """Stop this worker's call and replace the thread. Under the lock of the run (rule 1)."""
+        traced = self.traced
+        if traced is not None and traced[0] is self.future:
+            # A traced plain call: its run ends now, as its future is settled
+            # (the thread may come back much later, or never).
+            if exc_type is _ForceCancelled:
+                end: Ending = CANCELLED_RUN
+            else:  # its future fails with a TaskTimeoutError
+                end = (TIMED_OUT_RUN, TaskTimeoutError.__qualname__)
+            run = (traced[5], traced[4], self.stats[STARTED], time.monotonic(), self.place)
+            for recorder in traced[7][1]:
+                recorder.stopped.extend((*run, 1, end, traced[6], None, None))
         self.stopping = True
         _async_raise(self.ident, exc_type)
         pool = self.pool_ref()

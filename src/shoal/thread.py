@@ -66,7 +66,8 @@ Concurrency:
   Work items are plain tuples ``(future, fn, args, kwargs, submitted)``; a
   ``None`` item tells a worker to look at the flags and exit if the pool is
   done; an item ``(x, None, None, None, 0.0)`` is a call with options or a
-  backlog ticket, and the worker calls ``x.run(worker)``. The plain path
+  backlog ticket, and the worker calls ``x.run(worker)``; an item ``(None,
+  None, call, None, 0.0)`` is a traced plain call (``_thread_worker.run_traced``). The plain path
   pays, per call, two stores that let a stopper find the thread
   (``future._stopper``, ``worker.future``), a ``try`` that costs nothing
   unless it catches, and for ``statistics()`` three clock reads and four
@@ -94,12 +95,18 @@ from . import _clock, _trace
 from ._errors import BrokenThreadPool, CancelledError
 from ._executor import Executor
 from ._future import Future
-from ._options import DEFAULT_OPTIONS, TaskOptions
+from ._options import TaskOptions
 from ._stats import ExecutorStatistics
-from ._thread_control import _Backlog, _Task, drain, stop_at_shutdown, use_backlog
+from ._thread_control import (
+    _Backlog,
+    _Task,
+    drain,
+    fail_at_initializer,
+    stop_at_shutdown,
+    use_backlog,
+)
 from ._thread_worker import (
     CANCELLED,
-    FAILED,
     RESPAWNED,
     RETRIED,
     WorkItem,
@@ -271,8 +278,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
-        if _trace.tracing and _trace.recorders(self._trace) is not None:
-            return self._submit_with(DEFAULT_OPTIONS, fn, args, kwargs)  # traced
+        traced = _trace.tracer(self._trace) if _trace.tracing else None
         slots = self._slots
         if slots is not None:
             self._take_slot(slots)
@@ -283,7 +289,13 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                 self._raise_closed()
             future: Future[T] = Future()
             # An empty kwargs dict would cost ~70 bytes per queued call.
-            self._enqueue((future, fn, args, kwargs or _NO_KWARGS, _monotonic()))
+            if traced is None:
+                self._enqueue((future, fn, args, kwargs or _NO_KWARGS, _monotonic()))
+            else:  # see _thread_worker.run_traced
+                name = getattr(fn, "__qualname__", None)
+                name, calls = (name, 1) if name else _trace.name_and_calls(fn, args)
+                call = (future, fn, args, kwargs or _NO_KWARGS, _monotonic(), name, calls, traced)
+                self._enqueue((None, None, call, None, 0.0))
             # _claim_thread(), spelt out: this is the hot path.
             try:
                 self._idle.pop()
@@ -300,9 +312,9 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         kwargs: dict[str, Any],
     ) -> Future[T]:
         """``submit`` of a call carrying ``options`` (``executor.options(...).submit``)."""
-        traced = _trace.recorders(self._trace) if _trace.tracing else None
-        if options.plain and traced is None:
+        if options.plain:  # traced or not
             return self.submit(fn, *args, **kwargs)
+        traced = _trace.recorders(self._trace) if _trace.tracing else None
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
         slots = self._slots
@@ -518,28 +530,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         return drain(self._work_queue, self._backlog, self._slots)
 
     def _on_initializer_error(self, initializer: Callable[..., object], exc: BaseException) -> None:
-        with self._shutdown_lock:
-            self._broken = (
-                f"a thread initializer failed ({initializer!r} raised {exc!r}); "
-                "the thread pool is not usable anymore: fix the initializer and create a new pool"
-            )
-            self._broken_cause = exc
-            lost, started = self._drain()
-            started.extend(self._between)
-            self._between.clear()
-            self._work_queue.put(None)
-        for future in lost:
-            if future.set_running_or_notify_cancel():
-                error = BrokenThreadPool(self._broken)
-                error.__cause__ = exc
-                future.set_exception(error)
-                self._tally(FAILED)
-            else:
-                self._tally(CANCELLED)
-        for task in started:
-            error = BrokenThreadPool(self._broken)
-            error.__cause__ = exc
-            task.fail(error)
+        fail_at_initializer(self, initializer, exc)
 
     def shutdown(
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None

@@ -100,8 +100,9 @@ class Answers:
         heavy = worker.heavy
         # A worker asked to stop a call: its answers go the general way,
         # where that call's is dropped (see _control).
-        # So do all answers once a call was traced (see shoal._trace).
-        stopping = worker.stop_target is not None or self._shared.traced
+        stopping = worker.stop_target is not None
+        # A call was traced (see shoal._trace): each answer's call is looked at.
+        traced = self._shared.traced
         with memoryview(inbox) as view:
             # No slice of the view may outlive this loop: the inbox is
             # resized below, which needs every export released.
@@ -125,8 +126,12 @@ class Answers:
                         try:
                             value = loads(view[start + data_at : offset])
                         except BaseException as exc:
+                            if traced and task.trace is not None:
+                                _record(task, worker, now, duration, offset - start - data_at, exc)
                             finished = self._unpickling_failed(task, exc)
                         else:
+                            if traced and task.trace is not None:
+                                _record(task, worker, now, duration, offset - start - data_at, None)
                             finished = task.settle(value)
                             completed += 1
                             del value
@@ -204,18 +209,18 @@ class Answers:
                     value = _wire.loads(blob)
                 except BaseException as exc:
                     if task.trace is not None:
-                        _record(task, worker, now, duration, blob, exc)
+                        _record(task, worker, now, duration, len(blob[0]), exc)
                     finished = self._unpickling_failed(task, exc)
                 else:
                     if task.trace is not None:
-                        _record(task, worker, now, duration, blob, None)
+                        _record(task, worker, now, duration, len(blob[0]), None)
                     finished = task.settle(value)
                     completed += 1
                     del value
             else:
                 error = self._call_error(worker, task, blob)
                 if task.trace is not None:
-                    _record(task, worker, now, duration, blob, error)
+                    _record(task, worker, now, duration, len(blob[0]), error)
                 finished = task.settle(Failed(error))
                 del error
                 if task.run is not None or task.future._state != RUNNING:
@@ -335,9 +340,11 @@ class Answers:
 
 
 def _record(  # noqa: PLR0917 - one answer's parts
-    task: Sent, worker: Worker, now: float, duration: float, blob: _wire.Blob, error: Any
+    task: Sent, worker: Worker, now: float, duration: float, answered: int, error: Any
 ) -> None:
     """Put a traced call's run on the timeline: it ended now, after ``duration`` in ``worker``.
+
+    ``answered``: the bytes of its answer.
 
     ``arg_bytes`` and ``result_bytes`` are the pickles' bytes in the
     messages (big buffers that went through shared memory not counted); a
@@ -356,7 +363,7 @@ def _record(  # noqa: PLR0917 - one answer's parts
         (pid, pid, worker.name),
         error,
         arg_bytes=None if sent is None else len(sent[0]),
-        result_bytes=len(blob[0]) if error is None else None,
+        result_bytes=answered if error is None else None,
         once=run is None,  # a map's calls: one event each, all attempt 1
         calls=calls,
     )

@@ -4,6 +4,8 @@ Calls submitted before the program ended still run at exit (the standard
 pool does the same); those that then fail, with nobody left to look at
 their futures, are listed on stderr (``report_failed_at_exit``).
 
+``interrupted()`` tells the exit hook whether the program ended on Ctrl-C.
+
 Concurrency: called by the exit hook (``_pool._python_exit``) once every
 dispatcher has left; it reads futures and map runs that are done.
 """
@@ -16,7 +18,13 @@ from typing import Any
 from .._future import Future
 from . import _runs
 
-__all__ = ("report_failed_at_exit",)
+__all__ = ("interrupted", "report_failed_at_exit")
+
+
+def interrupted() -> bool:
+    """True if the interpreter is exiting on an uncaught KeyboardInterrupt."""
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    return isinstance(last, KeyboardInterrupt)
 
 
 # How many failed calls report_failed_at_exit() names one by one.

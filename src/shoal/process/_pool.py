@@ -67,7 +67,6 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -84,7 +83,7 @@ from .._progress import Progress
 from . import _runs, _shm, _wire
 from ._control import Stopper
 from ._dispatcher import Dispatcher
-from ._exit_report import report_failed_at_exit
+from ._exit_report import interrupted, report_failed_at_exit
 from ._lifecycle import main_by_value, usable_cpus
 from ._shared import Shared
 from ._start import default_context, preload_in_forkserver
@@ -110,12 +109,6 @@ _owner_pid = os.getpid()
 _FIRST_WORKERS_WAIT = 10.0
 
 
-def _interrupted() -> bool:
-    """True if the interpreter is exiting on an uncaught KeyboardInterrupt."""
-    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
-    return isinstance(last, KeyboardInterrupt)
-
-
 def _python_exit() -> None:
     """At interpreter exit: finish (or, after Ctrl-C, stop) every pool's work."""
     global _exiting
@@ -124,7 +117,7 @@ def _python_exit() -> None:
     with _global_lock:
         _exiting = True
         pools = list(_dispatchers.values())
-    stop = "kill" if _interrupted() else None
+    stop = "kill" if interrupted() else None
     for shared, _ in pools:
         with shared.lock:
             shared.shutdown = True
@@ -276,12 +269,13 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
-        if _trace.tracing and _trace.recorders(self._trace) is not None:
-            return self._submit_with(DEFAULT_OPTIONS, fn, args, kwargs)  # traced
+        traced = _trace.recorders(self._trace) if _trace.tracing else None
         future: Future[T] = Future()
         future._stopper = self._stopper
         shared = self._shared
         task = Task(next(self._ids), future, fn, args, kwargs)
+        if traced is not None:
+            task.traced(traced, shared)
         if not (shared.parked and self._send_now(task)):
             self._enqueue((task,))
         return future
@@ -303,9 +297,9 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         ``_backlog``. Such calls always go through the dispatcher (no
         hand-over).
         """
-        traced = _trace.recorders(self._trace) if _trace.tracing else None
-        if options.plain and traced is None:
+        if options.plain:  # traced or not
             return self.submit(fn, *args, **kwargs)
+        traced = _trace.recorders(self._trace) if _trace.tracing else None
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
         future: Future[T] = Future()

@@ -77,8 +77,8 @@ class Shared:
     # A call with a priority was queued: the dispatcher ranks its backlog
     # (see _policy.rank); it clears the flag when it takes the queue.
     ranked: bool = False
-    # A traced call was submitted (see shoal._trace): from then on every
-    # answer goes through Answers._complete, which records it. Set once.
+    # A traced call was submitted (see shoal._trace): from then on
+    # Answers.settle looks at each answer's call for its trace. Set once.
     traced: bool = False
     # A call with a timeout was submitted: from then on the dispatcher
     # watches the first call of each worker (see _control.watch). Set once.

@@ -45,11 +45,13 @@ from typing import TYPE_CHECKING, Any
 from .. import _options
 from .._future import CANCELLED, PENDING, RUNNING, Future
 from .._options import DEFAULT_OPTIONS, TaskOptions
+from .._trace import CallTrace
 from ._runs import Failed, MapRun, Slice
 
 if TYPE_CHECKING:
-    from .._trace import CallTrace
+    from .._trace import Recorder
     from . import _wire
+    from ._shared import Shared
 
 __all__ = (
     "OptionTask",
@@ -116,6 +118,18 @@ class Task:
     def __len__(self) -> int:
         """One call (a map's Slice or MapRun holds many)."""
         return 1
+
+    def traced(self, recorders: tuple[Recorder, ...], shared: Shared) -> None:
+        """Record this plain call on a timeline (see shoal._trace). Before it can be seen.
+
+        Its answer is recorded by the dispatcher (``_answers``); a
+        done-callback records a run that ends otherwise (stopped, lost,
+        cancelled).
+        """
+        self.trace = trace = CallTrace(recorders, DEFAULT_OPTIONS, self.fn, self.args or ())
+        trace.submitted = self.submitted
+        self.future.add_done_callback(trace.settled)
+        shared.traced = True
 
     def describe(self) -> str:
         name = getattr(self.fn, "__qualname__", None) or repr(self.fn)
