@@ -1,0 +1,141 @@
+"""A real Dask cluster for the tests: a scheduler and two workers, each its own process.
+
+Started with the ``dask scheduler`` / ``dask worker`` commands on 127.0.0.1
+with the dashboard off, on first use in a test session, and stopped at its
+end (``stop``), also when tests failed: each process leads its own process
+group, and the whole group is killed if it does not leave when asked.
+Tests that kill a worker on purpose call ``restore()`` to bring the cluster
+back to two workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORKERS = 2
+START_SECONDS = 60.0
+
+
+class DaskCluster:
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="shoal-dask-"))
+        self.scheduler_file = self.directory / "scheduler.json"
+        self.scheduler: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.address = ""
+
+    @property
+    def pids(self) -> set[int]:
+        """The pids of every process of the cluster (their children included by the caller)."""
+        return {p.pid for p in [self.scheduler, *self.workers] if p is not None}
+
+    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        dask = Path(sys.executable).with_name("dask")
+        command = [str(dask), *args] if dask.exists() else [sys.executable, "-m", "dask", *args]
+        log = open(self.directory / f"{args[0]}-{len(self.workers)}.log", "wb")  # noqa: SIM115
+        # The tasks' functions live in the test modules, which the scheduler
+        # and the workers import by name: they get this process's path.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        try:
+            return subprocess.Popen(
+                command,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.directory,
+            )
+        finally:
+            log.close()
+
+    def start(self) -> str:
+        self.scheduler = self._spawn(
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(self.scheduler_file),
+        )
+        deadline = time.monotonic() + START_SECONDS
+        while not self.scheduler_file.exists():
+            self._check_alive(self.scheduler, deadline)
+            time.sleep(0.05)
+        while True:
+            try:
+                self.address = json.loads(self.scheduler_file.read_text())["address"]
+                break
+            except (ValueError, KeyError):
+                self._check_alive(self.scheduler, deadline)
+                time.sleep(0.05)
+        for _ in range(WORKERS):
+            self.workers.append(self._start_worker())
+        self.wait_for_workers(WORKERS, deadline)
+        return self.address
+
+    def _start_worker(self) -> subprocess.Popen[bytes]:
+        return self._spawn(
+            "worker",
+            self.address,
+            "--host",
+            "127.0.0.1",
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+            "--no-nanny",
+            "--memory-limit",
+            "0",
+        )
+
+    def wait_for_workers(self, count: int, deadline: float) -> None:
+        import distributed
+
+        with distributed.Client(self.address, set_as_default=False, timeout=30) as client:
+            client.wait_for_workers(count, timeout=max(1.0, deadline - time.monotonic()))
+
+    def restore(self) -> None:
+        """Start workers until two are alive again (after a test killed one)."""
+        self.workers = [w for w in self.workers if w.poll() is None]
+        while len(self.workers) < WORKERS:
+            self.workers.append(self._start_worker())
+        self.wait_for_workers(WORKERS, time.monotonic() + START_SECONDS)
+
+    def _check_alive(self, process: subprocess.Popen[bytes], deadline: float) -> None:
+        if process.poll() is not None or time.monotonic() > deadline:
+            logs = "\n".join(p.read_text(errors="replace") for p in self.directory.glob("*.log"))
+            self.stop()
+            raise RuntimeError(f"the test Dask cluster did not start:\n{logs[-4000:]}")
+
+    def stop(self) -> None:
+        processes = [p for p in [*self.workers, self.scheduler] if p is not None]
+        for process in processes:
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for process in processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+        self.workers.clear()
+        self.scheduler = None
+        for path in self.directory.iterdir():
+            path.unlink()
+        self.directory.rmdir()
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
