@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import dask_cluster
 import psutil
 import pytest
 
@@ -60,48 +61,14 @@ for _method in ("forkserver", "spawn", "fork"):
             functools.partial(shoal.ProcessPoolExecutor, mp_context=_method), in_process=False
         )
 
-try:
-    import distributed  # noqa: F401
-except ImportError:
-    HAVE_DASK = False
-else:
-    HAVE_DASK = True
-
-_CLUSTER: Any = None
-
-
-def dask_cluster() -> Any:
-    """The session's test Dask cluster (a scheduler and two workers), started on first use."""
-    global _CLUSTER
-    if _CLUSTER is None:
-        from dask_cluster import DaskCluster
-
-        cluster = DaskCluster()
-        cluster.start()
-        _CLUSTER = cluster
-    return _CLUSTER
-
-
-def _dask_executor(max_workers: int | None = None, **kwargs: Any) -> shoal.Executor:
-    # The contract's "two workers" is what the test cluster has: a valid
-    # max_workers is its size already, and DaskExecutor refuses one with an
-    # existing cluster; an invalid one goes through, to be refused as such.
-    from shoal.dask import DaskExecutor
-
-    if max_workers is not None and max_workers <= 0:
-        return DaskExecutor(max_workers=max_workers)
-    return DaskExecutor(dask_cluster().address, **kwargs)
-
-
-if HAVE_DASK:
-    EXECUTOR_KINDS["dask"] = ExecutorKind(_dask_executor, in_process=False)
+if dask_cluster.HAVE_DASK:
+    EXECUTOR_KINDS["dask"] = ExecutorKind(dask_cluster.executor_for_contract, in_process=False)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _stop_the_dask_cluster() -> Iterator[None]:
     yield
-    if _CLUSTER is not None:
-        _CLUSTER.stop()
+    dask_cluster.stop_session_cluster()
 
 
 # Forking a process that runs threads (every process with a pool does) makes
@@ -187,7 +154,7 @@ def shm_segments() -> set[str]:
 
 def _worker_children() -> list[psutil.Process]:
     children = []
-    cluster = _CLUSTER.pids if _CLUSTER is not None else set()
+    cluster = dask_cluster.session_pids()
     for child in psutil.Process().children(recursive=True):
         try:
             if child.pid in cluster or child.ppid() in cluster:

@@ -98,6 +98,9 @@ P = ParamSpec("P")
 
 # How long shutdown() gives an owned cluster to close, in seconds.
 _CLOSE_SECONDS = 30.0
+# How long a cancelled task is waited for to reach the scheduler, and how often it is looked for.
+_CANCEL_SECONDS = 30.0
+_CANCEL_POLL_SECONDS = 0.005
 
 
 class SchedulerLostError(BrokenExecutor):
@@ -263,6 +266,11 @@ class DaskExecutor(Executor):
         self._tracked = 0  # tasks the collector waits for; guarded by: _lock
         self._closing = False  # guarded by: _lock
         self._broken: BaseException | None = None
+        # Tasks to cancel on the cluster; _cancel_lock is taken last, under
+        # anything (a future's lock among them), and guards both fields.
+        self._cancel_lock = threading.Lock()
+        self._to_cancel: list[distributed.Future] = []
+        self._cancelling = False
         self._topic = f"shoal-started-{uuid.uuid4().hex}"
         self._names = itertools.count()
         client.subscribe_topic(self._topic, self._on_started)
@@ -367,19 +375,53 @@ class DaskExecutor(Executor):
             )
 
     def _cancel_on_cluster(self, call: _Call) -> None:
+        """Cancel the call's task on the cluster; any thread, under any lock, no waiting."""
         dask_future = call.dask
         if dask_future is None:
             return
+        with self._cancel_lock:
+            self._to_cancel.append(dask_future)
+            if self._cancelling:
+                return
+            self._cancelling = True
+        self._client.loop.add_callback(self._cancel_tasks)
+
+    async def _cancel_tasks(self) -> None:
+        """On Dask's event loop: cancel the tasks ``_cancel_on_cluster`` collected.
+
+        The scheduler takes in a submitted task in the background, and a
+        cancel that overtakes it is ignored: so a task is cancelled only once
+        the scheduler knows it (``get_task_status``), asked again until it
+        does or the scheduler has gone.
+        """
+        import asyncio
+
         client = self._client
-
-        async def cancel() -> None:
-            await client.cancel([dask_future], force=True, asynchronous=True)
-
-        client.loop.add_callback(cancel)
+        waiting: dict[str, distributed.Future] = {}
+        deadline = asyncio.get_running_loop().time() + _CANCEL_SECONDS
+        while True:
+            with self._cancel_lock:
+                for dask_future in self._to_cancel:
+                    waiting[dask_future.key] = dask_future
+                self._to_cancel.clear()
+                if not waiting:
+                    self._cancelling = False
+                    return
+            try:
+                status = await client.scheduler.get_task_status(keys=list(waiting))
+                known = [waiting.pop(key) for key, state in status.items() if state is not None]
+                if known:
+                    await client.cancel(known, force=True, asynchronous=True)
+            except Exception:  # the scheduler has gone: nothing left to cancel
+                waiting.clear()
+            if asyncio.get_running_loop().time() > deadline:
+                waiting.clear()
+            elif waiting:
+                await asyncio.sleep(_CANCEL_POLL_SECONDS)
 
     # -- stopping running calls ------------------------------------------------
 
-    def _stop(self, call: _Call) -> bool:
+    def _stop(self, call: _Call, future: Future[Any]) -> bool:
         """``cancel(force=True)``: drop the running call's result, cancel its task."""
         if not call.future._cancel_running():
             return False
