@@ -1,7 +1,8 @@
 """``DaskExecutor``: shoal's API on a Dask distributed cluster.
 
-``DaskExecutor()`` starts a local cluster of worker processes (every port on
-127.0.0.1, no dashboard unless asked) and closes it at ``shutdown``;
+``DaskExecutor()`` starts a local cluster of worker processes (every port,
+the dashboard's too, on 127.0.0.1: ``executor.client.dashboard_link``) and
+closes it at ``shutdown``;
 ``DaskExecutor("tcp://host:8786")`` connects to a running scheduler;
 ``DaskExecutor(client)`` uses a ``distributed.Client`` and leaves it open. It
 never shuts down a cluster it did not start. ``distributed`` is imported
@@ -66,13 +67,14 @@ Concurrency:
 from __future__ import annotations
 
 import functools
+import importlib
 import itertools
 import os
 import queue
 import threading
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from . import _clock
 from ._errors import BrokenExecutor
@@ -88,8 +90,10 @@ from ._options import (
 )
 from ._timer import Timer
 
-if TYPE_CHECKING:
-    import distributed
+# Dask's objects go untyped here: distributed is only partly annotated,
+# and shoal must type-check where it is not installed.
+DaskClient = Any
+DaskFuture = Any
 
 __all__ = ("DaskExecutor", "SchedulerLostError")
 
@@ -140,7 +144,7 @@ class _Call:
         "timer_entry",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - built in one place, by submit
         self,
         future: Future[Any],
         fn: Callable[..., Any],
@@ -160,7 +164,7 @@ class _Call:
             options.backoff == 0 and options.retry_on == (Exception,)
         )
         self.key = ""
-        self.dask: distributed.Future | None = None
+        self.dask: DaskFuture | None = None
         self.started = False
         self.attempts = 0
         self.earlier: list[BaseException] = []
@@ -211,7 +215,7 @@ class DaskExecutor(Executor):
 
     def __init__(
         self,
-        address_or_client: str | distributed.Client | None = None,
+        address_or_client: str | DaskClient | None = None,
         *,
         max_workers: int | None = None,
         **cluster_options: Any,
@@ -219,7 +223,7 @@ class DaskExecutor(Executor):
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         try:
-            import distributed
+            distributed: Any = importlib.import_module("distributed")
         except ImportError as error:
             raise ImportError(
                 "DaskExecutor needs Dask distributed: pip install 'shoal[dask]'"
@@ -233,7 +237,8 @@ class DaskExecutor(Executor):
                 "threads_per_worker": 1,
                 "processes": True,
                 "host": "127.0.0.1",
-                "dashboard_address": None,
+                # On loopback, on a free port: executor.client.dashboard_link.
+                "dashboard_address": "127.0.0.1:0",
             }
             settings.update(cluster_options)
             self._cluster = distributed.LocalCluster(**settings)
@@ -256,7 +261,7 @@ class DaskExecutor(Executor):
                     "DaskExecutor() takes a scheduler address, a distributed.Client or "
                     f"nothing (a local cluster), not {address_or_client!r}"
                 )
-        self._client = client
+        self._client: DaskClient = client
         threads = sum(client.nthreads().values()) or 1
         # Read by map(chunksize="auto").
         self._max_workers = threads
@@ -269,12 +274,12 @@ class DaskExecutor(Executor):
         # Tasks to cancel on the cluster; _cancel_lock is taken last, under
         # anything (a future's lock among them), and guards both fields.
         self._cancel_lock = threading.Lock()
-        self._to_cancel: list[distributed.Future] = []
+        self._to_cancel: list[DaskFuture] = []
         self._cancelling = False
         self._topic = f"shoal-started-{uuid.uuid4().hex}"
         self._names = itertools.count()
         client.subscribe_topic(self._topic, self._on_started)
-        self._finished = distributed.as_completed([], loop=client.loop)
+        self._finished: Any = distributed.as_completed([], loop=client.loop)
         self._wake = threading.Condition(self._lock)
         self._callbacks: queue.SimpleQueue[Future[Any] | None] = queue.SimpleQueue()
         self._timer = Timer("shoal-dask-timer")
@@ -292,7 +297,7 @@ class DaskExecutor(Executor):
         return f"<shoal.DaskExecutor {owner} at {self._client.scheduler.address}>"
 
     @property
-    def client(self) -> distributed.Client:
+    def client(self) -> DaskClient:
         """The ``distributed.Client`` this executor submits through."""
         return self._client
 
@@ -397,7 +402,7 @@ class DaskExecutor(Executor):
         import asyncio
 
         client = self._client
-        waiting: dict[str, distributed.Future] = {}
+        waiting: dict[str, DaskFuture] = {}
         deadline = asyncio.get_running_loop().time() + _CANCEL_SECONDS
         while True:
             with self._cancel_lock:
@@ -454,7 +459,7 @@ class DaskExecutor(Executor):
             self._settle(batch)
         self._callbacks.put(None)
 
-    def _settle(self, batch: list[distributed.Future]) -> None:
+    def _settle(self, batch: list[DaskFuture]) -> None:
         with self._lock:
             self._tracked -= len(batch)
             calls = [self._calls.pop(f.key, None) for f in batch]
@@ -470,9 +475,7 @@ class DaskExecutor(Executor):
         for call, dask_future in done:
             self._settle_one(call, dask_future, by_key)
 
-    def _settle_one(
-        self, call: _Call, dask_future: distributed.Future, results: dict[str, Any]
-    ) -> None:
+    def _settle_one(self, call: _Call, dask_future: DaskFuture, results: dict[str, Any]) -> None:
         future = call.future
         if call.timer_entry is not None:
             self._timer.cancel(call.timer_entry)
@@ -497,11 +500,10 @@ class DaskExecutor(Executor):
                 self._timer.schedule(when, lambda: self._again(call))
                 return
             self._fail(call, with_earlier_failures(error, call.earlier))
-        else:  # cancelled, by us or because the scheduler went away
-            if future.done():
-                self._finish(call, None, None)
-            else:
-                self._fail(call, self._lost(None))
+        elif future.done():  # cancelled by shoal (cancel, timeout, shutdown)
+            self._finish(call, None, None)
+        else:  # cancelled by the cluster: the scheduler went away
+            self._fail(call, self._lost(None))
 
     def _again(self, call: _Call) -> None:
         """Run a call again after a failure shoal retries (in the timer thread)."""

@@ -10,7 +10,9 @@ import pytest
 import dask_cluster
 
 if not dask_cluster.HAVE_DASK:
-    pytest.skip("Dask distributed is not installed (pip install 'shoal[dask]')", allow_module_level=True)
+    pytest.skip(
+        "Dask distributed is not installed (pip install 'shoal[dask]')", allow_module_level=True
+    )
 
 
 @pytest.fixture

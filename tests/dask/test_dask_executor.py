@@ -10,6 +10,7 @@ files in ``tmp_path`` and wait on ``distributed.Event``s, never on sleeps.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import uuid
 from pathlib import Path
@@ -18,7 +19,7 @@ import distributed
 import pytest
 
 import shoal
-from shoal.dask import DaskExecutor
+from shoal.dask import DaskExecutor, SchedulerLostError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -128,7 +129,7 @@ def test_cancel_of_a_queued_call_keeps_it_from_running(dask_executor, tmp_path):
     gate = token()
     markers = [tmp_path / f"busy-{i}" for i in range(2)]
     busy = [dask_executor.submit(hold, gate, str(m)) for m in markers]
-    for marker, future in zip(markers, busy):
+    for marker, future in zip(markers, busy, strict=True):
         wait_for_file(marker, future)
     never = tmp_path / "never"
     queued = dask_executor.submit(touch, str(never))
@@ -142,7 +143,7 @@ def test_cancel_of_a_queued_call_keeps_it_from_running(dask_executor, tmp_path):
     release(dask_executor, gate)
     for future in busy:
         future.result(timeout=60)
-    done, not_done = shoal.wait([queued], timeout=60)
+    done, _ = shoal.wait([queued], timeout=60)
     assert done == {queued}
     # Both workers are free again: a call submitted now runs at once, and the
     # cancelled one has had every chance to run if it were going to.
@@ -252,7 +253,7 @@ def test_shutdown_cancels_queued_calls(dask_executor, tmp_path):
     gate = token()
     markers = [tmp_path / f"busy-{i}" for i in range(2)]
     busy = [dask_executor.submit(hold, gate, str(m)) for m in markers]
-    for marker, future in zip(markers, busy):
+    for marker, future in zip(markers, busy, strict=True):
         wait_for_file(marker, future)
     queued = [dask_executor.submit(noop, i) for i in range(5)]
     release_later = threading.Timer(0.2, release, (dask_executor, gate))
@@ -261,3 +262,40 @@ def test_shutdown_cancels_queued_calls(dask_executor, tmp_path):
     release_later.join()
     assert all(f.cancelled() for f in queued)
     assert all(f.done() and not f.cancelled() for f in busy)
+
+
+def test_losing_the_scheduler_fails_what_is_pending_and_keeps_what_came(tmp_path):
+    from dask_cluster import DaskCluster
+
+    cluster = DaskCluster()
+    cluster.start()
+    try:
+        executor = DaskExecutor(cluster.address)
+        came = executor.submit(noop, "kept")
+        assert came.result(timeout=60) == "kept"
+        marker = tmp_path / "started"
+        pending = executor.submit(hold, token(), str(marker))
+        wait_for_file(marker, pending)
+        assert cluster.scheduler is not None
+        os.killpg(cluster.scheduler.pid, signal.SIGKILL)
+        with pytest.raises(SchedulerLostError, match="scheduler went away"):
+            pending.result(timeout=60)
+        assert isinstance(pending.exception(), shoal.BrokenExecutor)
+        assert came.result() == "kept"
+        with pytest.raises(SchedulerLostError):
+            executor.submit(noop, 1)
+        executor.shutdown()
+    finally:
+        cluster.stop()
+
+
+def test_with_nothing_it_starts_a_local_cluster_on_loopback_and_closes_it():
+    with DaskExecutor(max_workers=1) as executor:
+        assert executor.submit(noop, 8).result(timeout=60) == 8
+        info = executor.client.scheduler_info()
+        addresses = [info["address"], *info["workers"]]
+        assert all(a.startswith("tcp://127.0.0.1:") for a in addresses), addresses
+        assert len(info["workers"]) == 1
+        client = executor.client
+    assert client.status == "closed"
+    # The autouse leak check fails the test if a worker process outlived the executor.
