@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import itertools
 import os
 import queue
 import threading
@@ -113,13 +112,12 @@ class SchedulerLostError(BrokenExecutor):
     Results received before stay readable; submit no more to this executor.
     """
 
-    __module__ = "shoal"
+    __module__ = "shoal.dask"
 
 
 def _run_on_worker(topic: str, key: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     """The task Dask runs: say the call started, then run it."""
-    import distributed
-
+    distributed: Any = importlib.import_module("distributed")
     distributed.get_worker().log_event(topic, key)
     return fn(*args, **kwargs)
 
@@ -213,6 +211,8 @@ class DaskExecutor(Executor):
         ImportError: ``distributed`` is not installed.
     """
 
+    __module__ = "shoal"
+
     def __init__(
         self,
         address_or_client: str | DaskClient | None = None,
@@ -277,7 +277,6 @@ class DaskExecutor(Executor):
         self._to_cancel: list[DaskFuture] = []
         self._cancelling = False
         self._topic = f"shoal-started-{uuid.uuid4().hex}"
-        self._names = itertools.count()
         client.subscribe_topic(self._topic, self._on_started)
         self._finished: Any = distributed.as_completed([], loop=client.loop)
         self._wake = threading.Condition(self._lock)
@@ -633,9 +632,8 @@ def _key_name(name: str) -> str:
 
 def _translate(error: BaseException, call: _Call) -> BaseException:
     """Dask's ``KilledWorker`` becomes shoal's ``WorkerLostError``; others stay."""
-    from distributed.scheduler import KilledWorker
-
-    if isinstance(error, KilledWorker):
+    killed_worker = importlib.import_module("distributed.scheduler").KilledWorker
+    if isinstance(error, killed_worker):
         from ._process_errors import WorkerLostError
 
         lost = WorkerLostError(
