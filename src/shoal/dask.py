@@ -31,7 +31,9 @@ What the calls mean on a cluster, told plainly:
 * ``options(retries=..., retry_on=..., backoff=...)``: retries on any
   ``Exception`` with no backoff are Dask's own (``retries=`` of
   ``client.submit``); any other policy is carried out by shoal, which
-  submits the call again. Either way ``future.attempts`` counts the runs.
+  submits the call again. Either way ``future.attempts`` counts the runs
+  whose start reached this executor (a worker that died a moment after
+  starting a call may take that word with it).
 * ``options(priority=p)`` is Dask's ``priority``: higher runs first.
 * A worker that dies while running a call: Dask runs the call again on
   another worker; once it has lost the call to dying workers as often as
@@ -288,6 +290,7 @@ class DaskExecutor(Executor):
         self._runner = threading.Thread(
             target=self._run_callbacks, name="shoal-dask-callbacks", daemon=True
         )
+        self._closer: threading.Thread | None = None
         self._collector.start()
         self._runner.start()
 
@@ -592,17 +595,21 @@ class DaskExecutor(Executor):
                 if call.future._stop_running(_nothing, error):
                     self._cancel_on_cluster(call)
                     self._forget(call)
-        if not first:
-            return
-        self._timer.close()
-        if wait:
-            self._collector.join()
-            self._runner.join()
-            self._close_cluster()
-        else:
-            threading.Thread(target=self._close_cluster, name="shoal-dask-close").start()
+        if first:
+            # Once every call has settled: the collector and the callback
+            # runner leave, then the client and the cluster (if ours) close.
+            self._closer = threading.Thread(target=self._close, name="shoal-dask-close")
+            self._closer.start()
+        if wait and self._closer is not None:
+            self._closer.join()
 
-    def _close_cluster(self) -> None:
+    def _close(self) -> None:
+        with self._lock:
+            while self._unsettled:
+                self._wake.wait()
+        self._timer.close()
+        self._collector.join()
+        self._runner.join()
         try:
             self._client.unsubscribe_topic(self._topic)
         except Exception:

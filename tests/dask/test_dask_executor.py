@@ -9,6 +9,7 @@ files in ``tmp_path`` and wait on ``distributed.Event``s, never on sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -71,6 +72,15 @@ def wait_for_file(path: Path, future: shoal.Future) -> None:
         event.wait(0.01)
 
 
+def wait_until_running(path: Path, future: shoal.Future) -> None:
+    """Wait until the call started (``path``) and its worker's word reached the executor."""
+    wait_for_file(path, future)
+    event = threading.Event()
+    while not future.running():
+        assert not future.done(), future
+        event.wait(0.01)
+
+
 def keys_on_scheduler(dask_scheduler) -> list[str]:
     return list(dask_scheduler.tasks)
 
@@ -94,10 +104,7 @@ def test_a_future_is_running_once_a_worker_started_it(dask_executor, tmp_path):
     gate = token()
     marker = tmp_path / "started"
     future = dask_executor.submit(hold, gate, str(marker), "done")
-    wait_for_file(marker, future)
-    woken = threading.Event()
-    while not future.running():
-        woken.wait(0.01)
+    wait_until_running(marker, future)
     assert not future.cancel()
     release(dask_executor, gate)
     assert future.result(timeout=60) == "done"
@@ -157,10 +164,7 @@ def test_force_cancel_of_a_running_call(dask_executor, tmp_path):
     gate = token()
     marker = tmp_path / "started"
     future = dask_executor.submit(hold, gate, str(marker))
-    wait_for_file(marker, future)
-    woken = threading.Event()
-    while not future.running():
-        woken.wait(0.01)
+    wait_until_running(marker, future)
     assert future.cancel(force=True)
     assert future.cancelled()
     with pytest.raises(shoal.CancelledError):
@@ -255,13 +259,16 @@ def test_shutdown_cancels_queued_calls(dask_executor, tmp_path):
     busy = [dask_executor.submit(hold, gate, str(m)) for m in markers]
     for marker, future in zip(markers, busy, strict=True):
         wait_for_file(marker, future)
+    for marker, future in zip(markers, busy, strict=True):
+        wait_until_running(marker, future)
     queued = [dask_executor.submit(noop, i) for i in range(5)]
-    release_later = threading.Timer(0.2, release, (dask_executor, gate))
-    release_later.start()
-    dask_executor.shutdown(wait=True, cancel_futures=True)
-    release_later.join()
+    dask_executor.shutdown(wait=False, cancel_futures=True)
     assert all(f.cancelled() for f in queued)
-    assert all(f.done() and not f.cancelled() for f in busy)
+    # The calls running go on to their end: the cluster closes after them.
+    release(dask_executor, gate)
+    assert [f.result(timeout=60) for f in busy] == [None, None]
+    dask_executor.shutdown(wait=True)
+    assert dask_executor.client.status == "closed"
 
 
 def test_losing_the_scheduler_fails_what_is_pending_and_keeps_what_came(tmp_path):
@@ -299,3 +306,55 @@ def test_with_nothing_it_starts_a_local_cluster_on_loopback_and_closes_it():
         client = executor.client
     assert client.status == "closed"
     # The autouse leak check fails the test if a worker process outlived the executor.
+
+
+def die_once(counter: str) -> int:
+    """Kill the worker on the first run; return the run number on a later one."""
+    path = Path(counter)
+    runs = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(runs))
+    if runs == 1:
+        os._exit(9)
+    return runs
+
+
+def test_dask_runs_again_a_call_whose_worker_died(dask_executor, cluster, tmp_path):
+    try:
+        future = dask_executor.submit(die_once, str(tmp_path / "runs"))
+        # Run twice (the file counts); the first run's word may have died with
+        # its worker before it left, so attempts counts at least the second.
+        assert future.result(timeout=90) == 2
+        assert future.attempts in (1, 2)
+    finally:
+        cluster.restore()
+
+
+def test_the_task_key_carries_the_call_name(dask_executor, tmp_path):
+    gate = token()
+    marker = tmp_path / "started"
+    future = dask_executor.options(name="nightly load").submit(hold, gate, str(marker))
+    wait_for_file(marker, future)
+    keys = dask_executor.client.run_on_scheduler(keys_on_scheduler)
+    assert any(k.startswith("nightly_load-") for k in keys), keys
+    release(dask_executor, gate)
+    future.result(timeout=60)
+
+
+def test_a_task_group_stops_the_rest_on_the_first_failure(dask_executor, tmp_path):
+    gate = token()
+    marker = tmp_path / "started"
+    with pytest.raises(ExceptionGroup) as raised:
+        with shoal.TaskGroup(dask_executor) as group:
+            slow = group.submit(hold, gate, str(marker))
+            wait_for_file(marker, slow)
+            group.submit(fail_until, str(tmp_path / "runs"), 1)
+    release(dask_executor, gate)
+    assert raised.group_contains(ValueError, match="run 1")
+    assert slow.cancelled()
+
+
+def test_await_a_future(dask_executor):
+    async def main() -> object:
+        return await dask_executor.submit(noop, "awaited")
+
+    assert asyncio.run(main()) == "awaited"
