@@ -29,8 +29,8 @@ from .thread import ThreadPoolExecutor as ThreadPoolExecutor
 
 if _typing.TYPE_CHECKING:
     from . import process as process
-    from .dask import DaskExecutor as DaskExecutor
     from ._process_errors import WorkerLostError as WorkerLostError
+    from .dask import DaskExecutor as DaskExecutor
     from .process import ProcessPoolExecutor as ProcessPoolExecutor
 
 __version__ = "0.1.0"

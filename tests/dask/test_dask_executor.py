@@ -343,11 +343,10 @@ def test_the_task_key_carries_the_call_name(dask_executor, tmp_path):
 def test_a_task_group_stops_the_rest_on_the_first_failure(dask_executor, tmp_path):
     gate = token()
     marker = tmp_path / "started"
-    with pytest.raises(ExceptionGroup) as raised:
-        with shoal.TaskGroup(dask_executor) as group:
-            slow = group.submit(hold, gate, str(marker))
-            wait_for_file(marker, slow)
-            group.submit(fail_until, str(tmp_path / "runs"), 1)
+    with pytest.raises(ExceptionGroup) as raised, shoal.TaskGroup(dask_executor) as group:
+        slow = group.submit(hold, gate, str(marker))
+        wait_for_file(marker, slow)
+        group.submit(fail_until, str(tmp_path / "runs"), 1)
     release(dask_executor, gate)
     assert raised.group_contains(ValueError, match="run 1")
     assert slow.cancelled()
