@@ -167,7 +167,12 @@ def register(
 def load_all() -> dict[str, Workload]:
     """Import every workload module (they register on import) and return the registry."""
     # In table order: rows appear in the order they were registered.
-    for module in ("bench.thread_workloads", "bench.process_workloads", "bench.dask_workloads"):
+    for module in (
+        "bench.thread_workloads",
+        "bench.process_workloads",
+        "bench.progress_workloads",
+        "bench.dask_workloads",
+    ):
         importlib.import_module(module)
 
     return REGISTRY

@@ -22,9 +22,9 @@ import shoal
 # The flow, from the bottom up. A module may import modules of lower layers
 # only; the modules of one core layer (2) may import one another.
 LAYERS = [
-    {"_errors", "_clock", "_stats"},
+    {"_errors", "_clock", "_stats", "_progress"},
     {"_future", "_process_errors", "_current"},
-    {"_wait", "_executor", "_options", "_timer"},
+    {"_wait", "_executor", "_options", "_timer", "_chunks"},
     {"_thread_worker"},  # the thread pool's worker threads
     {"_thread_control"},  # the thread pool's stops, deadlines, retries, priorities
     {"thread", "process", "dask"},

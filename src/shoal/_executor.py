@@ -28,6 +28,11 @@ iterator that was never advanced cancels nothing, as in the standard
 library: ``executor.map(fn, items)`` used for its side effects alone runs
 every call.
 
+``progress=`` shows the calls ending (see ``shoal._progress``): the calls
+are counted as their futures end (by done-callbacks; a process pool's
+eager map is polled instead), and the display ends with the iterator, or
+once every call has ended.
+
 Concurrency:
   ``map``'s iterator runs in the consuming thread and shares nothing but the
   futures (and, for ``ordered=False``, a ``SimpleQueue`` the futures' done
@@ -44,49 +49,24 @@ import operator
 import os
 import queue
 import weakref
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import _base
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Self, TypeVar
 
 from . import _clock
+from ._chunks import run_chunk, run_chunk_single, unchunk
 from ._future import Future
 from ._options import DEFAULT_OPTIONS, OptionsView, TaskOptions
+
+if TYPE_CHECKING:
+    from ._progress import Progress, ProgressArg
 
 __all__ = ("Executor", "as_index")
 
 T = TypeVar("T")
 P = ParamSpec("P")
 
-
-def _run_chunk(
-    fn: Callable[..., T], chunk: list[tuple[Any, ...]]
-) -> tuple[list[T], BaseException | None]:
-    """Run ``fn`` over a chunk; stop at the first failure, returning it and the results before."""
-    results: list[T] = []
-    try:
-        # list.extend keeps what the iterator gave before it raised: the
-        # results before a failing call survive it, at C speed.
-        results.extend(itertools.starmap(fn, chunk))
-    except BaseException as exc:
-        return results, exc
-    return results, None
-
-
-def _run_chunk_single(
-    fn: Callable[..., T], chunk: Iterable[Any]
-) -> tuple[list[T], BaseException | None]:
-    """``_run_chunk`` for a map over one iterable: the items travel bare, not as 1-tuples."""
-    results: list[T] = []
-    try:
-        results.extend(map(fn, chunk))
-    except BaseException as exc:
-        return results, exc
-    return results, None
-
-
-# What runs a chunk of a chunked map (bound to the user's function by a partial).
-CHUNK_RUNNERS = (_run_chunk, _run_chunk_single)
 
 # Inputs a one-iterable chunked map cuts by slicing (exact types: a subclass
 # may slice differently, or expensively).
@@ -262,6 +242,7 @@ class Executor(_base.Executor):
         chunksize: int | Literal["auto"] = 1,
         buffersize: int | None = None,
         ordered: bool = True,
+        progress: ProgressArg = None,
     ) -> Iterator[T]:
         """Return an iterator of ``fn`` over the argument tuples of ``iterables``.
 
@@ -277,9 +258,13 @@ class Executor(_base.Executor):
             buffersize: bound on submitted calls (chunks) whose results have
                 not been yielded; the input is then read lazily.
             ordered: False yields results as the calls finish.
+            progress: True for a tqdm bar on stderr, a bar of your own, or
+                a callable ``(done, total)``; see ``shoal._progress``. It
+                counts calls (not chunks), failed ones too.
 
         Raises:
             Exception: the first failing call's exception, at its position.
+            TypeError: ``progress`` is none of the above (nothing is queued).
         """
         return self._map_with(
             DEFAULT_OPTIONS,
@@ -289,6 +274,7 @@ class Executor(_base.Executor):
             chunksize=chunksize,
             buffersize=buffersize,
             ordered=ordered,
+            progress=progress,
         )
 
     def _map_with(
@@ -301,8 +287,13 @@ class Executor(_base.Executor):
         chunksize: int | Literal["auto"],
         buffersize: int | None,
         ordered: bool,
+        progress: ProgressArg = None,
     ) -> Iterator[T]:
         """``map``, each call (each chunk) carrying ``options``."""
+        if progress is not None and progress is not False:
+            from . import _progress
+
+            _progress.check(progress)
         if isinstance(chunksize, str) and chunksize == "auto":
             if buffersize is None:
                 # Like Pool.map: the input is read whole anyway when no
@@ -312,12 +303,44 @@ class Executor(_base.Executor):
             chunksize = _auto_chunksize(iterables, workers)
         chunksize = _check_map_arguments(chunksize, buffersize)
         deadline = _clock.deadline_from(timeout)
+        watch = None
+        if progress is not None and progress is not False:
+            watch = _progress.start_map(progress, fn, iterables, chunked=chunksize > 1)
+        try:
+            return self._map_chunks(
+                fn,
+                iterables,
+                chunksize,
+                deadline=deadline,
+                buffersize=buffersize,
+                ordered=ordered,
+                options=options,
+                progress=watch,
+            )
+        except BaseException:
+            if watch is not None:  # no iterator to end it: end it here
+                watch.close()
+            raise
+
+    def _map_chunks(
+        self,
+        fn: Callable[..., T],
+        iterables: tuple[Iterable[Any], ...],
+        chunksize: int,
+        *,
+        deadline: float | None,
+        buffersize: int | None,
+        ordered: bool,
+        options: TaskOptions,
+        progress: Progress | None,
+    ) -> Iterator[T]:
+        """``map`` once its arguments are checked: cut the input into chunks, or not."""
         # Not strict: like the builtin map, stop at the shortest iterable.
         arguments: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
         if chunksize > 1:
             chunks: Iterator[Sequence[Any]]
             if len(iterables) == 1:
-                runner: Callable[..., tuple[list[T], BaseException | None]] = _run_chunk_single
+                runner: Callable[..., tuple[list[T], BaseException | None]] = run_chunk_single
                 sequence = iterables[0]
                 if type(sequence) in _SLICED:
                     # By slices: a range chunk is three integers on the wire
@@ -328,7 +351,7 @@ class Executor(_base.Executor):
                     items = iter(sequence)
                     chunks = iter(lambda: list(itertools.islice(items, chunksize)), [])
             else:
-                runner = _run_chunk
+                runner = run_chunk
                 chunks = iter(lambda: list(itertools.islice(arguments, chunksize)), [])
             # One call per chunk; a process pool pickles the partial (and so
             # fn) once per chunk, as the standard pool does: each chunk gets
@@ -341,13 +364,23 @@ class Executor(_base.Executor):
                 ordered,
                 star=False,
                 options=options,
+                progress=progress,
             )
-            return _unchunk(results)
+            return unchunk(results, progress)
         if len(iterables) == 1:
             return self._map_calls(
-                fn, iterables[0], deadline, buffersize, ordered, star=False, options=options
+                fn,
+                iterables[0],
+                deadline,
+                buffersize,
+                ordered,
+                star=False,
+                options=options,
+                progress=progress,
             )
-        return self._map_calls(fn, arguments, deadline, buffersize, ordered, options=options)
+        return self._map_calls(
+            fn, arguments, deadline, buffersize, ordered, options=options, progress=progress
+        )
 
     def _map_calls(
         self,
@@ -359,34 +392,50 @@ class Executor(_base.Executor):
         *,
         star: bool = True,
         options: TaskOptions = DEFAULT_OPTIONS,
+        progress: Progress | None = None,
     ) -> Iterator[T]:
         """Submit the calls ``fn(*args)`` for each ``args`` of ``arguments``
-        (``fn(item)`` for each item when not ``star``) and iterate over their results."""
+        (``fn(item)`` for each item when not ``star``) and iterate over their results.
+
+        ``progress``: counts the calls as they end; the iterator ends it.
+        """
         calls: Iterator[tuple[Any, ...]] = iter(arguments) if star else zip(arguments)
         if buffersize is not None:
             arguments_now: Iterable[tuple[Any, ...]] = itertools.islice(calls, buffersize)
         else:
             arguments_now = calls
+        if progress is not None:
+            # The chunk sizes, to count each chunk's calls when it ends.
+            arguments_now = list(arguments_now)
         futures = collections.deque(self._submit_many(fn, arguments_now, options))
+        if progress is not None:
+            progress.follow(futures, arguments_now)  # type: ignore[arg-type]
+            if buffersize is None:
+                progress.input_read()
         # The iterator holds the executor weakly so that an abandoned map does
         # not keep a pool alive; it stops refilling once the executor is gone.
-        executor_ref = _Refill(self, options) if buffersize is not None else None
+        executor_ref = _Refill(self, options, progress) if buffersize is not None else None
         del self
-        if ordered:
-            if executor_ref is None and deadline is None:
-                return _ordered_eager(futures)
-            return _ordered(fn, futures, calls, executor_ref, deadline)
-        return _unordered(fn, futures, calls, executor_ref, deadline)
+        if not ordered:
+            results = _unordered(fn, futures, calls, executor_ref, deadline)
+        elif executor_ref is None and deadline is None:
+            results = _ordered_eager(futures)
+        else:
+            results = _ordered(fn, futures, calls, executor_ref, deadline)
+        return results if progress is None else progress.watch(results)
 
 
 class _Refill:
     """Submits the next call of a lazy map, to an executor held weakly, with the map's options."""
 
-    __slots__ = ("_executor", "_options")
+    __slots__ = ("_executor", "_options", "_progress")
 
-    def __init__(self, executor: Executor, options: TaskOptions) -> None:
+    def __init__(
+        self, executor: Executor, options: TaskOptions, progress: Progress | None = None
+    ) -> None:
         self._executor = weakref.ref(executor)
         self._options = options
+        self._progress = progress
 
     def __call__(self) -> Executor | None:
         return self._executor()
@@ -396,8 +445,12 @@ class _Refill:
         if executor is None:
             return None
         if self._options.plain:
-            return executor.submit(fn, *args)
-        return executor._submit_with(self._options, fn, args, {})
+            future = executor.submit(fn, *args)
+        else:
+            future = executor._submit_with(self._options, fn, args, {})
+        if self._progress is not None:
+            self._progress.follow_one(future, args)
+        return future
 
 
 def _refill(
@@ -505,53 +558,3 @@ def _notify_when_done(futures: Iterable[Future[T]], finished: queue.SimpleQueue[
     # generator's frame and keeps a yielded result alive.
     for future in futures:
         future.add_done_callback(finished.put)
-
-
-class _ChunkResults(itertools.chain[T]):
-    """The iterator of a chunked ``map``: each chunk's results at C speed.
-
-    A generator yielding one result at a time costs a frame resumption per
-    result, as much as a tiny call itself; chaining one C iterator per chunk
-    does not. ``close()`` closes the generator of chunks, as closing map's
-    generator would: the calls not started are cancelled.
-    """
-
-    __slots__ = ("_chunks",)
-    _chunks: Generator[Iterator[T], None, None]
-
-    def close(self) -> None:
-        self._chunks.close()
-
-
-def _unchunk(chunks: Iterator[tuple[list[T], BaseException | None]]) -> Iterator[T]:
-    source = _chunk_iterators(chunks)
-    results: _ChunkResults[T] = _ChunkResults.from_iterable(source)  # type: ignore[assignment]
-    results._chunks = source
-    return results
-
-
-def _chunk_iterators(
-    chunks: Iterator[tuple[list[T], BaseException | None]],
-) -> Generator[Iterator[T], None, None]:
-    pop, repeat = list.pop, itertools.repeat
-    try:
-        for results, error in chunks:
-            # Pop as we go: a yielded result is not kept alive by its chunk.
-            results.reverse()
-            yield map(pop, repeat(results, len(results)))
-            if error is not None:
-                # Cancel what is left before the caller sees the error, as a
-                # generator's ``finally`` would, then raise it and stop.
-                chunks.close()  # type: ignore[attr-defined]
-                yield _raising(error)
-                return
-    finally:
-        chunks.close()  # type: ignore[attr-defined]
-
-
-def _raising(error: BaseException) -> Iterator[Any]:
-    try:
-        raise error
-    finally:
-        del error
-    yield  # unreachable: makes this function a generator

@@ -46,6 +46,7 @@ from ._errors import TaskTimeoutError
 if TYPE_CHECKING:
     from ._executor import Executor
     from ._future import Future
+    from ._progress import ProgressArg
 
 __all__ = (
     "DEFAULT_OPTIONS",
@@ -287,6 +288,7 @@ class OptionsView:
         chunksize: int | Literal["auto"] = 1,
         buffersize: int | None = None,
         ordered: bool = True,
+        progress: ProgressArg = None,
     ) -> Iterator[T]:
         """``executor.map(...)``, each call (each chunk, with ``chunksize``) carrying the options.
 
@@ -301,4 +303,5 @@ class OptionsView:
             chunksize=chunksize,
             buffersize=buffersize,
             ordered=ordered,
+            progress=progress,
         )

@@ -11,12 +11,18 @@ a time: each future is checked and given the waiter under its own lock, which
 is enough (a future either is done already or will tell the waiter), and
 leaves no lock order between futures to get wrong.
 
+With ``progress=`` (see ``shoal._progress``), the waiter also counts each
+future as it completes (``_CountingWaiter``), so the display moves while
+``wait`` blocks and while the consumer of ``as_completed`` is busy; the
+display ends when ``wait`` returns or the iteration ends, however it ends.
+
 Concurrency:
   Threads: the waiting thread installs and removes waiters; any thread that
   completes a future calls the waiter's ``add_*`` while holding that future's
   ``_condition``.
-  Lock order: a future's ``_condition``, then ``_Waiter._lock``. The waiting
-  thread never takes a future's lock while holding the waiter's.
+  Lock order: a future's ``_condition``, then ``_Waiter._lock`` (or
+  ``Progress._lock``, for a counting waiter). The waiting thread never takes
+  a future's lock while holding the waiter's.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from . import _clock
 
 if TYPE_CHECKING:
     import asyncio
+
+    from ._progress import Progress, ProgressArg
 
 __all__ = (
     "ALL_COMPLETED",
@@ -118,6 +126,43 @@ class _Waiter:
         return finished
 
 
+class _CountingWaiter(_Waiter):
+    """A ``_Waiter`` that also counts each completion on a progress display."""
+
+    __slots__ = ("progress",)
+
+    def __init__(self, stop_after: int, progress: Progress, *, stop_on_exception: bool = False):
+        super().__init__(stop_after, stop_on_exception=stop_on_exception)
+        self.progress = progress
+
+    def add_result(self, future: _base.Future[Any]) -> None:
+        self.progress.add(1)
+        self._add(future, failed=False)
+
+    def add_exception(self, future: _base.Future[Any]) -> None:
+        self.progress.add(1, failed=1)
+        self._add(future, failed=True)
+
+    def add_cancelled(self, future: _base.Future[Any]) -> None:
+        self.progress.add(1, cancelled=1)
+        self._add(future, failed=False)
+
+
+def _start_progress(progress: ProgressArg, total: int) -> Progress | None:
+    """The display of ``total`` futures on ``progress``; None when it is off."""
+    if progress is None or progress is False:
+        return None
+    from . import _progress
+
+    return _progress.start(progress, total)
+
+
+def _count_all(progress: Progress | None, futures: Iterable[_base.Future[Any]]) -> None:
+    if progress is not None:
+        for future in futures:
+            progress.count(future)
+
+
 def _install(
     waiter: Any, futures: Iterable[_base.Future[T]]
 ) -> tuple[list[_base.Future[T]], set[_base.Future[T]]]:
@@ -147,6 +192,8 @@ def wait(
     fs: Iterable[_base.Future[T]],
     timeout: float | None = None,
     return_when: str = ALL_COMPLETED,
+    *,
+    progress: ProgressArg = None,
 ) -> _base.DoneAndNotDoneFutures[T]:
     """Wait for the futures in ``fs`` to complete.
 
@@ -157,6 +204,9 @@ def wait(
             out of time is not an error: the unfinished futures come back in
             ``not_done``.
         return_when: FIRST_COMPLETED, FIRST_EXCEPTION or ALL_COMPLETED.
+        progress: shows the futures completing, until ``wait`` returns: True
+            for a tqdm bar on stderr, a bar of your own, or a callable
+            ``(done, total)``; see ``shoal._progress``.
 
     Returns:
         A named tuple ``(done, not_done)`` of sets. A future cancelled before
@@ -168,15 +218,43 @@ def wait(
             "FIRST_EXCEPTION or ALL_COMPLETED"
         )
     futures = _distinct(fs, "wait")
+    watch = _start_progress(progress, len(futures))
+    if watch is None:
+        return _wait(futures, timeout, return_when, None)
+    try:
+        result = _wait(futures, timeout, return_when, watch)
+        # The last word is wait's own: a future it saw complete may not
+        # have told the waiter yet.
+        watch.settle(
+            len(result.done),
+            sum(1 for f in result.done if _failed(f)),
+            sum(1 for f in result.done if f.cancelled()),
+        )
+        return result
+    finally:
+        watch.close()
+
+
+def _wait(
+    futures: set[_base.Future[T]],
+    timeout: float | None,
+    return_when: str,
+    progress: Progress | None,
+) -> _base.DoneAndNotDoneFutures[T]:
     done = {f for f in futures if _is_complete(f)}
+    _count_all(progress, done)
     if _satisfied(done, len(futures), return_when):
         return DoneAndNotDoneFutures(done, futures - done)
 
-    waiter = _Waiter(
-        1 if return_when == FIRST_COMPLETED else len(futures) - len(done),
-        stop_on_exception=return_when == FIRST_EXCEPTION,
+    stop_after = 1 if return_when == FIRST_COMPLETED else len(futures) - len(done)
+    stop_on_exception = return_when == FIRST_EXCEPTION
+    waiter = (
+        _Waiter(stop_after, stop_on_exception=stop_on_exception)
+        if progress is None
+        else _CountingWaiter(stop_after, progress, stop_on_exception=stop_on_exception)
     )
     complete, pending = _install(waiter, futures - done)
+    _count_all(progress, complete)
     if complete:
         # These finished between the first look and _install: the waiter
         # counted them as pending but will never hear from them.
@@ -224,6 +302,28 @@ class _AsyncWaiter:
     add_result = add_exception = add_cancelled = _put
 
 
+class _CountingAsyncWaiter(_AsyncWaiter):
+    """An ``_AsyncWaiter`` that also counts each completion on a progress display."""
+
+    __slots__ = ("progress",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, progress: Progress) -> None:
+        super().__init__(loop)
+        self.progress = progress
+
+    def add_result(self, future: _base.Future[Any]) -> None:
+        self.progress.add(1)
+        self._put(future)
+
+    def add_exception(self, future: _base.Future[Any]) -> None:
+        self.progress.add(1, failed=1)
+        self._put(future)
+
+    def add_cancelled(self, future: _base.Future[Any]) -> None:
+        self.progress.add(1, cancelled=1)
+        self._put(future)
+
+
 class as_completed(Generic[T]):
     """Iterate over futures as they complete, with ``for`` or ``async for``.
 
@@ -235,11 +335,27 @@ class as_completed(Generic[T]):
 
     ``async for`` needs a running event loop; the futures may belong to any
     executor, shoal's or the standard library's.
+
+    ``progress=``: shows the futures completing while the iteration lasts
+    (from its first step to its end, timeout or close): True for a tqdm bar
+    on stderr, a bar of your own, or a callable ``(done, total)``; see
+    ``shoal._progress``. Anything else is a TypeError here.
     """
 
-    def __init__(self, fs: Iterable[_base.Future[T]], timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        fs: Iterable[_base.Future[T]],
+        timeout: float | None = None,
+        *,
+        progress: ProgressArg = None,
+    ) -> None:
+        if progress is not None and progress is not False:
+            from . import _progress
+
+            _progress.check(progress)
         self._futures: set[_base.Future[T]] | None = _distinct(fs, "as_completed")
         self._timeout = timeout
+        self._progress = progress
         self._iterator: Iterator[_base.Future[T]] | AsyncIterator[_base.Future[T]] | None = None
 
     def _take_futures(self) -> set[_base.Future[T]]:
@@ -290,8 +406,10 @@ class as_completed(Generic[T]):
     def _iterate(self, pending: set[_base.Future[T]]) -> Iterator[_base.Future[T]]:
         total = len(pending)
         deadline = _clock.deadline_from(self._timeout)
-        waiter = _Waiter(1)
+        watch = _start_progress(self._progress, total)
+        waiter = _Waiter(1) if watch is None else _CountingWaiter(1, watch)
         complete, pending = _install(waiter, pending)
+        _count_all(watch, complete)
         complete.reverse()
         try:
             while True:
@@ -309,14 +427,19 @@ class as_completed(Generic[T]):
                 complete.reverse()
         finally:
             _uninstall(waiter, pending)
+            if watch is not None:
+                watch.close()
 
     async def _aiterate(self, pending: set[_base.Future[T]]) -> AsyncIterator[_base.Future[T]]:
         import asyncio
 
         total = len(pending)
         deadline = _clock.deadline_from(self._timeout)
-        waiter = _AsyncWaiter(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        watch = _start_progress(self._progress, total)
+        waiter = _AsyncWaiter(loop) if watch is None else _CountingAsyncWaiter(loop, watch)
         complete, pending = _install(waiter, pending)
+        _count_all(watch, complete)
         try:
             complete.reverse()
             while complete:
@@ -336,3 +459,5 @@ class as_completed(Generic[T]):
                 yield complete.pop()
         finally:
             _uninstall(waiter, pending)
+            if watch is not None:
+                watch.close()

@@ -22,6 +22,10 @@
 * ``timeout=``: seconds from entering the block; when they run out, every
   call left is cancelled or stopped and leaving the block raises
   ``TaskTimeoutError`` (or the ExceptionGroup, if calls had failed).
+* ``progress=``: shows the group's calls ending (see ``shoal._progress``),
+  from entering the block to leaving it; the total grows with each call
+  submitted. Counted by the group's done-callback, so every call is counted
+  by the time the block is left.
 * The executor may be an options view (``pool.options(retries=2)``): the
   calls carry its options. Groups nest: an inner group's ExceptionGroup is
   a failure of the outer block.
@@ -32,7 +36,8 @@ Concurrency:
   the thread leaving the block. Done-callbacks run in the executor's
   threads and take ``_lock`` only for a moment; the futures are cancelled
   with no group lock held (a future's lock and the executor's come after).
-  User code never runs under ``_lock``.
+  User code never runs under ``_lock``; a progress display is counted after
+  ``_lock`` is released.
 """
 
 from __future__ import annotations
@@ -40,11 +45,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, Self, TypeVar
 
 from . import _clock
 from ._errors import TaskTimeoutError
 from ._future import Future
+
+if TYPE_CHECKING:
+    from ._progress import Progress, ProgressArg
 
 __all__ = ("TaskGroup",)
 
@@ -63,13 +71,28 @@ class TaskGroup:
         executor: a shoal executor, or an options view of one.
         timeout: seconds from entering the block for the whole group; None
             for no bound.
+        progress: True for a tqdm bar on stderr, a bar of your own, or a
+            callable ``(done, total)``: shows the calls ending while the
+            block lasts.
     """
 
-    def __init__(self, executor: _Submitter, *, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        executor: _Submitter,
+        *,
+        timeout: float | None = None,
+        progress: ProgressArg = None,
+    ) -> None:
         if not callable(getattr(executor, "submit", None)):
             raise TypeError(f"TaskGroup() needs an executor, not {executor!r}")
         if timeout is not None and not timeout >= 0:
             raise ValueError(f"TaskGroup(timeout=...) must be 0 or more seconds, not {timeout!r}")
+        if progress is not None and progress is not False:
+            from . import _progress
+
+            _progress.check(progress)
+        self._progress_arg = progress
+        self._progress: Progress | None = None  # while the block lasts
         self._executor = executor
         self._timeout = timeout
         self._deadline: float | None = None
@@ -112,6 +135,8 @@ class TaskGroup:
         with self._lock:
             self._futures.append(future)
             self._pending.add(future)
+        if self._progress is not None:
+            self._progress.grow(1)  # before the callback that counts it
         future.add_done_callback(self._on_done)
         return future
 
@@ -125,6 +150,10 @@ class TaskGroup:
     def _on_done(self, future: Future[Any]) -> None:
         """A call of the group ended (in the thread that completed it)."""
         error = None if future.cancelled() else future.exception(0)
+        if self._progress is not None:
+            # Before the call leaves _pending: the thread leaving the block
+            # ends the display once _pending is empty.
+            self._progress.count(future)
         with self._lock:
             self._pending.discard(future)
             first = error is not None and not self._aborting
@@ -143,6 +172,10 @@ class TaskGroup:
             raise RuntimeError("a TaskGroup is entered once; make a new one for another block")
         self._state = "open"
         self._deadline = _clock.deadline_from(self._timeout)
+        if self._progress_arg is not None and self._progress_arg is not False:
+            from . import _progress
+
+            self._progress = _progress.start(self._progress_arg, 0, growing=True)
         return self
 
     def __exit__(
@@ -167,6 +200,8 @@ class TaskGroup:
                 raise
         finally:
             self._state = "closed"
+            if self._progress is not None:
+                self._progress.close()
         with self._lock:
             failures = list(self._failures)
             timed_out = self._timed_out

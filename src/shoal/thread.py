@@ -82,7 +82,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import thread as _std_thread
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from . import _clock
 from ._errors import BrokenThreadPool, CancelledError, TaskTimeoutError
@@ -92,6 +92,9 @@ from ._options import TaskOptions
 from ._thread_control import _Backlog, _Task, drain
 from ._thread_worker import WorkItem, _Worker, thread_count, worker_loop
 from ._timer import Timer
+
+if TYPE_CHECKING:
+    from ._progress import ProgressArg
 
 __all__ = ("BrokenThreadPool", "ThreadPoolExecutor")
 
@@ -307,6 +310,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         chunksize: int | Literal["auto"],
         buffersize: int | None,
         ordered: bool,
+        progress: ProgressArg = None,
     ) -> Iterator[T]:
         """``map`` (and an options view's), except for ``chunksize``.
 
@@ -328,6 +332,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
             chunksize=chunksize,
             buffersize=buffersize,
             ordered=ordered,
+            progress=progress,
         )
 
     def _take_slot(self, slots: threading.Semaphore) -> None:

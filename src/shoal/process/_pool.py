@@ -80,6 +80,7 @@ from .._executor import Executor, as_index
 from .._future import Future
 from .._options import DEFAULT_OPTIONS, TaskOptions, queue_key
 from .._process_errors import BrokenProcessPool
+from .._progress import Progress
 from .._stats import ExecutorStatistics
 from . import _runs, _shm, _wire
 from ._control import Stopper
@@ -386,15 +387,21 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         *,
         star: bool = True,
         options: TaskOptions = DEFAULT_OPTIONS,
+        progress: Progress | None = None,
     ) -> Iterator[T]:
         """An eager, ordered map (the usual one) as one MapRun; see ``_runs``.
 
-        Lazy (``buffersize``), unordered maps and maps with options submit
-        their calls one by one.
-        """
+        Lazy, unordered and optioned maps submit their calls one by one."""
         if buffersize is not None or not ordered or not options.plain:
             return super()._map_calls(
-                fn, arguments, deadline, buffersize, ordered, star=star, options=options
+                fn,
+                arguments,
+                deadline,
+                buffersize,
+                ordered,
+                star=star,
+                options=options,
+                progress=progress,
             )
         if not callable(fn):
             raise TypeError(f"map() needs a callable as its first argument, not {fn!r}")
@@ -407,7 +414,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         )
         run = _runs.MapRun(fn, items, star)
         self._enqueue((run,) if items else ())
-        return _runs.results(run, deadline)
+        return _runs.results(run, deadline, progress)
 
     def _enqueue(self, tasks: Iterable[Queued], *, ranked: bool = False) -> None:
         """Queue ``tasks`` for the dispatcher (started on first use) and wake it.

@@ -20,7 +20,9 @@ keeps its own outcome:
   worker may still run.
 
 The results go into ``MapRun.results`` by position; :func:`results` yields
-them in order and releases each slot as it goes.
+them in order and releases each slot as it goes. With ``progress=``, a
+:class:`Tally` counts the calls ended by reading the slots from the progress
+reporter's thread: the dispatcher does nothing more per call.
 
 Concurrency:
   A run is shared by the thread iterating ``map()``'s results (the
@@ -38,6 +40,9 @@ Concurrency:
     is always written before that look, so no wake-up is lost.
   * ``cancelled`` is a plain flag: set by the consumer when it stops early,
     read by the dispatcher before it cuts the next slice.
+  * A :class:`Tally` reads slots, with no lock, from the progress reporter's
+    thread: a slot holds PENDING, then an outcome, then None (taken), and
+    reading a list item is atomic.
   Lock order: ``MapRun.lock`` is never taken with another shoal lock held,
   and no user code runs under it.
 """
@@ -47,13 +52,16 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _clock
+from .._chunks import CHUNK_RUNNERS
 from .._errors import CancelledError
-from .._executor import CHUNK_RUNNERS
 
-__all__ = ("MapRun", "Slice", "results")
+if TYPE_CHECKING:
+    from .._progress import Progress
+
+__all__ = ("MapRun", "Slice", "Tally", "results")
 
 # An empty result slot.
 PENDING: Any = object()
@@ -103,14 +111,20 @@ class MapRun:
         """The calls not cut into a slice yet."""
         return len(self.results) - self.next
 
+    @property
+    def chunked(self) -> bool:
+        """Each item is a chunk of calls (a chunked ``map()``)."""
+        fn = self.fn
+        return isinstance(fn, functools.partial) and fn.func in CHUNK_RUNNERS
+
     def describe(self, index: int | None = None) -> str:
         """ "call 12 of map(score)", or "chunk 3 of map(score)" for a chunked map.
 
         Without ``index``: the calls not cut yet ("calls 12 to 99 of map(score)").
         """
         fn, what = self.fn, "call"
-        if isinstance(fn, functools.partial) and fn.func in CHUNK_RUNNERS:
-            fn, what = fn.args[0], "chunk"
+        if self.chunked:
+            fn, what = fn.args[0], "chunk"  # type: ignore[attr-defined]
         name = getattr(fn, "__qualname__", None) or repr(fn)
         if index is None:
             return f"{what}s {self.next} to {len(self.results) - 1} of map({name})"
@@ -275,12 +289,64 @@ class Slice:
         return count
 
 
-def results(run: MapRun, deadline: float | None) -> Iterator[Any]:
+def results(run: MapRun, deadline: float | None, progress: Progress | None = None) -> Iterator[Any]:
     """Yield the run's results in order; stop at (and raise) the first failure.
 
     Stopping early in any way (an error, the timeout, ``close()``, the
     iterator dropped after it started) cancels the calls not sent yet.
+    ``progress``: counts the calls as they end (a :class:`Tally`).
     """
+    if progress is None:
+        return _results(run, deadline)
+    tally = Tally(run)
+    progress.poll_with(tally, tally.calls)
+    progress.input_read()
+    return progress.watch(_results(run, deadline))
+
+
+class Tally:
+    """Counts the calls of a run that have ended, for a progress display.
+
+    Called from the progress reporter's thread; returns (calls, failed,
+    cancelled) ended since its last call. It reads the slots from the first
+    not ended yet and stops at the next empty one, so the calls of a slice
+    that ended before an earlier slice's lag behind until that one ends; a
+    chunk of n calls counts n. A failure the consumer took (and cleared)
+    before the tally saw it counts as a call ended; the map raised it, and
+    the progress counts it then (``Progress.saw``).
+    """
+
+    __slots__ = ("calls", "mark", "run", "sizes")
+
+    def __init__(self, run: MapRun) -> None:
+        self.run = run
+        self.mark = 0  # owned by: the reporter thread; every slot before it has ended
+        self.sizes = [len(chunk) for chunk in run.items] if run.chunked else None
+        self.calls = len(run.items) if self.sizes is None else sum(self.sizes)
+
+    def __call__(self) -> tuple[int, int, int]:
+        results, sizes = self.run.results, self.sizes
+        mark, stop = self.mark, len(results)
+        calls = failed = cancelled = 0
+        while mark < stop:
+            outcome = results[mark]
+            if outcome is PENDING:
+                break
+            size = 1 if sizes is None else sizes[mark]
+            calls += size
+            if type(outcome) is Failed:
+                if isinstance(outcome.error, CancelledError):
+                    cancelled += size
+                else:
+                    failed += size
+            elif sizes is not None and outcome is not None and outcome[1] is not None:
+                failed += 1  # the chunk's (results, first failure)
+            mark += 1
+        self.mark = mark
+        return calls, failed, cancelled
+
+
+def _results(run: MapRun, deadline: float | None) -> Iterator[Any]:
     try:
         for index in range(len(run.results)):
             # Yielded straight from the call: a local name would keep the
