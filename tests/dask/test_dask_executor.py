@@ -357,3 +357,18 @@ def test_await_a_future(dask_executor):
         return await dask_executor.submit(noop, "awaited")
 
     assert asyncio.run(main()) == "awaited"
+
+
+def test_progress_counts_a_maps_calls_and_as_completed(dask_executor):
+    seen: list[tuple[int, int | None]] = []
+    results = list(
+        dask_executor.map(noop, range(40), chunksize=7, progress=lambda d, t: seen.append((d, t)))
+    )
+    assert results == list(range(40))
+    assert seen[-1] == (40, 40)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    counted: list[tuple[int, int | None]] = []
+    futures = [dask_executor.submit(noop, i) for i in range(5)]
+    done = list(shoal.as_completed(futures, progress=lambda d, t: counted.append((d, t))))
+    assert len(done) == 5
+    assert counted[-1] == (5, 5)
