@@ -22,8 +22,8 @@ import shoal
 # The flow, from the bottom up. A module may import modules of lower layers
 # only; the modules of one core layer (2) may import one another.
 LAYERS = [
-    {"_errors", "_clock", "_stats", "_progress"},
-    {"_future", "_process_errors", "_current"},
+    {"_errors", "_clock", "_stats", "_progress", "_pickle_parts"},
+    {"_future", "_process_errors", "_current", "_pickle_path"},
     {"_wait", "_executor", "_options", "_timer", "_chunks"},
     {"_thread_worker"},  # the thread pool's worker threads
     {"_thread_control"},  # the thread pool's stops, deadlines, retries, priorities
@@ -142,6 +142,9 @@ def test_process_worker_does_not_import_the_parent_side():
         # stopped call raises and the probe behind shoal.cancelled().
         "shoal._errors",
         "shoal._current",
+        # The path to what did not pickle in a result or an exception.
+        "shoal._pickle_path",
+        "shoal._pickle_parts",
     }
     assert shoal_modules - allowed == set()
 

@@ -6,6 +6,7 @@ prefix may be left in /dev/shm and no child process may be left running.
 
 from __future__ import annotations
 
+import copyreg
 import errno
 import itertools
 import mmap
@@ -437,6 +438,20 @@ def test_error_round_trip_keeps_type_args_and_remote_traceback(prefix):
 
 def test_system_exit_travels_as_itself(prefix):
     rebuilt = _remote.load_error(_remote.dumps_error(caught(SystemExit(3)), prefix))
+    assert type(rebuilt) is SystemExit and rebuilt.code == 3
+
+
+def _reduce_losing_the_code(exc):
+    # What tblib's reducer (installed by Dask distributed) does to a SystemExit.
+    return SystemExit, ()
+
+
+def test_exceptions_travel_as_themselves_whatever_copyreg_holds(prefix):
+    copyreg.pickle(SystemExit, _reduce_losing_the_code)
+    try:
+        rebuilt = _remote.load_error(_remote.dumps_error(caught(SystemExit(3)), prefix))
+    finally:
+        del copyreg.dispatch_table[SystemExit]
     assert type(rebuilt) is SystemExit and rebuilt.code == 3
 
 

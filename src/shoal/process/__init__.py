@@ -19,6 +19,7 @@ parent side
   ``_control``     stopping running calls (timeouts, ``cancel(force=True)``)
                    and retries; ``_deadlines``: the dispatcher's timers
   ``_batch``       a worker's calls, pickled into one RUN message
+  ``_explain``     a call that did not pickle: where to look, how to name it
   ``_answers``     the workers' answers and control messages, settled
   ``_handover``    the latency path: a submitter sends to an idle worker
   ``_channel``     one worker: its process, socket, buffers, calls held
@@ -30,6 +31,7 @@ parent side
 both sides
   ``_frames``      the messages and their framing
   ``_wire``        the pickles of calls and results, big buffers out of band
+                   (``shoal._pickle_path`` names what did not pickle)
   ``_remote``      a worker's exception, sent and rebuilt
   ``_shm``         shared-memory segments: create, read, unlink
   ``_board``       the start board: a call sent ahead stays the caller's

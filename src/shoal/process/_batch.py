@@ -8,7 +8,8 @@ object. Each call goes out with its future marked running if the worker
 holds nothing else (it starts at once), or with a slot on the worker's
 start board, where it stays the caller's until the worker starts it (see
 ``_board``). Calls cancelled meanwhile are dropped here; calls that do not
-pickle fail here, each with its own error.
+pickle fail here, each with its own error, which names the path to what
+did not pickle (``_explain``).
 
 Calls whose buffers travel through shared memory are bounded apart: a
 worker holds at most ``MAX_HEAVY_IN_FLIGHT`` entries with segments, and the
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from .._future import RUNNING
-from . import _frames, _handover, _wire
+from . import _explain, _frames, _handover, _wire
 from ._runs import Failed, MapRun, Slice
 from ._tasks import Task, mark_running
 
@@ -159,8 +160,11 @@ class Batcher:
                     else:
                         blob = dumps(task.args, prefix, store, main_by_value=by_value)
                 except BaseException as exc:
+                    error = _explain.explain_call(
+                        exc, fn, task.args or (), kwargs, task.describe(), task_id=task.id
+                    )
                     task.args = task.kwargs = None
-                    self.failed += task.fail(exc)
+                    self.failed += task.fail(error)
                     if slot >= 0:
                         task.slot = slot
                         task.release_slot(free)
@@ -213,7 +217,7 @@ class Batcher:
             )
         except BaseException as exc:
             if len(part) == 1:
-                self.failed += part.fail_all(exc)
+                self.failed += part.fail_all(_explain.explain_item(exc, run, part.start))
                 return []
             # Find the culprits: each call on its own.
             entries = []
@@ -240,5 +244,5 @@ class Batcher:
             try:
                 run.fn_pickle = _wire.dumps_inband(run.fn, self._by_value)
             except BaseException as exc:
-                run.fn_pickle = exc
+                run.fn_pickle = _explain.explain_run_function(exc, run)
         return cast("bytes | BaseException", run.fn_pickle)

@@ -15,6 +15,8 @@ Concurrency: stateless; any thread.
 
 from __future__ import annotations
 
+import copyreg
+import io
 import pickle
 import traceback
 
@@ -104,12 +106,44 @@ def _type_name(exc: BaseException) -> str:
     return f"{module}.{kind.__qualname__}"
 
 
+def _is_exception_class(key: object) -> bool:
+    return isinstance(key, type) and issubclass(key, BaseException)
+
+
+def _pickle_exception(exc: BaseException) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle an exception as its own class reduces it, whatever copyreg says.
+
+    A library may register reducers for every exception class in copyreg
+    (tblib does, and Dask distributed installs it on import); those lose
+    what an exception's own ``__reduce__`` keeps (``SystemExit.code``).
+    A process that imported such a library still sends its exceptions as
+    themselves. Otherwise, and when that pickle fails, ``_wire`` pickles
+    as it does any value (cloudpickle as a last resort).
+    """
+    table = copyreg.dispatch_table
+    if not any(isinstance(k, type) and issubclass(k, BaseException) for k in table):
+        return _wire.pickle_buffers(exc)
+    own = {
+        k: v for k, v in table.items() if not (isinstance(k, type) and issubclass(k, BaseException))
+    }
+    sink = io.BytesIO()
+    pickler = pickle.Pickler(sink, protocol=5)
+    pickler.dispatch_table = own
+    try:
+        pickler.dump(exc)
+    except Exception:
+        return _wire.pickle_buffers(exc)
+    return sink.getvalue(), []
+
+
 def dumps_error(exc: BaseException, shm_prefix: str, unpickling: bool = False) -> Blob:
     """Pickle ``exc`` with its formatted traceback; read the blob with load_error().
 
     An exception that cannot be pickled, or whose pickle does not load back
     here (an ``__init__`` with required arguments that ``args`` lacks, say),
-    is replaced by an UnpicklableError with its type name and message. The
+    is replaced by an UnpicklableError with its type name and message (and,
+    for one that cannot be pickled, a reason naming the path to what did
+    not pickle: ``exception.conn._sock: cannot pickle ...``). The
     traceback text always travels. Never raises for a bad exception.
     ``unpickling`` travels with it (see load_failure()): True for an
     exception raised unpickling the call rather than by the call.
@@ -122,7 +156,12 @@ def dumps_error(exc: BaseException, shm_prefix: str, unpickling: bool = False) -
     message = _safe_str(exc)
     payload: BaseException = exc
     try:
-        data, buffers = _wire.pickle_buffers(payload)
+        try:
+            data, buffers = _pickle_exception(payload)
+        except Exception as error:
+            # The reason below names the path to what did not pickle.
+            _wire.explain(error, [("exception", exc)], f"a {type_name}", "exception")
+            raise
         try:
             pickle.loads(data, buffers=buffers)  # the copy is dropped at once
         except BaseException:

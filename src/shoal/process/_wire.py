@@ -4,6 +4,8 @@ This module is mechanism only: it turns objects into bytes and back, their
 big buffers out of band. What to send, when, and what a failure means for a
 task is decided by the dispatcher (parent) and the worker loop (child),
 which both import this module. It imports only the standard library,
+``shoal._pickle_path`` (the path to what did not pickle, see ``explain``;
+imported on first need, as the worker's start-up never needs it),
 ``_by_value`` (how functions and classes of ``__main__`` travel), ``_shm``
 (the shared-memory segments that carry big buffers) and ``cloudpickle``
 when plain pickle cannot do the job.
@@ -48,10 +50,13 @@ import io
 import pickle
 import types
 from collections.abc import Callable
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from . import _by_value, _shm
 from ._shm import SHM_THRESHOLD, Segments
+
+if TYPE_CHECKING:
+    from .._pickle_path import Role
 
 __all__ = (
     "Blob",
@@ -60,6 +65,7 @@ __all__ = (
     "dumps_call",
     "dumps_function",
     "dumps_inband",
+    "explain",
     "loads",
     "pickle_buffers",
     "store_buffers",
@@ -308,6 +314,55 @@ def pickle_buffers(
         # alive until the cyclic collector happens to run, also when a later
         # attempt succeeded.
         error = None
+
+
+def probe(obj: object) -> None:
+    """Raise what pickling ``obj`` as ``pickle_buffers`` does raises; write nothing anywhere.
+
+    The same attempts (plain pickle, ours, cloudpickle), into a sink, big
+    buffers left out of band: explain() probes each part of a failed
+    pickle with it.
+    """
+    from .. import _pickle_path
+
+    picklers: list[type[pickle.Pickler]] = [pickle.Pickler, _Pickler]
+    with contextlib.suppress(ImportError):
+        picklers.append(_cloud_pickler_class())
+    last = picklers[-1]
+    for pickler_class in picklers:
+        pickler = pickler_class(
+            _pickle_path.SINK, protocol=5, buffer_callback=_pickle_path.leave_out_of_band
+        )
+        try:
+            pickler.dump(obj)
+        except Exception:
+            if pickler_class is last:
+                raise
+            continue
+        return
+
+
+def explain(
+    error: BaseException,
+    roots: list[tuple[str, object]],
+    what: str | Callable[[int], str],
+    role: Role = "call",
+) -> BaseException:
+    """``error``, raised pickling ``roots``, with the path to the culprit written in.
+
+    See ``shoal._pickle_path.annotate``: the error keeps its type; a
+    ``pickle_path`` attribute, its message (for a plain pickling error) and
+    a note name the path and say what to do. Runs only after pickling
+    failed; bounded; never raises but KeyboardInterrupt.
+    """
+    from .. import _pickle_path
+
+    try:
+        by_value = _cloud_pickler_class() is not None
+    except ImportError:
+        by_value = False
+    _pickle_path.annotate(error, roots, what, role, probe, by_value=by_value)
+    return error
 
 
 class Store(Protocol):

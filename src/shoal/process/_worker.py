@@ -238,8 +238,11 @@ def _pickle_outcome(ok: bool, outcome: Any, fn: Any, prefix: str) -> tuple[bool,
         return True, _wire.dumps(outcome, prefix)
     except BaseException as exc:
         # The pickling error itself, as the standard pool raises it (an
-        # ``except TypeError`` keeps working), with a note saying what failed.
-        exc.add_note(f"(shoal: the result of {_describe(fn)} could not be pickled)")
+        # ``except TypeError`` keeps working), with a note saying what failed
+        # and the path to what did not pickle (``result.conn._sock``).
+        what = f"the result of {_describe(fn)}"
+        exc.add_note(f"(shoal: {what} could not be pickled)")
+        _wire.explain(exc, [("result", outcome)], what, "result")
         return False, _remote.dumps_error(exc, prefix)
 
 
