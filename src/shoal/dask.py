@@ -56,8 +56,9 @@ Concurrency:
     slow callback delays other callbacks but no other future's result;
   * the *timer* (a shoal ``Timer``) fires timeouts and retry backoffs.
 
-  ``_lock`` guards ``_calls`` (key -> ``_Call``), ``_closing`` and
-  ``_unsettled``; it is taken before a future's own lock (``cancel()``
+  ``_lock`` guards ``_calls`` (key -> ``_Call``), ``_closing``,
+  ``_unsettled``, ``_tracked`` and ``_tally`` (the counters
+  ``statistics()`` reads); it is taken before a future's own lock (``cancel()``
   holds the future's lock when it asks the gate, which takes no lock of
   ours: it reads one field and posts to the event loop) and never held
   while calling into Dask or user code. A ``_Call``'s fields are written by
@@ -78,7 +79,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from . import _clock
-from ._errors import BrokenExecutor
+from ._errors import BrokenExecutor, TaskTimeoutError
 from ._executor import Executor
 from ._future import CANCELLED, PENDING, Future
 from ._options import (
@@ -89,6 +90,7 @@ from ._options import (
     timeout_error,
     with_earlier_failures,
 )
+from ._stats import ExecutorStatistics
 from ._timer import Timer
 
 # Dask's objects go untyped here: distributed is only partly annotated,
@@ -141,6 +143,8 @@ class _Call:
         "settled",
         "shoal_retries",
         "started",
+        "started_at",
+        "submitted",
         "timer_entry",
     )
 
@@ -166,6 +170,8 @@ class _Call:
         self.key = ""
         self.dask: DaskFuture | None = None
         self.started = False
+        self.started_at: float | None = None
+        self.submitted = 0.0
         self.attempts = 0
         self.earlier: list[BaseException] = []
         self.timer_entry: list[Any] | None = None
@@ -270,6 +276,7 @@ class DaskExecutor(Executor):
         self._lock = threading.Lock()
         self._calls: dict[str, _Call] = {}  # guarded by: _lock
         self._unsettled = 0  # calls not settled yet; guarded by: _lock
+        self._tally = _Tally()  # guarded by: _lock
         self._tracked = 0  # tasks the collector waits for; guarded by: _lock
         self._closing = False  # guarded by: _lock
         self._broken: BaseException | None = None
@@ -338,6 +345,7 @@ class DaskExecutor(Executor):
         key = f"{_key_name(call.name)}-{uuid.uuid4().hex}"
         call.key = key
         call.started = False
+        call.submitted = _clock.monotonic()
         with self._lock:
             self._calls[key] = call
         # Registered before the task exists: its start may be reported at once.
@@ -367,6 +375,7 @@ class DaskExecutor(Executor):
         call = self._calls.get(key)
         if call is None:
             return
+        call.started_at = _clock.monotonic()
         call.started = True
         call.attempts += 1
         future = call.future
@@ -542,6 +551,9 @@ class DaskExecutor(Executor):
         self._finish(call, None, error)
 
     def _forget(self, call: _Call) -> None:
+        """The call's future is done: count it, once."""
+        now = _clock.monotonic()
+        future = call.future
         with self._lock:
             if call.settled:
                 return
@@ -549,6 +561,55 @@ class DaskExecutor(Executor):
             self._unsettled -= 1
             if self._unsettled == 0:
                 self._wake.notify_all()
+            tally = self._tally
+            if future.cancelled():
+                tally.cancelled += 1
+            elif future._exception is not None:
+                tally.failed += 1
+                if isinstance(future._exception, TaskTimeoutError):
+                    tally.timed_out += 1
+            else:
+                tally.completed += 1
+            tally.retried += max(0, call.attempts - 1)
+            if call.started_at is not None:
+                tally.runs += 1
+                tally.run_time += now - call.started_at
+                tally.queue_wait += call.started_at - call.submitted
+
+    def statistics(self) -> ExecutorStatistics:
+        """A snapshot of this executor's calls (see :class:`ExecutorStatistics`).
+
+        On a cluster: ``workers`` counts the cluster's worker threads (a
+        round trip to the scheduler), ``idle`` those not running a call of
+        this executor, ``respawned`` is 0 (Dask restarts its workers
+        itself). Times are taken here: a run starts when the worker's word
+        of it arrives and ends when its result does.
+        """
+        try:
+            threads = sum(self._client.nthreads().values())
+        except Exception:  # the scheduler has gone
+            threads = 0
+        now = _clock.monotonic()
+        with self._lock:
+            calls = [c for c in self._calls.values() if not c.settled]
+            tally = self._tally
+            running = [c for c in calls if c.started_at is not None and c.started]
+            longest = max((now - c.started_at for c in running if c.started_at), default=0.0)
+            return ExecutorStatistics(
+                workers=threads,
+                idle=max(0, threads - len(running)),
+                queued=self._unsettled - len(running),
+                running=len(running),
+                completed=tally.completed,
+                failed=tally.failed,
+                respawned=0,
+                longest_running=longest,
+                cancelled=tally.cancelled,
+                timed_out=tally.timed_out,
+                retried=tally.retried,
+                mean_queue_wait=tally.queue_wait / tally.runs if tally.runs else None,
+                mean_run_time=tally.run_time / tally.runs if tally.runs else None,
+            )
 
     def _run_callbacks(self) -> None:
         callbacks = self._callbacks
@@ -618,6 +679,26 @@ class DaskExecutor(Executor):
             self._client.close(timeout=_CLOSE_SECONDS)
         if self._cluster is not None:
             self._cluster.close(timeout=_CLOSE_SECONDS)
+
+
+class _Tally:
+    """Counters of settled calls; guarded by the executor's ``_lock``."""
+
+    __slots__ = (
+        "cancelled",
+        "completed",
+        "failed",
+        "queue_wait",
+        "retried",
+        "run_time",
+        "runs",
+        "timed_out",
+    )
+
+    def __init__(self) -> None:
+        self.completed = self.failed = self.cancelled = self.timed_out = self.retried = 0
+        self.runs = 0
+        self.run_time = self.queue_wait = 0.0
 
 
 class _Failed:
