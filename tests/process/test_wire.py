@@ -450,6 +450,11 @@ def test_exceptions_travel_as_themselves_whatever_copyreg_holds(prefix):
     copyreg.pickle(SystemExit, _reduce_losing_the_code)
     try:
         rebuilt = _remote.load_error(_remote.dumps_error(caught(SystemExit(3)), prefix))
+        # A big buffer in such an exception still goes through shared memory.
+        big = caught(ValueError("with data", np.ones(BIG, dtype=np.uint8)))
+        blob = _remote.dumps_error(big, prefix)
+        assert len(blob[1]) == 1
+        np.testing.assert_array_equal(_remote.load_error(blob).args[1], big.args[1])
     finally:
         del copyreg.dispatch_table[SystemExit]
     assert type(rebuilt) is SystemExit and rebuilt.code == 3

@@ -127,13 +127,14 @@ def _pickle_exception(exc: BaseException) -> tuple[bytes, list[pickle.PickleBuff
         k: v for k, v in table.items() if not (isinstance(k, type) and issubclass(k, BaseException))
     }
     sink = io.BytesIO()
-    pickler = pickle.Pickler(sink, protocol=5)
+    buffers: list[pickle.PickleBuffer] = []
+    pickler = pickle.Pickler(sink, protocol=5, buffer_callback=_wire.buffer_collector(buffers))
     pickler.dispatch_table = own
     try:
         pickler.dump(exc)
     except Exception:
         return _wire.pickle_buffers(exc)
-    return sink.getvalue(), []
+    return sink.getvalue(), buffers
 
 
 def dumps_error(exc: BaseException, shm_prefix: str, unpickling: bool = False) -> Blob:

@@ -231,6 +231,13 @@ def _small_in_band(buffer: pickle.PickleBuffer) -> bool:
     return True
 
 
+def buffer_collector(
+    buffers: list[pickle.PickleBuffer],
+) -> Callable[[pickle.PickleBuffer], bool] | None:
+    """The buffer_callback ``pickle_buffers`` uses, for a pickler of one's own."""
+    return _collector(buffers, True)
+
+
 def _collector(
     buffers: list[pickle.PickleBuffer], out_of_band: bool
 ) -> Callable[[pickle.PickleBuffer], bool] | None:
