@@ -24,7 +24,7 @@ import shoal
 LAYERS = [
     {"_errors", "_clock", "_stats", "_progress", "_pickle_parts"},
     {"_future", "_process_errors", "_current", "_pickle_path"},
-    {"_wait", "_executor", "_options", "_timer", "_chunks"},
+    {"_wait", "_executor", "_options", "_timer", "_chunks", "_trace"},
     {"_thread_worker"},  # the thread pool's worker threads
     {"_thread_control"},  # the thread pool's stops, deadlines, retries, priorities
     {"thread", "process", "dask"},

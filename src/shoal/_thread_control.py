@@ -70,12 +70,13 @@ import heapq
 import itertools
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _clock
-from ._errors import InvalidStateError
+from ._errors import InvalidStateError, TaskTimeoutError
 from ._future import Future
 from ._options import (
     DEFAULT_OPTIONS,
@@ -86,12 +87,26 @@ from ._options import (
     timeout_error,
     with_earlier_failures,
 )
-from ._thread_worker import _ForceCancelled, _Interrupt, _TimedOut, _Worker
+from ._thread_worker import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    MEASURED,
+    RUN_TIME,
+    STARTED,
+    TIMED_OUT,
+    WAIT_TIME,
+    _ForceCancelled,
+    _Interrupt,
+    _TimedOut,
+    _Worker,
+)
 
 if TYPE_CHECKING:
+    from ._trace import CallTrace
     from .thread import ThreadPoolExecutor
 
-__all__ = ("_Backlog", "_Task", "drain", "plain_task")
+__all__ = ("_Backlog", "_Task", "drain", "plain_task", "stop_at_shutdown", "use_backlog")
 
 
 # -- calls with options -----------------------------------------------------------------
@@ -99,10 +114,11 @@ __all__ = ("_Backlog", "_Task", "drain", "plain_task")
 _TIMEOUT = "timeout"
 _CANCEL = "cancel"
 _SHUTDOWN = "shutdown"
+_STALE = "stale"  # a stopped run whose thread came back after the next run started
 
 
 class _Task:
-    """A call with options, across its runs. Queued as ``(task, None, None, None)``."""
+    """A call with options, across its runs. Queued as ``(task, None, None, None, 0.0)``."""
 
     __slots__ = (
         "args",
@@ -117,8 +133,10 @@ class _Task:
         "name",
         "options",
         "pool",
+        "queued_at",
         "slot",
         "stop",
+        "trace",
         "worker",
     )
 
@@ -151,6 +169,11 @@ class _Task:
         self.final = False
         self.earlier: list[BaseException] = []  # failed runs before this one; guarded by: lock
         self.entry: list[Any] | None = None  # the current run's deadline; guarded by: lock
+        # When it was queued for its next run (statistics' queue wait). owned
+        # by: the thread queueing it, then the worker running it.
+        self.queued_at = time.monotonic()
+        # Its timeline record, when traced (see _trace); else None. immutable after submit
+        self.trace: CallTrace | None = None
         future._name = options.name
         future._set_stopper(self.force_stop)
 
@@ -162,19 +185,26 @@ class _Task:
         if slot is not None:
             slot.release()
         future = self.future
+        stats = worker.stats
         if self.attempt == 0 and not future.set_running_or_notify_cancel():
             worker.idle.append(None)
+            stats[CANCELLED] += 1
             return True
         value: Any = None
         error: BaseException | None = None
         attempt = 0
+        started = ended = 0.0
         # From _enter on, this run may be interrupted (rule 2 of the module docstring).
         try:
             attempt = self._enter(worker)
             if attempt:
+                started = stats[STARTED] = time.monotonic()
+                if self.trace is not None:
+                    self.trace.started, self.trace.track = started, worker.track()
                 value = self.fn(*self.args, **self.kwargs)
         except BaseException as exc:
             error = exc
+        ended = time.monotonic()
         if not attempt:
             worker.idle.append(None)
             return True
@@ -192,12 +222,19 @@ class _Task:
                     return worker.after_stop(counted=False)
                 except _Interrupt:
                     pass
+        if self.trace is not None:
+            self.trace.run(attempt, started, ended, worker.track(), error)
         # Idle before the future is done, as on the fast path (thread.py says why).
         worker.idle.append(None)
+        stats[RUN_TIME] += ended - started
+        stats[WAIT_TIME] += started - self.queued_at
+        stats[MEASURED] += 1
         if error is None:
-            self._settle(value, None)
+            if self._settle(value, None):
+                stats[COMPLETED] += 1
         elif delay is None:
-            self._settle(None, error)
+            if self._settle(None, error):
+                stats[FAILED] += 1
         else:
             self.pool._retry_later(self, delay)
         return True
@@ -241,19 +278,27 @@ class _Task:
                     else:
                         self.earlier.append(error)  # type: ignore[arg-type]
                     return None, delay
+            if self.attempt != attempt:
+                # This run was stopped (a timeout with a retry) and a later
+                # run has started since: this thread only leaves. Without
+                # this check it saw that run's fresh ``stop`` (None) and
+                # queued the call once more, a run beyond its retries.
+                return _STALE, None
             if self.stop is None:
                 # A repeat after the first pass settled it.
                 return None, (None if self.final else 0.0)
             return self.stop, None
 
-    def _settle(self, value: Any, error: BaseException | None) -> None:
+    def _settle(self, value: Any, error: BaseException | None) -> bool:
+        """Settle the future; False if it was done already (by its user)."""
         try:
             if error is None:
                 self.future.set_result(value)
             else:
                 self.future.set_exception(with_earlier_failures(error, self.earlier))
         except InvalidStateError:
-            pass  # settled by its user (set_result on a future shoal runs)
+            return False  # settled by its user (set_result on a future shoal runs)
+        return True
 
     # -- from other threads ------------------------------------------------------
 
@@ -273,9 +318,14 @@ class _Task:
                 self.final = True
             else:
                 self.earlier.append(error)
+                if self.trace is not None:  # the next run starts before this thread is back
+                    self.trace.run(
+                        attempt, self.trace.started, time.monotonic(), worker.track(), error
+                    )
             worker.interrupt(_TimedOut)
         if delay is None:
-            self._settle(None, error)
+            if self._settle(None, error):
+                self.pool._tally(FAILED, TIMED_OUT)
         else:
             self.pool._retry_later(self, delay)
 
@@ -290,7 +340,10 @@ class _Task:
                 self.stop = _CANCEL
                 worker.interrupt(_ForceCancelled)
         # Between runs nothing is interrupted: the next run sees final and never starts.
-        return future._cancel_running()
+        if future._cancel_running():
+            self.pool._tally(CANCELLED)
+            return True
+        return False
 
     def stop_at_shutdown(self, error: BaseException) -> bool:
         """``shutdown(timeout=...)`` ran out: stop the run, or the wait for the next, and fail."""
@@ -306,6 +359,7 @@ class _Task:
             self.future.set_exception(error)
         except InvalidStateError:
             return False
+        self.pool._tally(FAILED)
         return True
 
     def fail(self, error: BaseException) -> None:
@@ -315,14 +369,18 @@ class _Task:
                 return
             self.final = True
         if self.attempt == 0 and not self.future.set_running_or_notify_cancel():
+            self.pool._tally(CANCELLED)
             return
-        self._settle(None, error)
+        if self._settle(None, error):
+            self.pool._tally(FAILED)
 
 
 def plain_task(pool: ThreadPoolExecutor, item: tuple[Any, ...]) -> _Task:
     """A plain call taken into the priority backlog: a task with the default options."""
-    future, fn, args, kwargs = item
-    return _Task(pool, future, fn, args, kwargs, DEFAULT_OPTIONS, pool._slots)
+    future, fn, args, kwargs, submitted = item
+    task = _Task(pool, future, fn, args, kwargs, DEFAULT_OPTIONS, pool._slots)
+    task.queued_at = submitted
+    return task
 
 
 # -- priorities -------------------------------------------------------------------
@@ -332,7 +390,7 @@ class _Backlog:
     """The queue of a pool that has seen a priority: a heap, and a ticket per call.
 
     ``put`` pushes the call (as a task) onto the heap and a ticket
-    ``(self, None, None, None)`` onto the workers' queue; the worker that gets
+    ``(self, None, None, None, 0.0)`` onto the workers' queue; the worker that gets
     a ticket runs the first call of the heap (``run``). Sentinels (None) go
     straight to the workers' queue.
     """
@@ -345,7 +403,7 @@ class _Backlog:
         self.lock = threading.Lock()
         self._heap: list[tuple[tuple[float, int], _Task]] = []  # guarded by: lock
         self._sequence = itertools.count()
-        self.ticket = (self, None, None, None)
+        self.ticket = (self, None, None, None, 0.0)
 
     def put(self, item: tuple[Any, ...] | None) -> None:
         if item is None:
@@ -361,6 +419,10 @@ class _Backlog:
             heapq.heappush(self._heap, (key, task))
         self._queue.put(self.ticket)
 
+    def size(self) -> int:
+        """How many calls wait in the heap (a snapshot, for statistics())."""
+        return len(self._heap)
+
     def take_all(self) -> list[_Task]:
         with self.lock:
             tasks = [task for _, task in self._heap]
@@ -375,6 +437,20 @@ class _Backlog:
             worker.idle.append(None)
             return True
         return task.run(worker)
+
+
+def use_backlog(pool: ThreadPoolExecutor, work_queue: queue.SimpleQueue[Any]) -> _Backlog:
+    """A priority backlog for ``pool``, with the calls queued so far. Hold the pool's lock."""
+    backlog = _Backlog(pool, work_queue)
+    items = []
+    while True:
+        try:
+            items.append(work_queue.get_nowait())
+        except queue.Empty:
+            break
+    for item in items:
+        backlog.put(item)
+    return backlog
 
 
 def drain(
@@ -416,3 +492,31 @@ def drain(
             slot.release()
         futures.append(task.future)
     return futures, started
+
+
+def stop_at_shutdown(pool: ThreadPoolExecutor, timeout: float) -> None:
+    """``shutdown(timeout=...)`` ran out: stop what runs, cancel what has not started."""
+
+    def error(name: str) -> TaskTimeoutError:
+        return TaskTimeoutError(
+            f"{name} was still running when shutdown(timeout={timeout:g}) ran out, "
+            "and was stopped; give shutdown() more time, or the call a timeout of its own"
+        )
+
+    with pool._shutdown_lock:
+        workers = list(pool._threads.values())
+        queued, started = pool._drain()
+        started.extend(pool._between)
+    pool._cancel_all(queued)
+    for task in started:
+        task.stop_at_shutdown(error(task.name))
+    for worker in workers:
+        running = worker.task
+        if running is not None:
+            running.stop_at_shutdown(error(running.name))
+            continue
+        plain = worker.future
+        if plain is not None and plain._stop_running(
+            worker.timeout_hook, error(plain._name or "a call")
+        ):
+            pool._tally(FAILED)

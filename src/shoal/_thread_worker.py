@@ -12,7 +12,9 @@ which thread owns which field and the lock order.
 from __future__ import annotations
 
 import math
+import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,7 @@ from ._current import set_probe
 from ._errors import CancelledError, TaskTimeoutError
 from ._executor import as_index
 from ._future import LOGGER, Future
+from ._stats import ExecutorStatistics
 
 if TYPE_CHECKING:
     import collections
@@ -29,7 +32,21 @@ if TYPE_CHECKING:
     from ._thread_control import _Task
     from .thread import ThreadPoolExecutor
 
-__all__ = ("WorkItem", "thread_count", "worker_loop")
+__all__ = (
+    "CANCELLED",
+    "COMPLETED",
+    "FAILED",
+    "MEASURED",
+    "RESPAWNED",
+    "RETRIED",
+    "RUN_TIME",
+    "TIMED_OUT",
+    "WAIT_TIME",
+    "WorkItem",
+    "pool_statistics",
+    "thread_count",
+    "worker_loop",
+)
 
 
 class _Interrupt(BaseException):
@@ -80,9 +97,25 @@ def _async_raise(ident: int, exc_type: type[BaseException] | None) -> None:
 # -- the worker loop ----------------------------------------------------------------
 
 
-# What a worker thread takes off the queue: a plain call, or a call with options
-# (``(task, None, None, None)``); None tells it to look at the pool's flags.
-WorkItem = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+# What a worker thread takes off the queue: a plain call with the time it was
+# submitted, or a call with options (``(task, None, None, None, 0.0)``); None
+# tells it to look at the pool's flags.
+WorkItem = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any], float]
+
+# A worker's counters (``_Worker.stats``, a list written by its thread only,
+# read by statistics() as a snapshot): calls it completed, failed and found
+# cancelled; seconds the runs it measured took and waited in the queue, and
+# how many it measured; when its current call with options started.
+COMPLETED, FAILED, CANCELLED, RUN_TIME, WAIT_TIME, MEASURED, STARTED = range(7)
+# A worker times one plain call in SAMPLE_EVERY (every call with options):
+# two clock reads and three float updates on every call cost the thread
+# pool's tiny calls about 5% (bench/README.md); a mean over one call in 16
+# is as good a mean, and costs a countdown per call.
+SAMPLE_EVERY = 16
+# The pool's own tallies (``ThreadPoolExecutor._tallies``, under its
+# ``_shutdown_lock``), for calls settled by another thread than a worker's:
+# COMPLETED, FAILED and CANCELLED as above, then these.
+TIMED_OUT, RETRIED, RESPAWNED = 3, 4, 5
 
 
 def worker_loop(  # noqa: PLR0917 - a thread target, called with args=
@@ -124,13 +157,16 @@ def worker_loop(  # noqa: PLR0917 - a thread target, called with args=
     if replacement:
         now_idle(None)
     stop = worker.stop_plain
+    # Its counters, by index (COMPLETED, ...: literals below, this is the hot path).
+    stats = worker.stats
+    tick = 1  # calls left until the next one timed; the first is
     if first is not None and not first.run(worker):
         return
     del first
     while True:
         item = get()
         if item is not None:
-            future, fn, args, kwargs = item
+            future, fn, args, kwargs, submitted = item
             del item
             if fn is None:
                 # A call with options, or a ticket of the priority backlog.
@@ -150,21 +186,32 @@ def worker_loop(  # noqa: PLR0917 - a thread target, called with args=
             # the try (rule 2 of _thread_control's docstring).
             try:
                 if future.set_running_or_notify_cancel():
-                    try:
-                        result = fn(*args, **kwargs)
-                    except BaseException as exc:
-                        # Idle before the future is done (see _idle in the thread
-                        # pool's docstring): whoever sees the outcome and submits again
-                        # must find this thread counted.
-                        now_idle(None)
-                        future.set_exception(exc)
-                        del exc
+                    tick -= 1
+                    if tick:
+                        try:
+                            result = fn(*args, **kwargs)
+                        except BaseException as exc:
+                            # Idle before the future is done (see _idle in the thread
+                            # pool's docstring): whoever sees the outcome and submits
+                            # again must find this thread counted.
+                            now_idle(None)
+                            future.set_exception(exc)
+                            del exc
+                            # Counted once settled: a stopper that got there first
+                            # counted it (set_* raised InvalidStateError).
+                            stats[1] += 1
+                        else:
+                            now_idle(None)
+                            future.set_result(result)
+                            del result
+                            stats[0] += 1
                     else:
-                        now_idle(None)
-                        future.set_result(result)
-                        del result
+                        # One call in SAMPLE_EVERY is timed, out of line.
+                        tick = SAMPLE_EVERY
+                        _run_timed(future, fn, args, kwargs, submitted, now_idle, stats)
                 else:
                     now_idle(None)
+                    stats[2] += 1
             except BaseException:
                 # The call was stopped (cancel(force=True), shutdown's timeout):
                 # its future is settled and what it produced is dropped
@@ -195,13 +242,58 @@ def worker_loop(  # noqa: PLR0917 - a thread target, called with args=
         del executor
 
 
+def _run_timed(  # noqa: PLR0917 - the worker loop's locals
+    future: Future[Any],
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    submitted: float,
+    now_idle: Callable[[None], None],
+    stats: list[Any],
+) -> None:
+    """The worker loop's plain call, timed for statistics(); the loop's rules hold here.
+
+    Called inside the loop's ``try`` (the call may be stopped: see rule 2
+    of _thread_control's docstring); counts as the loop does.
+    """
+    started = time.monotonic()
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        ended = time.monotonic()
+        now_idle(None)
+        future.set_exception(exc)
+        del exc
+        stats[FAILED] += 1
+    else:
+        ended = time.monotonic()
+        now_idle(None)
+        future.set_result(result)
+        del result
+        stats[COMPLETED] += 1
+    stats[RUN_TIME] += ended - started
+    stats[WAIT_TIME] += started - submitted
+    stats[MEASURED] += 1
+
+
 # -- workers -----------------------------------------------------------------------
 
 
 class _Worker:
     """What the rest of the pool needs to reach one worker thread."""
 
-    __slots__ = ("future", "ident", "idle", "pool_ref", "stale", "stopping", "task", "thread")
+    __slots__ = (
+        "future",
+        "ident",
+        "idle",
+        "place",
+        "pool_ref",
+        "stale",
+        "stats",
+        "stopping",
+        "task",
+        "thread",
+    )
 
     def __init__(
         self, pool_ref: weakref.ref[ThreadPoolExecutor], idle: collections.deque[None]
@@ -210,6 +302,8 @@ class _Worker:
         self.idle = idle
         self.thread: threading.Thread | None = None  # set by the thread itself
         self.ident = 0  # set by the thread itself
+        # Its track on a timeline: (pid, native thread id, name); set by the thread itself.
+        self.place: tuple[int, int, str] = (0, 0, "?")
         # The plain call it runs (None between calls); written by the worker only.
         self.future: Future[Any] | None = None
         # The call with options it runs; written by the worker only.
@@ -218,11 +312,18 @@ class _Worker:
         self.stopping = False
         # Abandoned: out of the pool's count. guarded by: pool._shutdown_lock
         self.stale = False
+        # Its counters (COMPLETED...): written by the worker thread only.
+        self.stats: list[Any] = [0, 0, 0, 0.0, 0.0, 0, 0.0]
 
     def start(self) -> None:
         """In the worker thread, first thing."""
         self.thread = threading.current_thread()
         self.ident = threading.get_ident()
+        self.place = (os.getpid(), threading.get_native_id(), self.thread.name)
+
+    def track(self) -> tuple[int, int, str]:
+        """Its track on a timeline (see ``_trace``): (pid, thread id, thread name)."""
+        return self.place
 
     def asked_to_stop(self) -> bool:
         """The probe of ``shoal.cancelled()`` in this thread."""
@@ -245,6 +346,9 @@ class _Worker:
     def stop_plain(self, future: Future[Any]) -> bool:
         """The stopper of a plain call this worker started (``cancel(force=True)``)."""
         if future._stop_running(self.cancel_hook):
+            pool = self.pool_ref()
+            if pool is not None:
+                pool._tally(CANCELLED)
             return True
         return future.cancelled()
 
@@ -261,6 +365,50 @@ class _Worker:
         if pool is None:
             return not self.stale
         return pool._rejoin(self, counted=counted)
+
+
+def pool_statistics(
+    workers: list[_Worker],
+    everyone: list[_Worker],
+    tallies: list[int],
+    queued: int,
+) -> ExecutorStatistics:
+    """A thread pool's statistics from its threads (``workers``: those counted now).
+
+    ``everyone``: every worker the pool started (their counters are summed,
+    whether or not the thread is still alive); ``tallies``: the pool's own
+    counters (completed, failed, cancelled, timed out, retried, respawned),
+    for the calls settled by another thread than a worker's (stoppers, the
+    timer, shutdown).
+    """
+    totals: list[Any] = [0, 0, 0, 0.0, 0.0, 0]
+    for worker in everyone:
+        for index, value in enumerate(worker.stats[:STARTED]):
+            totals[index] += value
+    now = time.monotonic()
+    longest = 0.0
+    running = 0
+    for worker in workers:
+        if worker.future is not None or worker.task is not None:
+            running += 1
+            if worker.task is not None:
+                longest = max(longest, now - worker.stats[STARTED])
+    runs = totals[MEASURED]
+    return ExecutorStatistics(
+        workers=len(workers),
+        idle=max(0, len(workers) - running),
+        queued=queued,
+        running=running,
+        completed=totals[COMPLETED] + tallies[COMPLETED],
+        failed=totals[FAILED] + tallies[FAILED],
+        respawned=tallies[RESPAWNED],
+        longest_running=longest,
+        cancelled=totals[CANCELLED] + tallies[CANCELLED],
+        timed_out=tallies[TIMED_OUT],
+        retried=tallies[RETRIED],
+        mean_queue_wait=totals[WAIT_TIME] / runs if runs else None,
+        mean_run_time=totals[RUN_TIME] / runs if runs else None,
+    )
 
 
 def thread_count(max_workers: object) -> int:

@@ -63,12 +63,17 @@ Concurrency:
   User code (the calls, done-callbacks, the initializer) never runs under a
   shoal lock: futures are cancelled and failed after the pool lock is
   released.
-  Work items are plain tuples ``(future, fn, args, kwargs)``; a ``None`` item
-  tells a worker to look at the flags and exit if the pool is done; an item
-  ``(x, None, None, None)`` is a call with options or a backlog ticket, and
-  the worker calls ``x.run(worker)``. The plain path pays, per call, two
-  stores that let a stopper find the thread (``future._stopper``,
-  ``worker.future``) and a ``try`` that costs nothing unless it catches.
+  Work items are plain tuples ``(future, fn, args, kwargs, submitted)``; a
+  ``None`` item tells a worker to look at the flags and exit if the pool is
+  done; an item ``(x, None, None, None, 0.0)`` is a call with options or a
+  backlog ticket, and the worker calls ``x.run(worker)``. The plain path
+  pays, per call, two stores that let a stopper find the thread
+  (``future._stopper``, ``worker.future``), a ``try`` that costs nothing
+  unless it catches, and for ``statistics()`` three clock reads and four
+  counter updates in its own thread's list (``_Worker.stats``, one writer).
+  Calls settled by other threads (stoppers, the timer, shutdown) are counted
+  in ``_tallies``; ``_everyone`` keeps every worker started (both guarded by
+  ``_shutdown_lock``); ``statistics()`` sums them all (a snapshot).
 """
 
 from __future__ import annotations
@@ -79,18 +84,30 @@ import itertools
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import thread as _std_thread
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
-from . import _clock
-from ._errors import BrokenThreadPool, CancelledError, TaskTimeoutError
+from . import _clock, _trace
+from ._errors import BrokenThreadPool, CancelledError
 from ._executor import Executor
 from ._future import Future
-from ._options import TaskOptions
-from ._thread_control import _Backlog, _Task, drain
-from ._thread_worker import WorkItem, _Worker, thread_count, worker_loop
+from ._options import DEFAULT_OPTIONS, TaskOptions
+from ._stats import ExecutorStatistics
+from ._thread_control import _Backlog, _Task, drain, stop_at_shutdown, use_backlog
+from ._thread_worker import (
+    CANCELLED,
+    FAILED,
+    RESPAWNED,
+    RETRIED,
+    WorkItem,
+    _Worker,
+    pool_statistics,
+    thread_count,
+    worker_loop,
+)
 from ._timer import Timer
 
 if TYPE_CHECKING:
@@ -104,6 +121,8 @@ BrokenThreadPool.__module__ = __name__
 T = TypeVar("T")
 P = ParamSpec("P")
 
+
+_monotonic = time.monotonic
 
 # Shared by every call without keyword arguments (``fn(**d)`` copies d, so
 # nothing can change it).
@@ -174,6 +193,9 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
             :class:`BrokenThreadPool`, whose ``__cause__`` is the error.
         max_pending: if set, ``submit`` blocks while that many calls wait in
             the queue (calls running in threads do not count).
+        trace: a path: record this pool's calls as a timeline, written
+            there by ``shutdown()`` (with ``wait=False``: the runs ended so
+            far), opened at once (see :func:`shoal.trace`).
     """
 
     _counter = itertools.count().__next__
@@ -186,6 +208,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         initargs: tuple[Any, ...] = (),
         *,
         max_pending: int | None = None,
+        trace: str | os.PathLike[str] | None = None,
     ) -> None:
         if max_workers is None:
             cpus = getattr(os, "process_cpu_count", os.cpu_count)()
@@ -227,6 +250,11 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         # False, or why the pool is broken. guarded by: _shutdown_lock
         self._broken: str | bool = False  # type: ignore[assignment]
         self._broken_cause: BaseException | None = None  # guarded by: _shutdown_lock
+        # Counters of calls settled outside a worker, every worker. guarded by: _shutdown_lock
+        self._tallies = [0] * 6
+        self._everyone: list[_Worker] = []
+        # Its own timeline (trace=path), opened now. immutable after __init__
+        self._trace = None if trace is None else _trace.Recorder(trace)
         with _global_lock:
             self._exiting = _exiting
             _live_pools.add(self)
@@ -243,6 +271,8 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
+        if _trace.tracing and _trace.recorders(self._trace) is not None:
+            return self._submit_with(DEFAULT_OPTIONS, fn, args, kwargs)  # traced
         slots = self._slots
         if slots is not None:
             self._take_slot(slots)
@@ -253,7 +283,7 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                 self._raise_closed()
             future: Future[T] = Future()
             # An empty kwargs dict would cost ~70 bytes per queued call.
-            self._enqueue((future, fn, args, kwargs or _NO_KWARGS))
+            self._enqueue((future, fn, args, kwargs or _NO_KWARGS, _monotonic()))
             # _claim_thread(), spelt out: this is the hot path.
             try:
                 self._idle.pop()
@@ -270,8 +300,11 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         kwargs: dict[str, Any],
     ) -> Future[T]:
         """``submit`` of a call carrying ``options`` (``executor.options(...).submit``)."""
-        if options.plain:
+        traced = _trace.recorders(self._trace) if _trace.tracing else None
+        if options.plain and traced is None:
             return self.submit(fn, *args, **kwargs)
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
         slots = self._slots
         if slots is not None:
             self._take_slot(slots)
@@ -282,9 +315,12 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                 self._raise_closed()
             future: Future[T] = Future()
             task = _Task(self, future, fn, args, kwargs or _NO_KWARGS, options, slots)
+            if traced is not None:
+                task.trace = _trace.CallTrace(traced, options, fn, args)
+                future.add_done_callback(task.trace.settled)  # nobody else has it yet
             if options.priority and self._backlog is None:
                 self._use_backlog()
-            self._enqueue((task, None, None, None))
+            self._enqueue((task, None, None, None, 0.0))
             self._claim_thread()
         return future
 
@@ -372,22 +408,16 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
         )
         thread.start()
         self._threads[thread] = worker
+        self._everyone.append(worker)
+        if replacement:
+            self._tallies[RESPAWNED] += 1
         with _global_lock:
             _live_threads[thread] = self._work_queue
 
     def _use_backlog(self) -> None:
-        """Switch to the priority backlog, with the calls queued so far. Hold ``_shutdown_lock``."""
-        backlog = _Backlog(self, self._work_queue)
-        items = []
-        while True:
-            try:
-                items.append(self._work_queue.get_nowait())
-            except queue.Empty:
-                break
-        for item in items:
-            backlog.put(item)
-        self._backlog = backlog
-        self._enqueue = backlog.put
+        """Switch to the priority backlog. Hold ``_shutdown_lock``."""
+        self._backlog = use_backlog(self, self._work_queue)
+        self._enqueue = self._backlog.put
 
     def _timer(self) -> Timer:
         timer = self._timer_
@@ -439,9 +469,26 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                     pass  # a queued call claimed it; the other threads will take it
             return False
 
+    def _tally(self, *counters: int) -> None:
+        """Count a call settled outside a worker (``_thread_worker``'s COMPLETED, ...)."""
+        with self._shutdown_lock:
+            for counter in counters:
+                self._tallies[counter] += 1
+
+    def statistics(self) -> ExecutorStatistics:
+        """A snapshot of the pool's counters (see :class:`ExecutorStatistics`)."""
+        with self._shutdown_lock:
+            workers = list(self._threads.values())
+            everyone = list(self._everyone)
+            tallies = list(self._tallies)
+            backlog = self._backlog
+        queued = self._work_queue.qsize() if backlog is None else backlog.size()
+        return pool_statistics(workers, everyone, tallies, queued)
+
     def _retry_later(self, task: _Task, delay: float) -> None:
         with self._shutdown_lock:
             self._between.add(task)
+            self._tallies[RETRIED] += 1
         if delay > 0:
             self._timer().schedule(
                 _clock.monotonic() + delay, functools.partial(self._requeue, task)
@@ -460,7 +507,8 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                     # shutdown wake-up could wait forever: it gets a thread of its own.
                     self._start_thread(first=task)
                 else:
-                    self._enqueue((task, None, None, None))
+                    task.queued_at = _monotonic()
+                    self._enqueue((task, None, None, None, 0.0))
                     self._claim_thread()
         if broken:
             task.fail(BrokenThreadPool(broken))
@@ -485,6 +533,9 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                 error = BrokenThreadPool(self._broken)
                 error.__cause__ = exc
                 future.set_exception(error)
+                self._tally(FAILED)
+            else:
+                self._tally(CANCELLED)
         for task in started:
             error = BrokenThreadPool(self._broken)
             error.__cause__ = exc
@@ -510,19 +561,20 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
             self._shutdown = True
             cancelled, started = self._drain() if cancel_futures else ([], [])
             for task in started:
-                self._enqueue((task, None, None, None))
+                self._enqueue((task, None, None, None, 0.0))
             self._work_queue.put(None)
             timer = self._timer_
-        for future in cancelled:
-            future._cancel_queued()
+        self._cancel_all(cancelled)
         if wait:
             deadline = _clock.deadline_from(timeout)
             if not self._join(deadline) and timeout is not None:
-                self._stop_at_shutdown(timeout)
+                stop_at_shutdown(self, timeout)
         if timer is not None:
             timer.close()
             if wait:
                 timer.join(_SHUTDOWN_GRACE)
+        if self._trace is not None:
+            self._trace.write()
 
     def _join(self, deadline: float | None) -> bool:
         """Wait for the counted threads and the calls between runs; False if the deadline passed."""
@@ -545,28 +597,9 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                 except CancelledError:
                     pass
 
-    def _stop_at_shutdown(self, timeout: float) -> None:
-        """``shutdown(timeout=...)`` ran out: stop what runs, cancel what has not started."""
-
-        def error(name: str) -> TaskTimeoutError:
-            return TaskTimeoutError(
-                f"{name} was still running when shutdown(timeout={timeout:g}) ran out, "
-                "and was stopped; give shutdown() more time, or the call a timeout of its own"
-            )
-
-        with self._shutdown_lock:
-            workers = list(self._threads.values())
-            queued, started = self._drain()
-            started.extend(self._between)
-        for future in queued:
-            future._cancel_queued()
-        for task in started:
-            task.stop_at_shutdown(error(task.name))
-        for worker in workers:
-            running = worker.task
-            if running is not None:
-                running.stop_at_shutdown(error(running.name))
-                continue
-            plain = worker.future
-            if plain is not None:
-                plain._stop_running(worker.timeout_hook, error(plain._name or "a call"))
+    def _cancel_all(self, futures: list[Future[Any]]) -> None:
+        """Cancel calls taken off the queue (not started), and count them."""
+        count = sum(1 for future in futures if future._cancel_queued())
+        if count:
+            with self._shutdown_lock:
+                self._tallies[CANCELLED] += count

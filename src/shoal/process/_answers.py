@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import pickle
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -76,14 +77,18 @@ class Answers:
         result_mark = _frames.RESULT_MARK
         data_at = _frames.RESULT_DATA_OFFSET
         answered = completed = 0
-        total = 0.0
+        total = waited = 0.0
+        # The queue wait of a call: from its submit to its start, which is
+        # taken as now less the run time its worker measured.
+        now = time.monotonic()
         last_run: MapRun | None = None  # to notify once it has its results
         # Whether any call in flight carries shared memory: only then is
         # each answered call looked at for it.
         heavy = worker.heavy
         # A worker asked to stop a call: its answers go the general way,
         # where that call's is dropped (see _control).
-        stopping = worker.stop_target is not None
+        # So do all answers once a call was traced (see shoal._trace).
+        stopping = worker.stop_target is not None or self._shared.traced
         with memoryview(inbox) as view:
             # No slice of the view may outlive this loop: the inbox is
             # resized below, which needs every export released.
@@ -98,6 +103,7 @@ class Answers:
                             )
                         answered += 1
                         total += duration
+                        waited += now - duration - task.submitted
                         run = task.run
                         if run is not last_run:
                             if last_run is not None:
@@ -129,7 +135,7 @@ class Answers:
                     answers.extend(message[1])
                     continue
                 if answers:
-                    more, seconds = self._complete(worker, answers)
+                    more, seconds = self._complete(worker, answers, now)
                     answered += more
                     total += seconds
                     answers = []
@@ -138,21 +144,26 @@ class Answers:
             del inbox[:offset]
         if last_run is not None:
             last_run.notify()
-        self._shared.completed += completed
+        shared = self._shared
+        shared.completed += completed
+        shared.wait_time += waited
         if answers:
-            more, seconds = self._complete(worker, answers)
+            more, seconds = self._complete(worker, answers, now)
             answered += more
             total += seconds
+        shared.runs += answered
+        shared.run_time += total
         return answered, total
 
     def _complete(
-        self, worker: Worker, results: list[tuple[int, bool, _wire.Blob, float]]
+        self, worker: Worker, results: list[tuple[int, bool, _wire.Blob, float]], now: float
     ) -> tuple[int, float]:
         """Settle answers in their general form; as ``settle``."""
         shared = self._shared
         in_flight = worker.in_flight
         total = 0.0
         completed = failed = 0
+        waited = 0.0
         runs: dict[int, MapRun] = {}  # to notify once they have their results
         answered = 0
         for task_id, ok, blob, duration in results:
@@ -164,6 +175,7 @@ class Answers:
                 raise RuntimeError(f"{worker.name} answered task {task_id}, expected {task.id}")
             answered += 1
             total += duration
+            waited += now - duration - task.submitted
             if task is worker.stop_target:
                 # The call it was asked to stop: its future is settled (or it
                 # runs again elsewhere), and its pickle was let go then.
@@ -175,13 +187,21 @@ class Answers:
                 try:
                     value = _wire.loads(blob)
                 except BaseException as exc:
+                    if task.trace is not None:
+                        _record(task, worker, now, duration, blob, exc)
                     finished = self._unpickling_failed(task, exc)
                 else:
+                    if task.trace is not None:
+                        _record(task, worker, now, duration, blob, None)
                     finished = task.settle(value)
                     completed += 1
                     del value
             else:
-                finished = task.settle(Failed(self._call_error(worker, task, blob)))
+                error = self._call_error(worker, task, blob)
+                if task.trace is not None:
+                    _record(task, worker, now, duration, blob, error)
+                finished = task.settle(Failed(error))
+                del error
                 if task.run is not None or task.future._state != RUNNING:
                     failed += 1  # not a run that goes again
             if task.run is not None:
@@ -198,6 +218,7 @@ class Answers:
             run.notify()
         shared.completed += completed
         shared.failed += failed
+        shared.wait_time += waited
         return answered, total
 
     def _call_error(self, worker: Worker, task: Sent, blob: _wire.Blob) -> BaseException:
@@ -251,6 +272,7 @@ class Answers:
             else:  # cancelled by its caller
                 task.release_slot(worker.free)
                 self._release(task)  # a call of its own
+                self._shared.cancelled += 1
                 if task.future._state == CANCELLED:
                     task.future.set_running_or_notify_cancel()
             if not in_flight:
@@ -285,6 +307,34 @@ class Answers:
         error = unpickling_error(call, f"the result of {call}", exc, None)
         self._shared.failed += 1
         return task.settle(Failed(error))
+
+
+def _record(  # noqa: PLR0917 - one answer's parts
+    task: Sent, worker: Worker, now: float, duration: float, blob: _wire.Blob, error: Any
+) -> None:
+    """Put a traced call's run on the timeline: it ended now, after ``duration`` in ``worker``.
+
+    ``arg_bytes`` and ``result_bytes`` are the pickles' bytes in the
+    messages (big buffers that went through shared memory not counted); a
+    map's calls travel in slices, and have no ``arg_bytes`` of their own.
+    """
+    pid = worker.process.pid or 0
+    run = task.run
+    sent = task.blob if run is None else None
+    calls = None
+    if run is not None and task.trace.calls != 1:  # type: ignore[union-attr]
+        calls = len(run.items[task.start])  # type: ignore[union-attr]  # a chunk of a chunked map
+    task.trace.run(  # type: ignore[union-attr]
+        1 if task.run is not None else max(task.future._attempts, 1),
+        now - duration,
+        now,
+        (pid, pid, worker.name),
+        error,
+        arg_bytes=None if sent is None else len(sent[0]),
+        result_bytes=len(blob[0]) if error is None else None,
+        once=run is None,  # a map's calls: one event each, all attempt 1
+        calls=calls,
+    )
 
 
 def mark_head(worker: Worker) -> None:

@@ -84,6 +84,7 @@ class Batcher:
         self._by_value = main_by_value
         self._release = release  # lets go of a call that will not run
         self.failed = 0  # calls failed here (they did not pickle); the dispatcher counts them
+        self.cancelled = 0  # calls found cancelled here; the dispatcher counts them
 
     def batch(self, worker: Worker, tasks: list[Sent]) -> tuple[_frames.Frame | None, list[Sent]]:
         """The RUN message of ``tasks`` for ``worker``, and the tasks left for later.
@@ -139,9 +140,11 @@ class Batcher:
                     slot = -1
                     if future._state != RUNNING and not mark_running(future):
                         self._release(task)  # cancelled
+                        self.cancelled += 1
                         continue
             elif not mark_running(future):
                 self._release(task)
+                self.cancelled += 1
                 continue
             fn = task.fn
             if fn is not last_fn:

@@ -103,6 +103,7 @@ class Stopper:
         shared = self._shared
         done = threading.Event()
         with shared.lock:
+            shared.cancelled_by_callers += 1
             if shared.wake_w < 0:
                 return True  # the dispatcher has left: nothing runs any more
             shared.stop_requests.append((future, done))
@@ -129,8 +130,6 @@ class Control:
         self._segments = segments
         self._read = read  # reads and settles a worker's answers (the dispatcher's _read)
         self.deadlines = Deadlines()
-        self.timed_out = 0  # calls stopped at their timeout
-        self.retried = 0  # runs started again
         self.retrying = 0  # calls waiting out a backoff (in the heap)
 
     # -- timeouts ------------------------------------------------------------
@@ -169,9 +168,10 @@ class Control:
             self.deadlines.add(deadline, TIMEOUT, (worker, task))
             return
         if self.stop(worker, task, _board.STOP_TIMEOUT):
-            self.timed_out += 1
             name = _options.call_name(task.options, task.fn)
-            self._shared.failed += task.failed(_options.timeout_error(name, timeout))
+            failed = task.failed(_options.timeout_error(name, timeout))  # 0: it runs again
+            self._shared.failed += failed
+            self._shared.timed_out += failed
 
     # -- stopping a worker's call ----------------------------------------------
 
@@ -272,7 +272,7 @@ class Control:
         if future._state != RUNNING:
             return  # cancelled with force while it waited
         future._attempts += 1
-        self.retried += 1
+        self._shared.retried += 1
         task.repickle()
         self._backlog.appendleft(task)
 

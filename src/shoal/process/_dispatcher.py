@@ -26,10 +26,8 @@ when an idle worker takes calls sent ahead to a busy one is ``_policy``'s
 to say. A call sent ahead is still the caller's (``_board``): it can be
 cancelled, or taken by an idle worker, until its worker starts it.
 
-The other modules of the process pool (listed in ``shoal.process``) own
-the rest: the task kinds, the policy, the messages, the workers; the
-backlog's order (``_backlog``: FIFO, or ranked once a priority is used);
-timeouts, forced cancels and retries (``_control``, ``_deadlines``).
+The other modules of the process pool (listed in ``shoal.process``) own the
+rest: task kinds, policy, messages, workers, backlog, stops and retries.
 
 Concurrency:
   Threads: user threads touch only ``Shared`` (under ``Shared.lock``) and
@@ -326,10 +324,12 @@ class Dispatcher:
         # worker that never started them (its death, a steal) are cancelled.
         kept = []
         for entry in backlog:
+            calls = len(entry)
             if entry.cancel_unsent():
+                self._shared.cancelled += calls
                 self._release(entry)
-            else:
-                kept.append(entry)
+                continue
+            kept.append(entry)
         backlog.clear()
         backlog.extend(kept)
         # Calls sent ahead and not started are still the caller's: cancelled
@@ -374,9 +374,10 @@ class Dispatcher:
         """Send ``tasks`` to ``worker`` as one RUN message (see ``_batch``)."""
         batcher = self._batcher
         frame, left = batcher.batch(worker, tasks)
-        if batcher.failed:
+        if batcher.failed or batcher.cancelled:
             self._shared.failed += batcher.failed
-            batcher.failed = 0
+            self._shared.cancelled += batcher.cancelled
+            batcher.failed = batcher.cancelled = 0
         if left:
             self._backlog.extendleft(reversed(left))
         if frame is not None:
@@ -408,8 +409,7 @@ class Dispatcher:
 
     def _release(self, entry: Queued) -> None:
         """Let go of a call that will not run (cancelled) or goes out again: its segments too."""
-        blob = entry.drop()
-        if blob is not None:
+        if (blob := entry.drop()) is not None:
             self.segments.release(blob)
 
     # -- workers coming and going ------------------------------------------

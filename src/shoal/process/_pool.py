@@ -73,15 +73,14 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import process as _std_process
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
-from .. import _clock
+from .. import _clock, _trace
 from .._executor import Executor, as_index
 from .._future import Future
 from .._options import DEFAULT_OPTIONS, TaskOptions, queue_key
 from .._process_errors import BrokenProcessPool
 from .._progress import Progress
-from .._stats import ExecutorStatistics
 from . import _runs, _shm, _wire
 from ._control import Stopper
 from ._dispatcher import Dispatcher
@@ -89,7 +88,10 @@ from ._exit_report import report_failed_at_exit
 from ._lifecycle import main_by_value, usable_cpus
 from ._shared import Shared
 from ._start import default_context, preload_in_forkserver
-from ._tasks import OptionTask, Queued, Task, count_calls
+from ._tasks import OptionTask, Queued, Task
+
+if TYPE_CHECKING:
+    from .._stats import ExecutorStatistics
 
 __all__ = ("ProcessPoolExecutor", "default_context")
 
@@ -173,6 +175,9 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             one takes its place (frees memory leaked by the calls).
         idle_timeout: seconds after which an idle worker leaves; workers come
             back when work does.
+        trace: a path: record this pool's calls as a timeline, written
+            there by ``shutdown()`` (with ``wait=False``: the runs ended so
+            far), opened at once (see :func:`shoal.trace`).
     """
 
     __module__ = "shoal"
@@ -186,6 +191,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         *,
         max_tasks_per_child: int | None = None,
         idle_timeout: float | None = None,
+        trace: str | os.PathLike[str] | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = usable_cpus()
@@ -247,6 +253,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                 # with the reason.
                 self._initializer_objects = (initializer, self._initargs)
         self._shared = Shared()
+        # Its own timeline (trace=path), opened now, written by shutdown(). immutable after __init__
+        self._trace = None if trace is None else _trace.Recorder(trace)
         # cancel(force=True) of this pool's calls (see _control).
         self._stopper = Stopper(self._shared)
         self._ids = itertools.count()
@@ -268,6 +276,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         """
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
+        if _trace.tracing and _trace.recorders(self._trace) is not None:
+            return self._submit_with(DEFAULT_OPTIONS, fn, args, kwargs)  # traced
         future: Future[T] = Future()
         future._stopper = self._stopper
         shared = self._shared
@@ -293,7 +303,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         ``_backlog``. Such calls always go through the dispatcher (no
         hand-over).
         """
-        if options.plain:
+        traced = _trace.recorders(self._trace) if _trace.tracing else None
+        if options.plain and traced is None:
             return self.submit(fn, *args, **kwargs)
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
@@ -311,6 +322,10 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             key=queue_key(options, _clock.monotonic(), task_id),
             again=self._shared.again,
         )
+        if traced is not None:
+            task.trace = _trace.CallTrace(traced, options, fn, args)
+            future.add_done_callback(task.trace.settled)  # nobody else has it yet
+            self._shared.traced = True  # before the task can be seen
         if options.timeout is not None:
             self._shared.timeouts = True  # before the task can be seen
         self._enqueue((task,), ranked=options.priority != 0)
@@ -366,7 +381,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         """``map``'s submission: one lock and one wake-up for all the calls."""
         if not callable(fn):
             raise TypeError(f"map() needs a callable as its first argument, not {fn!r}")
-        if not options.plain:
+        if not options.plain or (_trace.tracing and _trace.recorders(self._trace)):
             return super()._submit_many(fn, arguments, options)
         ids = self._ids
         no_kwargs = _NO_KWARGS
@@ -413,6 +428,10 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             else list(arguments)
         )
         run = _runs.MapRun(fn, items, star)
+        traced = _trace.recorders(self._trace) if _trace.tracing else None
+        if traced is not None:
+            run.trace = _trace.CallTrace(traced, options, fn)
+            self._shared.traced = True  # before the run can be seen
         self._enqueue((run,) if items else ())
         return _runs.results(run, deadline, progress)
 
@@ -529,11 +548,11 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
                 shared.cancel_backlog = True
             shared.wake()
             dispatcher = self._dispatcher
+        count = 0
         for task in cancelled:
-            if isinstance(task, Task):
-                task.future._cancel_queued()
-            elif type(task) is _runs.MapRun:
-                task.cancel_rest()
+            count += len(task) if task.cancel_unsent() else 0
+        with shared.lock:
+            shared.cancelled_by_callers += count
         if wait and dispatcher is not None and dispatcher.thread is not threading.current_thread():
             dispatcher.join()
         if wait or dispatcher is None:
@@ -547,6 +566,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             self._initializer_blob = self._initializer_objects = None
             self._initializer = None
             self._initargs = ()
+        if self._trace is not None:
+            self._trace.write()  # with wait=False: the runs that ended so far
 
     def __exit__(
         self,
@@ -581,19 +602,4 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
 
     def statistics(self) -> ExecutorStatistics:
         """A snapshot of the pool's counters (see :class:`ExecutorStatistics`)."""
-        shared = self._shared
-        dispatcher = self._dispatcher
-        workers, idle, backlog, running = (
-            (0, 0, 0, 0) if dispatcher is None else dispatcher.counts()
-        )
-        starts = {} if dispatcher is None else dispatcher.started()
-        return ExecutorStatistics(
-            longest_running=_clock.monotonic() - min(starts.values()) if starts else 0.0,
-            workers=workers,
-            idle=idle,
-            queued=count_calls(list(shared.queue)) + backlog,
-            running=running,
-            completed=shared.completed,
-            failed=shared.failed,
-            respawned=shared.respawned,
-        )
+        return self._shared.statistics(self._dispatcher)

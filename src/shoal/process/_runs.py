@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +90,8 @@ class MapRun:
         "next",
         "results",
         "star",
+        "submitted",
+        "trace",
         "wanted",
     )
 
@@ -96,6 +99,10 @@ class MapRun:
         self.fn = fn
         self.items = items
         self.star = star
+        # When it was submitted (statistics' queue wait), ``time.monotonic()``.
+        self.submitted = time.monotonic()
+        # Its timeline record when traced (one event per call; see shoal._trace).
+        self.trace: Any = None
         self.results: list[Any] = [PENDING] * len(items)
         self.next = 0  # the first item not cut into a slice yet
         self.cancelled = False
@@ -233,6 +240,16 @@ class Slice:
 
     def __len__(self) -> int:
         return self.stop - self.start
+
+    @property
+    def submitted(self) -> float:
+        """When its map was submitted."""
+        return self.run.submitted
+
+    @property
+    def trace(self) -> Any:
+        """Its map's timeline record, or None."""
+        return self.run.trace
 
     @property
     def id(self) -> int:

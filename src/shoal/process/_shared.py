@@ -14,13 +14,17 @@ from __future__ import annotations
 import collections
 import os
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._stats import ExecutorStatistics
+
 if TYPE_CHECKING:
     from .._future import Future
     from ._channel import Worker
+    from ._dispatcher import Dispatcher
     from ._runs import MapRun
     from ._tasks import OptionTask, Queued
 
@@ -73,6 +77,9 @@ class Shared:
     # A call with a priority was queued: the dispatcher ranks its backlog
     # (see _policy.rank); it clears the flag when it takes the queue.
     ranked: bool = False
+    # A traced call was submitted (see shoal._trace): from then on every
+    # answer goes through Answers._complete, which records it. Set once.
+    traced: bool = False
     # A call with a timeout was submitted: from then on the dispatcher
     # watches the first call of each worker (see _control.watch). Set once.
     timeouts: bool = False
@@ -92,6 +99,42 @@ class Shared:
     completed: int = 0
     failed: int = 0
     respawned: int = 0
+    cancelled: int = 0
+    timed_out: int = 0  # calls failed at their timeout (see _control)
+    retried: int = 0  # runs started again (see _control)
+    # Runs answered, the seconds they ran in their workers, and the seconds
+    # they waited from submit to their start (see _answers.settle).
+    runs: int = 0
+    run_time: float = 0.0
+    wait_time: float = 0.0
+    # Calls cancelled by user threads (shutdown's cancel_futures, a forced
+    # cancel), counted by them. guarded by: lock
+    cancelled_by_callers: int = 0
+
+    def statistics(self, dispatcher: Dispatcher | None) -> ExecutorStatistics:
+        """The pool's ``statistics()``: these counters and the dispatcher's counts (a snapshot)."""
+        from ._tasks import count_calls  # here: _tasks's kinds import more than this module needs
+
+        workers, idle, backlog, running = (
+            (0, 0, 0, 0) if dispatcher is None else dispatcher.counts()
+        )
+        starts = {} if dispatcher is None else dispatcher.started()
+        runs = self.runs
+        return ExecutorStatistics(
+            longest_running=time.monotonic() - min(starts.values()) if starts else 0.0,
+            workers=workers,
+            idle=idle,
+            queued=count_calls(list(self.queue)) + backlog,
+            running=running,
+            completed=self.completed,
+            failed=self.failed,
+            respawned=self.respawned,
+            cancelled=self.cancelled + self.cancelled_by_callers,
+            timed_out=self.timed_out,
+            retried=self.retried,
+            mean_queue_wait=self.wait_time / runs if runs else None,
+            mean_run_time=self.run_time / runs if runs else None,
+        )
 
     def open_wake_pipe(self) -> None:
         """Create the wake pipe. Before the dispatcher starts."""

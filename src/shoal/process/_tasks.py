@@ -38,6 +38,7 @@ shared with the thread reading its results (see ``_runs``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ from .._options import DEFAULT_OPTIONS, TaskOptions
 from ._runs import Failed, MapRun, Slice
 
 if TYPE_CHECKING:
+    from .._trace import CallTrace
     from . import _wire
 
 __all__ = (
@@ -61,10 +63,24 @@ __all__ = (
 )
 
 
+_monotonic = time.monotonic
+
+
 class Task:
     """One submitted call, from ``submit`` until its future is done."""
 
-    __slots__ = ("args", "blob", "fn", "future", "id", "kwargs", "slot", "whole")
+    __slots__ = (
+        "args",
+        "blob",
+        "fn",
+        "future",
+        "id",
+        "kwargs",
+        "slot",
+        "submitted",
+        "trace",
+        "whole",
+    )
 
     run: MapRun | None = None  # a call of its own, not of a map
     options: TaskOptions = DEFAULT_OPTIONS  # an OptionTask has its own
@@ -92,6 +108,10 @@ class Task:
         self.whole = False
         # Its slot on its worker's start board while sent ahead (see _board), else -1.
         self.slot = -1
+        # When it was submitted (statistics' queue wait), ``time.monotonic()``.
+        self.submitted = _monotonic()
+        # Its timeline record when traced (see shoal._trace), else None.
+        self.trace: CallTrace | None = None
 
     def __len__(self) -> int:
         """One call (a map's Slice or MapRun holds many)."""
@@ -202,6 +222,7 @@ class OptionTask(Task):
 
     def repickle(self) -> None:
         """Before it goes out again: its arguments back, to be pickled afresh."""
+        self.submitted = _monotonic()  # its next run waits from now
         self.blob = None
         self.whole = False
         self.args, self.kwargs = self.saved
@@ -226,6 +247,8 @@ class OptionTask(Task):
             return 0  # cancelled with force, or done: this run's outcome is dropped
         delay = _options.retry_delay(self.options, error, future._attempts)
         if delay is not None:
+            if self.trace is not None:  # a run that did not answer: it ends now
+                self.trace.ended(future._attempts, error)
             self.earlier.append(error)
             self.again.append((delay, self))
             return 0
