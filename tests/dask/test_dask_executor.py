@@ -372,3 +372,32 @@ def test_progress_counts_a_maps_calls_and_as_completed(dask_executor):
     done = list(shoal.as_completed(futures, progress=lambda d, t: counted.append((d, t))))
     assert len(done) == 5
     assert counted[-1] == (5, 5)
+
+
+def test_statistics_count_each_call_once(dask_executor, tmp_path):
+    assert dask_executor.submit(noop, 1).result(timeout=60) == 1
+    with pytest.raises(ValueError):
+        dask_executor.submit(fail_until, str(tmp_path / "a"), 1).result(timeout=60)
+    retried = dask_executor.options(retries=1).submit(fail_until, str(tmp_path / "b"), 1)
+    assert retried.result(timeout=60) == 2
+    gate = token()
+    marker = tmp_path / "started"
+    running = dask_executor.submit(hold, gate, str(marker))
+    wait_until_running(marker, running)
+    stats = dask_executor.statistics()
+    assert stats.workers == 2
+    assert stats.running == 1
+    assert stats.idle == 1
+    assert stats.longest_running > 0
+    release(dask_executor, gate)
+    running.result(timeout=60)
+    late = token()
+    timed = dask_executor.options(timeout=0.2).submit(hold, late)
+    with pytest.raises(shoal.TaskTimeoutError):
+        timed.result(timeout=60)
+    release(dask_executor, late)  # Dask cannot stop it: let it end on its worker
+    stats = dask_executor.statistics()
+    assert (stats.completed, stats.failed, stats.timed_out, stats.retried) == (3, 2, 1, 1)
+    assert stats.running == 0 and stats.queued == 0
+    assert stats.mean_run_time is not None and stats.mean_run_time > 0
+    assert stats.mean_queue_wait is not None and stats.mean_queue_wait >= 0
