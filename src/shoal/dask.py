@@ -78,7 +78,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from . import _clock
+from . import _clock, _trace
 from ._errors import BrokenExecutor, TaskTimeoutError
 from ._executor import Executor
 from ._future import CANCELLED, PENDING, Future
@@ -122,7 +122,8 @@ class SchedulerLostError(BrokenExecutor):
 def _run_on_worker(topic: str, key: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     """The task Dask runs: say the call started, then run it."""
     distributed: Any = importlib.import_module("distributed")
-    distributed.get_worker().log_event(topic, key)
+    worker = distributed.get_worker()
+    worker.log_event(topic, (key, worker.address))
     return fn(*args, **kwargs)
 
 
@@ -146,6 +147,8 @@ class _Call:
         "started_at",
         "submitted",
         "timer_entry",
+        "trace",
+        "worker",
     )
 
     def __init__(  # noqa: PLR0917 - built in one place, by submit
@@ -172,6 +175,8 @@ class _Call:
         self.started = False
         self.started_at: float | None = None
         self.submitted = 0.0
+        self.trace: _trace.CallTrace | None = None
+        self.worker = ""  # the address of the worker that started it last
         self.attempts = 0
         self.earlier: list[BaseException] = []
         self.timer_entry: list[Any] | None = None
@@ -277,6 +282,9 @@ class DaskExecutor(Executor):
         self._calls: dict[str, _Call] = {}  # guarded by: _lock
         self._unsettled = 0  # calls not settled yet; guarded by: _lock
         self._tally = _Tally()  # guarded by: _lock
+        # The timeline's tracks: one per worker address. guarded by: _lock
+        self._tracks: dict[str, _trace.Track] = {}
+        self._trace_pid = os.getpid()
         self._tracked = 0  # tasks the collector waits for; guarded by: _lock
         self._closing = False  # guarded by: _lock
         self._broken: BaseException | None = None
@@ -336,6 +344,10 @@ class DaskExecutor(Executor):
             self._unsettled += 1
         future._attach_gate(_Gate(self, call), 0)
         future._set_stopper(functools.partial(self._stop, call))
+        if _trace.tracing:
+            traced = _trace.recorders(None)
+            if traced is not None:
+                call.trace = _trace.CallTrace(traced, options, fn, args)
         self._send(call)
         return future
 
@@ -371,10 +383,11 @@ class DaskExecutor(Executor):
 
     def _on_started(self, event: tuple[float, Any]) -> None:
         """A worker started a call (runs on Dask's event loop: no user code, no waiting)."""
-        key = event[1]
+        key, worker = event[1]
         call = self._calls.get(key)
         if call is None:
             return
+        call.worker = worker
         call.started_at = _clock.monotonic()
         call.started = True
         call.attempts += 1
@@ -575,6 +588,27 @@ class DaskExecutor(Executor):
                 tally.runs += 1
                 tally.run_time += now - call.started_at
                 tally.queue_wait += call.started_at - call.submitted
+            track = self._track(call.worker) if call.trace and call.worker else None
+        if call.trace is not None:
+            if track is not None and call.started_at is not None:
+                outcome = _trace.CANCELLED if future.cancelled() else None
+                error = None if future.cancelled() else future._exception
+                call.trace.run(
+                    max(call.attempts, 1), call.started_at, now, track, error, outcome=outcome
+                )
+            else:
+                call.trace.settled(future)
+
+    def _track(self, worker: str) -> _trace.Track:
+        """The timeline's track of a Dask worker (one per address); under ``_lock``."""
+        track = self._tracks.get(worker)
+        if track is None:
+            track = self._tracks[worker] = (
+                self._trace_pid,
+                len(self._tracks) + 1,
+                f"dask worker {worker}",
+            )
+        return track
 
     def statistics(self) -> ExecutorStatistics:
         """A snapshot of this executor's calls (see :class:`ExecutorStatistics`).

@@ -10,6 +10,7 @@ files in ``tmp_path`` and wait on ``distributed.Event``s, never on sleeps.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import threading
@@ -401,3 +402,17 @@ def test_statistics_count_each_call_once(dask_executor, tmp_path):
     assert stats.running == 0 and stats.queued == 0
     assert stats.mean_run_time is not None and stats.mean_run_time > 0
     assert stats.mean_queue_wait is not None and stats.mean_queue_wait >= 0
+
+
+def test_a_trace_has_one_track_per_dask_worker(dask_executor, tmp_path):
+    path = tmp_path / "trace.json"
+    with shoal.trace(path):
+        futures = [dask_executor.options(name="traced").submit(noop, i) for i in range(40)]
+        assert [f.result(timeout=60) for f in futures] == list(range(40))
+    events = json.loads(path.read_text())["traceEvents"]
+    calls = [e for e in events if e["ph"] == "X"]
+    assert len(calls) == 40
+    assert {e["name"] for e in calls} == {"traced"}
+    tracks = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert {t for t in tracks if t.startswith("dask worker tcp://127.0.0.1:")} == tracks
+    assert 1 <= len(tracks) <= 2
