@@ -138,6 +138,7 @@ def test_process_worker_does_not_import_the_parent_side():
         "shoal.process._by_value",
         "shoal.process._tracker",
         "shoal.process._board",
+        "shoal.process._memory",
         # The core the worker shares with every executor: the errors a
         # stopped call raises and the probe behind shoal.cancelled().
         "shoal._errors",

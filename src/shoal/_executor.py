@@ -154,6 +154,7 @@ class Executor(_base.Executor):
         backoff: float = 0.0,
         priority: int = 0,
         name: str | None = None,
+        memory_limit: int | str | None = None,
     ) -> OptionsView:
         """A view of this executor whose calls carry options; see ``shoal._options``.
 
@@ -165,10 +166,14 @@ class Executor(_base.Executor):
             backoff: seconds before the first retry, doubled for each next one.
             priority: among calls not started, higher starts first.
             name: how reprs and errors name the call.
+            memory_limit: bytes, or a size such as ``"1GiB"``, of address
+                space the call may take beyond what its worker process has
+                when it starts; past it the call fails with ``MemoryError``
+                and the worker lives on. Process pool only.
 
         Raises:
             TypeError, ValueError: an option's value is wrong (named in the
-                message); nothing is queued.
+                message), or this executor cannot honour it; nothing is queued.
         """
         options = DEFAULT_OPTIONS.merged(
             timeout=timeout,
@@ -177,8 +182,24 @@ class Executor(_base.Executor):
             backoff=backoff,
             priority=priority,
             name=name,
+            memory_limit=memory_limit,
         )
         return OptionsView(self, options)
+
+    # Whether it can cap one call's memory (options(memory_limit=...)): a
+    # limit on a process's address space, so only where a call has a process
+    # to itself while it runs.
+    _memory_limits = False
+
+    def _check_options(self, options: TaskOptions) -> None:
+        """Raise if this executor cannot honour ``options``; ``OptionsView`` asks."""
+        if options.memory_limit is not None and not self._memory_limits:
+            raise TypeError(
+                f"{type(self).__name__} cannot enforce options(memory_limit=...): the limit "
+                "is on a process's address space, and its calls share one process with every "
+                "other call; use shoal.ProcessPoolExecutor, whose worker processes each take "
+                "the limit for the call they run"
+            )
 
     def _submit_with(
         self,

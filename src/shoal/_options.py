@@ -1,7 +1,7 @@
 """Per-call options: ``executor.options(...)``, what they mean, and how they are checked.
 
 ``executor.options(timeout=None, retries=0, retry_on=(Exception,),
-backoff=0.0, priority=0, name=None)`` returns an :class:`OptionsView`: the
+backoff=0.0, priority=0, name=None, memory_limit=None)`` returns an :class:`OptionsView`: the
 same ``submit`` and ``map`` as the executor, each call carrying a
 :class:`TaskOptions`. The options never touch the call's own keyword
 arguments, and a view can be kept and reused, or refined with its own
@@ -29,6 +29,12 @@ What each executor does with them, the rules shared by all:
   wait in a plain queue.
 * ``name``: how reprs, errors and (later) progress bars and traces name the
   call, instead of its function's name.
+* ``memory_limit``: bytes (an int, or a string such as ``"1GiB"``: see
+  ``parse_bytes``) of address space the call may take on top of what its
+  worker process has when the call starts; past it an allocation fails and
+  the call raises ``MemoryError``. Only the process pool can enforce it (a
+  per-process limit, set for the call and restored after); the thread
+  pool refuses it in ``options()``.
 
 Concurrency: options are immutable; views hold nothing but their executor
 and their options.
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
@@ -54,6 +61,7 @@ __all__ = (
     "OptionsView",
     "TaskOptions",
     "call_name",
+    "parse_bytes",
     "queue_key",
     "retry_delay",
     "timeout_error",
@@ -77,7 +85,16 @@ class TaskOptions:
     changes how a call runs has its default (the executors' fast path).
     """
 
-    __slots__ = ("backoff", "name", "plain", "priority", "retries", "retry_on", "timeout")
+    __slots__ = (
+        "backoff",
+        "memory_limit",
+        "name",
+        "plain",
+        "priority",
+        "retries",
+        "retry_on",
+        "timeout",
+    )
 
     timeout: float | None
     retries: int
@@ -85,6 +102,7 @@ class TaskOptions:
     backoff: float
     priority: int
     name: str | None
+    memory_limit: int | None
     plain: bool
 
     def __init__(
@@ -96,11 +114,18 @@ class TaskOptions:
         backoff: float = 0.0,
         priority: int = 0,
         name: str | None = None,
+        memory_limit: int | None = None,
     ) -> None:
-        values = (timeout, retries, retry_on, backoff, priority, name)
+        values = (timeout, retries, retry_on, backoff, priority, name, memory_limit)
         for field_name, value in zip(_FIELDS, values, strict=True):
             object.__setattr__(self, field_name, value)
-        plain = timeout is None and retries == 0 and priority == 0 and name is None
+        plain = (
+            timeout is None
+            and retries == 0
+            and priority == 0
+            and name is None
+            and memory_limit is None
+        )
         object.__setattr__(self, "plain", plain)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -128,7 +153,7 @@ class TaskOptions:
         return TaskOptions(**values)
 
 
-_FIELDS = ("timeout", "retries", "retry_on", "backoff", "priority", "name")
+_FIELDS = ("timeout", "retries", "retry_on", "backoff", "priority", "name", "memory_limit")
 
 
 DEFAULT_OPTIONS = TaskOptions()
@@ -142,6 +167,7 @@ def check_options(
     backoff: object = _UNSET,
     priority: object = _UNSET,
     name: object = _UNSET,
+    memory_limit: object = _UNSET,
 ) -> dict[str, Any]:
     """The options given, checked and normalised; raises TypeError/ValueError naming the bad one."""
     checked: dict[str, Any] = {}
@@ -168,7 +194,58 @@ def check_options(
         if name is not None and not isinstance(name, str):
             raise TypeError(f"options(name=...) must be a str or None, not {type(name).__name__}")
         checked["name"] = name
+    if memory_limit is not _UNSET:
+        checked["memory_limit"] = (
+            None if memory_limit is None else parse_bytes(memory_limit, "options(memory_limit=...)")
+        )
     return checked
+
+
+# Units of parse_bytes, by their lower-case spelling.
+_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-z]*)\s*", re.IGNORECASE)
+_SIZE_FORMS = (
+    "an int (bytes) or a str of a number and a unit: B, KB, MB, GB, TB (powers of 1000) "
+    "or KiB, MiB, GiB, TiB (powers of 1024), e.g. '2GiB', '512 MiB', '1.5GB'"
+)
+
+
+def parse_bytes(value: object, what: str) -> int:
+    """A size in bytes, from an int or a string with a unit (``"2GiB"``, ``"512MB"``).
+
+    Shared by ``options(memory_limit=...)`` and
+    ``ProcessPoolExecutor(max_memory_per_worker=...)``; ``what`` names the
+    setting in the errors. Units are case-insensitive; a number without a
+    unit is bytes; a fraction of a unit is rounded down to whole bytes.
+
+    Raises:
+        TypeError: ``value`` is neither an int nor a str (a float, a bool).
+        ValueError: a str that is not a size, or a size that is not above 0.
+    """
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        unit = match and _UNITS.get(match.group(2).lower() or "b")
+        if match is None or unit is None:
+            raise ValueError(f"{what} must be {_SIZE_FORMS}; {value!r} is not one")
+        number = match.group(1)
+        size = int(number) * unit if number.isdigit() else int(float(number) * unit)
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        size = int(value)
+    else:
+        raise TypeError(f"{what} must be {_SIZE_FORMS}; not {type(value).__name__} ({value!r})")
+    if size <= 0:
+        raise ValueError(f"{what} must be more than 0 bytes, not {value!r}: give {_SIZE_FORMS}")
+    return size
 
 
 def _seconds(option: str, value: object, *, zero: bool) -> float:
@@ -256,6 +333,7 @@ class OptionsView:
     __slots__ = ("_executor", "_options")
 
     def __init__(self, executor: Executor, options: TaskOptions) -> None:
+        executor._check_options(options)
         self._executor = executor
         self._options = options
 

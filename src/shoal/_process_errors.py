@@ -8,7 +8,10 @@ Apart from ``_errors`` because subclassing the standard
 from __future__ import annotations
 
 import concurrent.futures.process
+import contextlib
 import pickle
+import signal as _signal
+from typing import Any
 
 from ._errors import BrokenExecutor
 
@@ -30,12 +33,26 @@ class BrokenProcessPool(BrokenExecutor, concurrent.futures.process.BrokenProcess
 class WorkerLostError(BrokenProcessPool):
     """The worker process running this task died before returning a result.
 
-    The message names the exit code or the signal (a segfault, ``os._exit``, an
-    out-of-memory kill, SIGKILL from outside) and the task. Only the tasks that
-    worker held fail; the pool replaces the worker and carries on.
+    The message names the task, the exit code or the signal, the likely
+    cause and what to do next: a crash in C code (SIGSEGV, SIGBUS, SIGILL,
+    SIGFPE), ``abort()`` (SIGABRT), the kernel's out-of-memory killer or
+    another SIGKILL from outside, ``os._exit``. After a fatal signal it ends
+    with the worker's last Python stack. Only the tasks that worker held
+    fail; the pool replaces the worker and carries on.
 
     Attributes:
         exitcode: the worker's exit code, negative for a signal number, or None.
+        signal: the signal that killed the worker (a ``signal.Signals``
+            where known, else its number), or None: it exited.
+        oom_killed: True if the kernel's out-of-memory killer killed it (its
+            log names the worker, or the worker's memory cgroup counted an
+            OOM kill while it lived: then most likely), False if it did not
+            (or the worker was not killed by SIGKILL), None if that could
+            not be told (no kernel record readable: not Linux, no permission).
+        worker_stack: what the worker's ``faulthandler`` wrote as it died of a
+            fatal signal (the Python stack of every thread, the one that
+            crashed first), or None.
+        cause: the likely cause, in words (as in the message).
         task: a short description of the task that was lost, or None.
         pid: the process id of the worker that died, or None.
     """
@@ -49,14 +66,31 @@ class WorkerLostError(BrokenProcessPool):
         exitcode: int | None = None,
         task: str | None = None,
         pid: int | None = None,
+        signal: int | None = None,
+        oom_killed: bool | None = None,
+        worker_stack: str | None = None,
+        cause: str | None = None,
     ):
         super().__init__(message)
         self.exitcode = exitcode
         self.task = task
         self.pid = pid
+        if signal is not None:
+            with contextlib.suppress(ValueError):
+                signal = _signal.Signals(signal)
+        self.signal = signal
+        self.oom_killed = oom_killed
+        self.worker_stack = worker_stack
+        self.cause = cause
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_worker_lost, (str(self), self.exitcode, self.task, self.pid))
+        forensics = {
+            "signal": self.signal,
+            "oom_killed": self.oom_killed,
+            "worker_stack": self.worker_stack,
+            "cause": self.cause,
+        }
+        return (_rebuild_worker_lost, (str(self), self.exitcode, self.task, self.pid, forensics))
 
 
 class UnpicklingFailedError(BrokenProcessPool, pickle.UnpicklingError):
@@ -118,6 +152,10 @@ def _rebuild_unpickling_failed(
 
 
 def _rebuild_worker_lost(
-    message: str, exitcode: int | None, task: str | None, pid: int | None = None
+    message: str,
+    exitcode: int | None,
+    task: str | None,
+    pid: int | None = None,
+    forensics: dict[str, Any] | None = None,
 ) -> WorkerLostError:
-    return WorkerLostError(message, exitcode=exitcode, task=task, pid=pid)
+    return WorkerLostError(message, exitcode=exitcode, task=task, pid=pid, **(forensics or {}))

@@ -24,6 +24,7 @@ parent side
   ``_handover``    the latency path: a submitter sends to an idle worker
   ``_channel``     one worker: its process, socket, buffers, calls held
   ``_lifecycle``   the crew of workers: starting, retiring, what a dead one left
+  ``_forensics``   why a worker died: signal, cause, the OOM killer, its stack
   ``_start``       the default start method, the fork server's preload,
                    starting a worker without importing the main module
   ``_segments``    shared-memory segments kept for the calls that carry them
@@ -35,10 +36,13 @@ both sides
   ``_remote``      a worker's exception, sent and rebuilt
   ``_shm``         shared-memory segments: create, read, unlink
   ``_board``       the start board: a call sent ahead stays the caller's
+  ``_crashlog``    the file a worker's faulthandler writes as it crashes
   ``_by_value``    functions and classes of ``__main__``, by value
   ``_tracker``     removes the segments of a pool whose processes all died
 worker side
   ``_worker``      the worker's loop; imports nothing of the parent side
+  ``_memory``      the worker's memory: measured (max_memory_per_worker),
+                   capped for a call (memory_limit)
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ it runs now. Each answer completes that call's future (or a map's result
 slot) and takes the call off the queue; a result or an exception that does
 not unpickle here fails only its own call, with an UnpicklingFailedError.
 
+A worker past ``max_memory_per_worker`` says RECYCLE (it is retired: EXIT
+is sent) and then RETURNED for each call it gives back unrun: those go to
+the front of the backlog, in order, once the read is settled.
+
 The common answer (a result in band, framed by ``_frames.send_result``) is
 settled straight from the worker's inbox, without a copy; others go
 through ``_complete``.
@@ -19,6 +23,7 @@ Futures are completed with no lock held (done-callbacks are user code).
 from __future__ import annotations
 
 import collections
+import logging
 import pickle
 import time
 from collections.abc import Callable
@@ -33,11 +38,14 @@ from ._tasks import mark_running
 
 if TYPE_CHECKING:
     from ._channel import Worker
+    from ._lifecycle import Crew
     from ._segments import Segments
     from ._shared import Shared
     from ._tasks import Queued, Sent, Task
 
 __all__ = ("Answers", "mark_head", "unpickling_error")
+
+LOGGER_PROCESS = logging.getLogger("shoal.process")
 
 
 class Answers:
@@ -49,11 +57,16 @@ class Answers:
         segments: Segments,
         backlog: collections.deque[Queued],
         release: Callable[[Task], None],
+        crew: Crew,
     ) -> None:
         self._shared = shared
         self._segments = segments
         self._backlog = backlog  # the dispatcher's: resliced calls go back to its front
         self._release = release  # lets go of a call that will not run
+        self._crew = crew  # its retire() asks a worker to leave
+        # Calls a worker past its memory cap gave back, in order, for the
+        # front of the backlog once its answers are read (see RETURNED).
+        self._returned: list[Sent] = []
         # Blobs with segments of the calls answered since the last dispatch:
         # released after it (by the dispatcher), so that a buffer the next
         # calls carry again is found still in its segment, not written anew.
@@ -144,6 +157,9 @@ class Answers:
             del inbox[:offset]
         if last_run is not None:
             last_run.notify()
+        if self._returned:
+            self._backlog.extendleft(reversed(self._returned))
+            self._returned = []
         shared = self._shared
         shared.completed += completed
         shared.wait_time += waited
@@ -243,6 +259,8 @@ class Answers:
         in_flight = worker.in_flight
         if tag == _frames.READY:
             worker.ready = True
+            # Its cgroup as it will run calls (an initializer may have moved it).
+            worker.crash.baseline(worker.process.pid)
         elif tag == _frames.INIT_FAILED:
             try:
                 error = _remote.load_error(message[1])
@@ -277,6 +295,13 @@ class Answers:
                     task.future.set_running_or_notify_cancel()
             if not in_flight:
                 worker.since_idle = _clock.monotonic()
+        elif tag == _frames.RECYCLE:
+            LOGGER_PROCESS.debug(
+                "%s holds %d bytes, past max_memory_per_worker: recycled", worker.name, message[1]
+            )
+            self._crew.retire(worker)
+        elif tag == _frames.RETURNED:  # answers come in order: it is the next in flight
+            self._returned.append(_returned(worker, message[1], self._segments))
         elif tag == _frames.RESLICE:  # answers come in order: it is the next in flight
             # The worker could not unpickle a slice's items as one list: send
             # them again one call per entry, so each fails (or not) on its own.
@@ -335,6 +360,36 @@ def _record(  # noqa: PLR0917 - one answer's parts
         once=run is None,  # a map's calls: one event each, all attempt 1
         calls=calls,
     )
+
+
+def _returned(worker: Worker, first_id: int, segments: Segments) -> Sent:
+    """Take off ``worker`` the call (or slice) ``first_id`` that it gave back unrun.
+
+    As a steal does: the call keeps its pickle, a slice lets go of its
+    own (slices are pickled afresh from where they are); the call's slot
+    on the board is free, its future no longer waits on that board.
+    """
+    in_flight = worker.in_flight
+    entry = in_flight[0] if in_flight else None
+    if entry is None or entry.id != first_id:  # pragma: no cover - answers come in order
+        raise RuntimeError(f"{worker.name} gave back {first_id}: not its next")
+    in_flight.popleft()
+    worker.calls -= len(entry)
+    worker.sent -= len(entry)  # they did not run there
+    blob = entry.blob
+    if blob is not None and blob[1]:
+        worker.heavy -= 1
+    if isinstance(entry, Slice):
+        if blob is not None:
+            segments.release(blob)
+            entry.blob = None
+    elif entry.slot >= 0:
+        worker.free.append(entry.slot)
+        entry.slot = -1
+        entry.future._detach_gate()
+    if not in_flight:
+        worker.since_idle = _clock.monotonic()
+    return entry
 
 
 def mark_head(worker: Worker) -> None:

@@ -184,7 +184,11 @@ class Batcher:
                 self.failed += task.fail(error)
                 continue
             task.slot = slot
-            append((call_kind, task.id, blob, -1 if task.whole else index, slot))
+            limit = task.options.memory_limit
+            if limit is None:
+                append((call_kind, task.id, blob, -1 if task.whole else index, slot))
+            else:
+                append((_frames.LIMITED, task.id, blob, -1 if task.whole else index, slot, limit))
             in_flight_append(task)
             held += 1
             pickled += len(blob[0])

@@ -73,6 +73,7 @@ __all__ = (
     "STOP_CANCEL",
     "STOP_TIMEOUT",
     "Board",
+    "give_back",
     "start",
     "stop_asked",
 )
@@ -219,6 +220,22 @@ def start(board: tuple[Any, Any, Any], slot: int, task_id: int) -> bool:
     current[0] = _WRITING
     current[1] = time.monotonic()
     current[0] = float(task_id)
+    return True
+
+
+def give_back(board: tuple[Any, Any, Any], slot: int) -> bool:
+    """In the worker: close the call in ``slot`` (-1: none) without running it.
+
+    True when it was open (it goes back to the parent, to run elsewhere) or
+    had no slot; False when it was closed already (cancelled, or taken).
+    """
+    if slot < 0:
+        return True
+    states, lock, _ = board
+    with lock:
+        if states[slot] != OPEN:
+            return False
+        states[slot] = CLOSED
     return True
 
 

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import _clock
-from . import _board
+from . import _board, _forensics
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -53,6 +53,7 @@ class Worker:
         "board",
         "calls",
         "closed",
+        "crash",
         "fd",
         "free",
         "heavy",
@@ -103,6 +104,8 @@ class Worker:
         # call is sent to it any more); the call whose timeout is watched.
         self.stop_target: Sent | None = None
         self.timed: Sent | None = None
+        # What explains its death, if it dies (see _forensics); set by whoever starts it.
+        self.crash = _forensics.Forensics()
 
     def held(self) -> Iterator[Sent]:
         """The calls it holds that no other worker took.

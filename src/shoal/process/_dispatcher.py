@@ -116,6 +116,7 @@ class Dispatcher:
         idle_timeout: float | None,
         serial: int,
         shm_prefix: str,
+        max_memory: int | None = None,
     ) -> None:
         self.thread = threading.Thread(
             target=self._run, name=f"shoal-dispatcher-{serial}", daemon=True
@@ -132,12 +133,10 @@ class Dispatcher:
         self.spin_seconds = _worker.SPIN_SECONDS if spin else 0.0
         self._idle_timeout = idle_timeout
         self._shm_prefix = shm_prefix
-        # Whether the functions and classes of __main__ travel by value: they
-        # must where a worker does not share our __main__ (see _by_value).
+        # Whether __main__'s functions and classes travel by value (see _by_value).
         self.main_by_value = _lifecycle.main_by_value(ctx)
-        # The calls' big buffers, one kept segment for the calls in flight
-        # that carry the same bytes (see _segments); submitters use it too,
-        # in the hand-over.
+        # The calls' big buffers, one kept segment per bytes in flight (see
+        # _segments); submitters use it too, in the hand-over.
         self.segments = _segments.Segments(shm_prefix)
         self._selector = selectors.DefaultSelector()
         config = {
@@ -146,6 +145,7 @@ class Dispatcher:
             "parent_pid": os.getpid(),
             "shm_prefix": shm_prefix,
             "spin_seconds": self.spin_seconds,
+            "max_memory": max_memory,  # see _worker._recycle
         }
         self._crew = Crew(ctx, self._selector, shared, config, serial)
         self._workers = self._crew.workers  # by socket fd
@@ -156,7 +156,7 @@ class Dispatcher:
         # Calls taken from the backlog by the _send() under way.
         self._sending: list[Sent] = []
         self._batcher = Batcher(shm_prefix, self.segments, self.main_by_value, self._release)
-        self._answers = Answers(shared, self.segments, self._backlog, self._release)
+        self._answers = Answers(shared, self.segments, self._backlog, self._release, self._crew)
         self._control = Control(shared, self._crew, self._backlog, self.segments, self._read)
         # Workers that died in a row before they were ready.
         self._startup_deaths = 0

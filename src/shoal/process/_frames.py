@@ -35,6 +35,10 @@ length):
                                        as first_id, first_id + 1, ...; fn is
                                        an index into functions, or a pickle
                                        (dumps_inband) unpickled for each call
+        (LIMITED, task_id, blob, index, slot, limit)
+                                       a CALL with a memory limit: limit
+                                       bytes of address space beyond what the
+                                       worker has as the call starts
       (EXIT,)                          leave once the calls sent are done
     worker -> parent
       (READY, pid)                     the initializer ran; calls may come
@@ -50,6 +54,11 @@ length):
                                        unpickling them, not in a call
       (SKIPPED, task_id)               that call's slot was closed (cancelled,
                                        or taken by another worker): not run
+      (RECYCLE, resident_bytes)        past max_memory_per_worker after a call:
+                                       send EXIT; it runs no more calls
+      (RETURNED, task_id)              after RECYCLE: that call (or slice,
+                                       by its first id) was not run; it is
+                                       the parent's to send elsewhere
 
 Concurrency: stateless; any thread.
 """
@@ -69,14 +78,17 @@ __all__ = (
     "CALL",
     "EXIT",
     "INIT_FAILED",
+    "LIMITED",
     "LOADED",
     "MAX_SHORT_LENGTH",
     "READY",
+    "RECYCLE",
     "RESLICE",
     "RESULTS",
     "RESULT_BODY",
     "RESULT_DATA_OFFSET",
     "RESULT_MARK",
+    "RETURNED",
     "RUN",
     "SKIPPED",
     "SLICE",
@@ -100,10 +112,13 @@ RESULTS = 5
 RESLICE = 6
 LOADED = 7
 SKIPPED = 8
+RECYCLE = 9
+RETURNED = 10
 
 # The kinds of a RUN message's entries (their first element).
 CALL = 0
 SLICE = 1
+LIMITED = 2
 
 # The longest payload a 4-byte length can announce. A longer one goes, as in
 # ``Connection.send_bytes``, after the length -1 and then its real length in

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .. import _clock
 from .._future import CANCELLED
 from .._process_errors import WorkerLostError
-from . import _board, _frames, _start, _worker
+from . import _board, _crashlog, _forensics, _frames, _start, _worker
 from ._channel import Worker
 
 if TYPE_CHECKING:
@@ -114,7 +114,10 @@ def start_worker(
     ends of the other workers' sockets, the wake pipe).
     """
     board = _board.Board(ctx)  # raises when no semaphores or shared memory are left
+    crash = _forensics.Forensics(_forensics.new_crash_log())
     config = {**config, "name": name, "board": board.for_worker()}
+    if crash.log >= 0:
+        config["crash_log"] = _crashlog.CrashLog(crash.log)
     parent_sock, child_sock = ctx.Pipe(duplex=True)
     if ctx.get_start_method() == "fork":
         # A forked child holds copies of our descriptors: it closes our ends
@@ -133,11 +136,14 @@ def start_worker(
     except BaseException:
         parent_sock.close()
         child_sock.close()
+        crash.collect()
         board.dead = True
         raise
     child_sock.close()
     os.set_blocking(parent_sock.fileno(), False)
-    return Worker(process, parent_sock, name, board)
+    worker = Worker(process, parent_sock, name, board)
+    worker.crash = crash
+    return worker
 
 
 def unanswered(worker: Worker, release: Callable[[Sent], None]) -> tuple[list[Sent], bool]:
@@ -208,20 +214,21 @@ def signal_name(exitcode: int | None) -> str:
 
 
 def lost_error(worker: Worker, lost: Sent, exitcode: int | None, replaced: bool) -> WorkerLostError:
-    """The error of the call ``lost`` with ``worker``, which died running it."""
-    pid = worker.process.pid
+    """The error of the call ``lost`` with ``worker``, which died running it; see ``_forensics``."""
     after = (
         "the pool started a new worker and goes on"
         if replaced
         else "the pool goes on with the workers it has"
     )
-    return WorkerLostError(
-        f"the worker process {worker.name} (pid {pid}) running {lost.describe()} died "
-        f"{signal_name(exitcode)}. Only this call failed; {after}. Look for a crash or an "
-        "os._exit() in that call, or a memory limit.",
+    crash = worker.crash
+    crash.collect()  # forgotten already, as a rule: then this does nothing
+    return _forensics.death_error(
+        worker.name,
+        worker.process.pid,
+        lost.describe(),
         exitcode=exitcode,
-        task=lost.describe(),
-        pid=pid,
+        crash=crash,
+        after=after,
     )
 
 
@@ -258,6 +265,7 @@ class Crew:
         shared = self._shared
         name = f"shoal-worker-{self._serial}-{next(self._names)}"
         inherited = [*self.workers, shared.wake_r, shared.wake_w]
+        inherited += [w.crash.log for w in self.workers.values() if w.crash.log >= 0]
         worker = start_worker(self._ctx, name, self._config or {}, inherited)
         process = worker.process
         self.workers[worker.fd] = worker
@@ -282,8 +290,12 @@ class Crew:
         return self.workers.get(worker.fd) is worker
 
     def forget(self, worker: Worker) -> None:
-        """Take a dead (or killed) worker out: its table entry, its selector entries, its socket."""
+        """Take a dead (or killed) worker out: its table entry, its selector entries, its socket.
+
+        Its crash log is read and closed (see ``_forensics``).
+        """
         self.workers.pop(worker.fd, None)
+        worker.crash.collect()
         for fileobj in (worker.fd, worker.process.sentinel):
             try:
                 self._selector.unregister(fileobj)

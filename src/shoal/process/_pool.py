@@ -78,7 +78,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 from .. import _clock, _trace
 from .._executor import Executor, as_index
 from .._future import Future
-from .._options import DEFAULT_OPTIONS, TaskOptions, queue_key
+from .._options import DEFAULT_OPTIONS, TaskOptions, parse_bytes, queue_key
 from .._process_errors import BrokenProcessPool
 from .._progress import Progress
 from . import _runs, _shm, _wire
@@ -89,6 +89,7 @@ from ._lifecycle import main_by_value, usable_cpus
 from ._shared import Shared
 from ._start import default_context, preload_in_forkserver
 from ._tasks import OptionTask, Queued, Task
+from ._worker import _describe
 
 if TYPE_CHECKING:
     from .._stats import ExecutorStatistics
@@ -148,14 +149,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _describe(fn: object) -> str:
-    module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", None)
-    if isinstance(qualname, str):
-        return f"{module}.{qualname}" if isinstance(module, str) else qualname
-    return repr(fn)
-
-
 class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
     """Run calls in a pool of worker processes that survives its workers.
 
@@ -178,9 +171,13 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         trace: a path: record this pool's calls as a timeline, written
             there by ``shutdown()`` (with ``wait=False``: the runs ended so
             far), opened at once (see :func:`shoal.trace`).
+        max_memory_per_worker: bytes, or a size such as ``"2GiB"``: a worker
+            past it (resident) after a call leaves, a new one takes its place
+            (``statistics().respawned``); the calls it held go to others.
     """
 
     __module__ = "shoal"
+    _memory_limits = True  # options(memory_limit=...): set in the worker, per call
 
     def __init__(
         self,
@@ -192,6 +189,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         max_tasks_per_child: int | None = None,
         idle_timeout: float | None = None,
         trace: str | os.PathLike[str] | None = None,
+        max_memory_per_worker: int | str | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = usable_cpus()
@@ -224,6 +222,8 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
         self._by_value = main_by_value(mp_context)
         self._max_tasks_per_child = max_tasks_per_child
         self._idle_timeout = idle_timeout
+        cap = max_memory_per_worker
+        self._max_memory = None if cap is None else parse_bytes(cap, "max_memory_per_worker")
         self._serial = next(_serials)
         self._initializer = initializer  # type: ignore[assignment]  # typeshed says -> None
         self._initargs = tuple(initargs)
@@ -484,6 +484,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
             idle_timeout=self._idle_timeout,
             serial=self._serial,
             shm_prefix=self._shm_prefix,
+            max_memory=self._max_memory,
         )
         dispatcher.start()
         self._dispatcher = dispatcher

@@ -243,6 +243,10 @@ class OptionTask(Task):
         1 if that failed the future, else 0 (it runs again, or was done).
         """
         future = self.future
+        if future._state == PENDING:
+            # Its worker ran it: it was sent ahead, and its answer came in the
+            # same read as the one before it, so nothing marked it running yet.
+            mark_running(future)
         if future._state != RUNNING:
             return 0  # cancelled with force, or done: this run's outcome is dropped
         delay = _options.retry_delay(self.options, error, future._attempts)

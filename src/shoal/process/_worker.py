@@ -14,6 +14,11 @@ child's end of a duplex ``multiprocessing`` pipe, and speaks the protocol of
                                              (calls of a map): see _frames
              <-- one answer per call, sent before the next call starts
                  (_frames.send_result; RESULTS when it has shared memory)
+                                             a LIMITED call runs under a soft
+                                             RLIMIT_AS, restored after it (_memory)
+             <-- (RECYCLE, rss) once resident memory passed max_memory
+                 after a call; then (RETURNED, id) for each call held
+                 or sent later, unrun, until EXIT (_memory)
     (EXIT,) -->                              exits 0
     parent gone (EOF on the pipe,            exits 0 (EXIT_ORPHANED when the
     or the watchdog sees it die)             watchdog had to do it)
@@ -30,6 +35,10 @@ leave the parent unable to tell which call killed the worker.)
 Exit codes: EXIT_OK (0) after EXIT, INIT_FAILED or EOF; EXIT_ORPHANED when the
 watchdog found the parent dead; EXIT_INTERNAL_ERROR when the loop itself
 (not user code) failed, after printing the traceback to stderr.
+
+Crash log: ``faulthandler`` writes every thread's stack to the file the
+parent gave (``config["crash_log"]``, see ``_crashlog``) on SIGSEGV,
+SIGBUS, SIGILL, SIGFPE and SIGABRT; the parent reads it after the death.
 
 Signals: SIGINT does nothing in a worker (Ctrl-C is the parent's to
 handle), through a handler rather than SIG_IGN, so that a program a call
@@ -78,6 +87,7 @@ Concurrency:
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import pickle
@@ -91,7 +101,7 @@ from typing import Any
 
 from .. import _current
 from .._errors import CancelledError, TaskTimeoutError
-from . import _board, _frames, _remote, _shm, _wire
+from . import _board, _frames, _memory, _remote, _shm, _wire
 
 __all__ = (
     "EXIT_INTERNAL_ERROR",
@@ -247,7 +257,7 @@ def _pickle_outcome(ok: bool, outcome: Any, fn: Any, prefix: str) -> tuple[bool,
 
 
 def _run_one(
-    entry: tuple[Any, ...], prefix: str, functions: list[Any], board: Any
+    entry: tuple[Any, ...], prefix: str, functions: list[Any], board: Any, limit: int | None = None
 ) -> tuple[int, bool, _wire.Blob, float] | None:
     """Run one call of a RUN message and return its answer; never raises for the user's sake.
 
@@ -257,7 +267,7 @@ def _run_one(
     board was closed (cancelled, or taken by another worker): it must not
     run. Everything else the call touched (arguments, result, exception) is
     local here and released when this returns; the arguments before the
-    result is pickled.
+    result is pickled. ``limit``: the call's memory limit (see ``_memory.limited``).
     """
     _, task_id, blob, index, slot = entry
     if board is not None and not _board.start(board, slot, task_id):
@@ -272,7 +282,10 @@ def _run_one(
     except BaseException as exc:
         return task_id, False, _unpickling_failed(exc, prefix), 0.0
     del blob
-    ok, outcome, duration = _invoke(fn, args, kwargs)
+    if limit is None:
+        ok, outcome, duration = _invoke(fn, args, kwargs)
+    else:
+        ok, outcome, duration = _memory.limited(_invoke, limit, fn, args, kwargs)
     del args, kwargs
     ok, answer = _pickle_outcome(ok, outcome, fn, prefix)
     return task_id, ok, answer, duration
@@ -324,44 +337,55 @@ def _run_slice(conn: Any, batch: list[Any], prefix: str, functions: list[Any]) -
         del answer
 
 
-def _run_message(conn: Any, message: Any, prefix: str, board: Any) -> bool:
-    """Run the calls of a RUN message in order, answering each; False if the parent is gone."""
+def _run_message(conn: Any, message: Any, prefix: str, board: Any, cap: int | None) -> bool:
+    """Run the calls of a RUN message in order, answering each; False if the parent is gone.
+
+    ``cap``: ``max_memory_per_worker`` in bytes, or None. Once this
+    process's resident memory is past it after a call, the calls left (of
+    this message and of any that follow) go back to the parent unrun: see
+    ``_memory.recycle``.
+    """
     batch = message[1]
     # The function pickles of the message; each is replaced by its function
     # when first used, and dropped with the message.
     functions = message[2]
     del message
     batch.reverse()  # pop() from the end: each call blob is freed once run
+    if _memory.recycling:
+        return _memory.give_back(conn, batch, board)
     run_one = _run_one
     send_result = _frames.send_result
+    call_kind = _frames.CALL
     slice_kind = _frames.SLICE
     while batch:
-        if batch[-1][0] == slice_kind:
+        kind = batch[-1][0]
+        if kind == slice_kind:
             try:
                 _run_slice(conn, batch, prefix, functions)
             except OSError:
                 return False
-            continue
-        entry = batch.pop()
-        answer = run_one(entry, prefix, functions, board)
-        if answer is None:  # cancelled, or taken by another worker
-            skipped = entry[1]
+        else:
+            entry = batch.pop()
+            if kind == call_kind:
+                answer = run_one(entry, prefix, functions, board)
+            else:  # LIMITED: a call with its memory limit
+                answer = run_one(entry[:5], prefix, functions, board, entry[5])
+            # Answer each call before starting the next: if this process
+            # dies, the parent knows exactly which call it was running (the
+            # first unanswered one) and that the calls behind it never
+            # started, so it can hand those to another worker.
+            task_id = entry[1]
             del entry
             try:
-                _frames.send(conn, (_frames.SKIPPED, skipped))
+                if answer is None:  # cancelled, or taken by another worker
+                    _frames.send(conn, (_frames.SKIPPED, task_id))
+                else:
+                    send_result(conn, *answer)
             except OSError:
                 return False
-            continue
-        del entry
-        # Answer each call before starting the next: if this process dies,
-        # the parent knows exactly which call it was running (the first
-        # unanswered one) and that the calls behind it never started, so it
-        # can hand those to another worker.
-        try:
-            send_result(conn, *answer)
-        except OSError:
-            return False
-        del answer
+            del answer
+        if cap is not None and _memory.resident() > cap:
+            return _memory.recycle(conn, batch, board)
     return True
 
 
@@ -447,6 +471,11 @@ def _serve(conn: Any, config: dict[str, Any]) -> None:
     # so the running call does not notice.
     signal.signal(signal.SIGINT, _ignore_interrupt)
     signal.siginterrupt(signal.SIGINT, False)
+    crash_log = config.get("crash_log")
+    if crash_log is not None:
+        # On a fatal signal, every thread's Python stack goes to the file the
+        # parent reads after our death (see _crashlog); nothing per call.
+        faulthandler.enable(file=crash_log.fd, all_threads=True)
     board = config.get("board")
     if board is not None:
         global _current_call
@@ -488,6 +517,7 @@ def _loop(conn: Any, config: dict[str, Any], prefix: str) -> bool:
     poll = poller.poll
     clock = time.perf_counter
     spin_seconds = config.get("spin_seconds", SPIN_SECONDS)
+    cap = config.get("max_memory")
     spin = False
     while True:
         if spin and spin_seconds:
@@ -506,7 +536,7 @@ def _loop(conn: Any, config: dict[str, Any], prefix: str) -> bool:
             return True  # the parent is gone
         tag = message[0]
         if tag == _frames.RUN:
-            if not _run_message(conn, message, prefix, board):
+            if not _run_message(conn, message, prefix, board, cap):
                 return True  # the parent is gone
             del message
         elif tag == _frames.EXIT:
@@ -523,8 +553,10 @@ def worker_main(conn: Any, config: dict[str, Any]) -> None:
         config: ``initializer`` (a call Blob or None), ``parent_pid``,
             ``shm_prefix`` (the pool's; this worker's segments are named
             ``{shm_prefix}-w{pid}-{n}``), ``name`` (the process title) and,
-            optionally, ``spin_seconds`` (how long to poll for the next
-            message before blocking; 0: never) and ``inherited_fds``:
+            optionally, ``crash_log`` (a ``_crashlog.CrashLog``),
+            ``max_memory`` (bytes: see ``_memory.recycle``), ``spin_seconds``
+            (how long to poll for the next message before blocking; 0:
+            never) and ``inherited_fds``:
             descriptors the worker closes at once (under the fork start
             method, the parent's ends of the worker pipes; never pass it for
             spawn or forkserver, where those numbers mean other files).
