@@ -165,6 +165,19 @@ def session_pids() -> set[int]:
     return _SESSION.pids if _SESSION is not None else set()
 
 
+def session_tree_pids() -> set[int]:
+    """The session cluster's processes and all their descendants (a nanny's worker, its zombies)."""
+    import psutil
+
+    pids = session_pids()
+    for pid in list(pids):
+        try:
+            pids.update(p.pid for p in psutil.Process(pid).children(recursive=True))
+        except psutil.Error:
+            continue
+    return pids
+
+
 def stop_session_cluster() -> None:
     global _SESSION
     if _SESSION is not None:
