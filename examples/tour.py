@@ -5,8 +5,10 @@ Run it with ``python examples/tour.py``. Every step prints what it shows.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import tempfile
 import threading
 import time
 
@@ -51,7 +53,15 @@ class Flaky:
 
 
 def crash() -> None:
-    os._exit(13)  # a worker dying hard, as a segfault or the OOM killer would make it
+    ctypes.string_at(0)  # a segfault, as a bug in C code makes one
+
+
+class Session:
+    """An object with a lock inside: it cannot be pickled to another process."""
+
+    def __init__(self) -> None:
+        self.user = "ada"
+        self._lock = threading.Lock()
 
 
 def step(title: str) -> None:
@@ -87,7 +97,7 @@ def main() -> None:
     numbers = range(2_000_000, 2_000_000 + 4000)
     with shoal.ProcessPoolExecutor(max_workers=2) as pool:
         started = time.perf_counter()
-        primes = sum(pool.map(is_prime, numbers, chunksize=200))
+        primes = sum(pool.map(is_prime, numbers, chunksize=200, progress=True))
         print(
             f"   {primes} primes in {len(numbers)} numbers, "
             f"{time.perf_counter() - started:.2f}s on {pool.statistics().workers} workers"
@@ -102,11 +112,31 @@ def main() -> None:
         try:
             doomed.result(timeout=30)
         except shoal.WorkerLostError as error:
-            print("    WorkerLostError:", str(error).split(". ")[0])
+            print(
+                f"    WorkerLostError: died of {error.signal.name if error.signal else '?'}: "
+                f"{error.cause}"
+            )
+            # faulthandler's record of each thread, most recent call first;
+            # the thread that crashed is the "Current thread".
+            crashed = (error.worker_stack or "").partition("Current thread")[2]
+            frames = [line.strip() for line in crashed.splitlines() if "File" in line]
+            print("    where it crashed:", frames[0] if frames else "(no stack)")
         print("    the other calls:", [f.result(timeout=30) for f in healthy])
-        print("   ", pool.statistics())
 
-        step("7. a call stays yours until a worker starts it")
+        step("7. an argument that cannot travel names what in it cannot")
+        try:
+            pool.submit(len, "x", Session()).result(timeout=30)
+        except TypeError as error:
+            print("   ", error)
+
+        step("8. a call over its memory limit fails alone")
+        greedy = pool.options(memory_limit="256MiB").submit(bytearray, 2**31)
+        try:
+            greedy.result(timeout=30)
+        except MemoryError:
+            print("    MemoryError; the pool goes on:", pool.submit(slow_square, 4, 0.0).result())
+
+        step("9. a call stays yours until a worker starts it")
         calls = [pool.submit(time.sleep, 0.2) for _ in range(20)]
         time.sleep(0.05)
         running = sum(f.running() for f in calls)
@@ -114,7 +144,7 @@ def main() -> None:
         print(f"    20 calls of 0.2 s, 50 ms later: {running} running, {cancelled} cancelled")
         shoal.wait(calls, timeout=30)
 
-        step("8. stop a call running in a worker process")
+        step("10. stop a call running in a worker process")
         busy = pool.submit(spin, 30)
         while not busy.running():
             time.sleep(0.01)
@@ -127,7 +157,7 @@ def main() -> None:
             print(f"    a call with timeout=0.3 stopped {time.monotonic() - started:.1f} s later")
         print("    and the pool goes on:", pool.submit(slow_square, 9, 0.0).result(timeout=30))
 
-    step("9. per-call options in threads: a timeout that stops the call, retries")
+    step("11. per-call options in threads: a timeout that stops the call, retries")
     with shoal.ThreadPoolExecutor(max_workers=2) as pool:
         started = time.monotonic()
         stuck = pool.options(timeout=0.2, name="spin").submit(spin, 30)
@@ -140,7 +170,7 @@ def main() -> None:
         flaky = fetch.submit(Flaky(failures=2))
         print(f"    {flaky.result(timeout=10)!r} after {flaky.attempts} attempts")
 
-        step("10. a task group: the first failure stops the rest")
+        step("12. a task group: the first failure stops the rest")
         started = time.monotonic()
         try:
             with shoal.TaskGroup(pool) as group:
@@ -155,7 +185,18 @@ def main() -> None:
             f"cancelled: {queued.cancelled()}; the block left after {left:.1f} s"
         )
 
-    step("11. shut down: every worker is gone")
+    step("13. see the work: statistics and a timeline")
+    trace_path = os.path.join(tempfile.mkdtemp(prefix="shoal-tour-"), "trace.json")
+    with shoal.ThreadPoolExecutor(max_workers=4) as pool, shoal.trace(trace_path):
+        list(pool.map(slow_square, range(40), [0.01] * 40))
+        stats = pool.statistics()
+    print(
+        f"    {stats.completed} calls completed on {stats.workers} threads, "
+        f"mean run {stats.mean_run_time or 0:.3f} s, mean wait {stats.mean_queue_wait or 0:.3f} s"
+    )
+    print(f"    a timeline of every call: {trace_path} (open it in ui.perfetto.dev)")
+
+    step("14. shut down: every worker is gone")
     print("   done.")
 
 

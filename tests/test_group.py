@@ -158,9 +158,31 @@ def test_misuse_is_refused_with_a_clear_error() -> None:
 def test_the_process_pool_runs_a_group(process_pool: Any) -> None:
     with pytest.raises(ExceptionGroup) as info, shoal.TaskGroup(process_pool) as group:
         ok = group.submit(abs, -3)
+        # Finished before the failure: a later failure does not take its result.
+        assert ok.result(WAIT) == 3
         group.submit(int, "not a number")
     assert ok.result(0) == 3
-    assert isinstance(info.value.exceptions[0], ValueError)
+    (error,) = info.value.exceptions
+    assert isinstance(error, ValueError)
+
+
+def test_a_failure_in_a_process_group_cancels_or_stops_the_calls_left(process_pool: Any) -> None:
+    # Two workers: which call ends first is not promised. Whatever the order,
+    # every call has either its result or was cancelled (not started, or
+    # stopped with its worker), the failure is the group's one error, and the
+    # pool goes on.
+    for _ in range(5):
+        with pytest.raises(ExceptionGroup) as info, shoal.TaskGroup(process_pool) as group:
+            sleeper = group.submit(time.sleep, WAIT)  # stopped long before it returns
+            quick = group.map(abs, [-1, -2])
+            group.submit(int, "not a number")
+            after = group.map(abs, [-3, -4])
+        assert sleeper.cancelled()
+        for future, value in zip([*quick, *after], [1, 2, 3, 4], strict=True):
+            assert future.cancelled() or future.result(0) == value
+        (error,) = info.value.exceptions
+        assert isinstance(error, ValueError)
+        assert process_pool.submit(abs, -5).result(WAIT) == 5
 
 
 @pytest.fixture

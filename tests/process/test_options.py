@@ -141,6 +141,31 @@ def test_force_cancel_stops_a_running_call_and_its_worker(
     assert pool.submit(pow, 3, 2).result(WAIT) == 9
 
 
+@pytest.mark.parametrize("how", ["cancel(force=True)", "timeout"])
+def test_a_worker_stopped_after_its_answer_is_replaced(
+    pool: shoal.ProcessPoolExecutor, tmp_path: Path, how: str
+) -> None:
+    # The stopped call answers (it raises the stop error), then its worker
+    # leaves: a new worker takes its place, as when the worker dies first.
+    report = tmp_path / "report"
+    if how == "timeout":
+        future = pool.options(timeout=0.3).submit(calls.report_stop, str(tmp_path), str(report), 30)
+    else:
+        future = pool.submit(calls.report_stop, str(tmp_path), str(report), 30)
+        _wait_for(tmp_path / "started")
+        assert future.cancel(force=True)
+    assert _wait_for(report)  # it answered
+    with pytest.raises((shoal.CancelledError, shoal.TaskTimeoutError)):
+        future.result(WAIT)
+    ticker = threading.Event()
+    deadline = time.monotonic() + WAIT
+    # The pool started one worker (for one call); it has one again.
+    while (pool.statistics().respawned, pool.statistics().workers) != (1, 1):
+        assert time.monotonic() < deadline, f"not replaced: {pool.statistics()}"
+        ticker.wait(0.01)
+    assert pool.submit(pow, 3, 2).result(WAIT) == 9
+
+
 def test_force_cancel_of_a_finished_call_is_false(pool: shoal.ProcessPoolExecutor) -> None:
     future = pool.submit(pow, 2, 2)
     assert future.result(WAIT) == 4

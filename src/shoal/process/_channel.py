@@ -71,6 +71,7 @@ class Worker:
         "sock",
         "stolen",
         "stop_target",
+        "stopped",
         "timed",
     )
 
@@ -99,6 +100,9 @@ class Worker:
         # Calls taken by another worker, still in in_flight until this one
         # answers SKIPPED for them: task id -> the slot they hold here.
         self.stolen: dict[int, int] = {}
+        # Set by _control once it stopped a call here: when the worker ends,
+        # whether it answered that call first or not, a new one takes its place.
+        self.stopped = False
         # Set by _control: the call it was asked to stop, until that call's
         # answer comes (then dropped) or the worker dies (it retires: no
         # call is sent to it any more); the call whose timeout is watched.

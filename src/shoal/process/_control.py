@@ -35,7 +35,7 @@ the queue, its future still running, ``attempts`` one more.
 
 Concurrency:
   The dispatcher thread owns the Control, the deadline heap and the
-  workers' ``stop_target``/``timed`` fields. A user thread
+  workers' ``stop_target``/``stopped``/``timed`` fields. A user thread
   touches only ``Shared.stop_requests`` (under ``Shared.lock``), the wake
   pipe, and the future it cancels (``_cancel_running``, under the future's
   own lock, before it takes ``Shared.lock``: never both). The stopper
@@ -207,6 +207,7 @@ class Control:
             worker.heavy -= 1
             self._segments.release(blob)
         worker.stop_target = task
+        worker.stopped = True
         self._crew.retire(worker)
         try:
             os.kill(worker.process.pid, signal.SIGTERM)  # type: ignore[arg-type]

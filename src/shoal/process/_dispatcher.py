@@ -447,8 +447,8 @@ class Dispatcher:
         _shm.unlink_prefix(f"{self._shm_prefix}-w{process.pid}")
         held, started = _lifecycle.unanswered(worker, self._release)
         how = _lifecycle.signal_name(exitcode)
-        if worker.stop_target is not None:
-            # Stopped: that call's future is settled, the others run elsewhere.
+        if worker.stopped:
+            # Stopped, answered or not: that call's future is settled, the rest run elsewhere.
             back = self._control.after_stop(worker, held)
             self._backlog.extendleft(reversed(back))
             LOGGER_PROCESS.debug("%s (pid %s) stopped %s", worker.name, process.pid, how)
