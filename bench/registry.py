@@ -172,6 +172,7 @@ def load_all() -> dict[str, Workload]:
         "bench.process_workloads",
         "bench.progress_workloads",
         "bench.trace_workloads",
+        "bench.dask_workloads",
     ):
         importlib.import_module(module)
 

@@ -41,6 +41,7 @@ from typing import Any
 import psutil
 import pytest
 
+import dask_cluster
 import shoal
 
 
@@ -60,9 +61,23 @@ for _method in ("forkserver", "spawn", "fork"):
             functools.partial(shoal.ProcessPoolExecutor, mp_context=_method), in_process=False
         )
 
+if dask_cluster.HAVE_DASK:
+    EXECUTOR_KINDS["dask"] = ExecutorKind(dask_cluster.executor_for_contract, in_process=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_the_dask_cluster() -> Iterator[None]:
+    yield
+    dask_cluster.stop_session_cluster()
+
+
 # Forking a process that runs threads (every process with a pool does) makes
 # Python 3.12+ warn; the fork start method is still supported and tested.
 FORK_WARNING = "ignore:This process .* is multi-threaded:DeprecationWarning"
+
+# Threads Dask distributed starts once per process and keeps (its offload
+# pool, which a local cluster's scheduler uses): not a leak of the test's.
+DASK_GLOBAL_THREADS = ("Dask-Offload",)
 
 # Seconds a test may take, after it ends, to let its threads go.
 THREAD_JOIN_GRACE = 5.0
@@ -129,7 +144,7 @@ def no_thread_left_behind() -> Any:
         gc.collect()
     for thread in left:
         thread.join(max(0.0, deadline - time.monotonic()))
-    alive = [t.name for t in left if t.is_alive()]
+    alive = [t.name for t in left if t.is_alive() and not t.name.startswith(DASK_GLOBAL_THREADS)]
     if alive:
         pytest.fail(f"the test left threads running: {alive}", pytrace=False)
 
@@ -143,7 +158,13 @@ def shm_segments() -> set[str]:
 
 def _worker_children() -> list[psutil.Process]:
     children = []
+    cluster = dask_cluster.session_pids()
     for child in psutil.Process().children(recursive=True):
+        try:
+            if child.pid in cluster or child.ppid() in cluster:
+                continue  # the test Dask cluster lives for the session
+        except psutil.Error:
+            continue
         try:
             cmdline = " ".join(child.cmdline())
         except psutil.Error:

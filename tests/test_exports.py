@@ -26,6 +26,7 @@ MODULES = [
     "shoal._wait",
     "shoal._executor",
     "shoal.thread",
+    "shoal.dask",
 ]
 
 
@@ -66,12 +67,11 @@ def test_every_public_class_and_function_is_in_all(name):
 
 def test_shoal_all_is_exactly_its_reexports():
     _, reexported = top_level_definitions(shoal)
-    # ProcessPoolExecutor and WorkerLostError are imported lazily, through
-    # __getattr__; TimeoutError is the builtin, re-exported as the standard
-    # module does.
-    assert reexported | {"ProcessPoolExecutor", "WorkerLostError", "TimeoutError"} == set(
-        shoal.__all__
-    )
+    # ProcessPoolExecutor, WorkerLostError and DaskExecutor are imported
+    # lazily, through __getattr__; TimeoutError is the builtin, re-exported as
+    # the standard module does.
+    lazy = {"ProcessPoolExecutor", "WorkerLostError", "DaskExecutor", "TimeoutError"}
+    assert reexported | lazy == set(shoal.__all__)
 
 
 def test_star_import_gives_every_standard_name():

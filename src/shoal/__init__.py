@@ -3,7 +3,8 @@
 ``import shoal as futures`` keeps code written for the standard module
 working. Implementation lives in private modules; this module re-exports the
 public names and nothing else. The process pool (``ProcessPoolExecutor``,
-``WorkerLostError``, the ``shoal.process`` module) is imported on first use.
+``WorkerLostError``, the ``shoal.process`` module) and ``DaskExecutor`` are
+imported on first use.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .thread import ThreadPoolExecutor as ThreadPoolExecutor
 if _typing.TYPE_CHECKING:
     from . import process as process
     from ._process_errors import WorkerLostError as WorkerLostError
+    from .dask import DaskExecutor as DaskExecutor
     from .process import ProcessPoolExecutor as ProcessPoolExecutor
 
 __version__ = "0.1.0"
@@ -40,6 +42,7 @@ __all__ = (
     "FIRST_EXCEPTION",
     "BrokenExecutor",
     "CancelledError",
+    "DaskExecutor",
     "Executor",
     "Future",
     "InvalidStateError",
@@ -67,6 +70,11 @@ def __getattr__(name: str) -> object:
         from .process import ProcessPoolExecutor
 
         return ProcessPoolExecutor
+    if name == "DaskExecutor":
+        # Dask distributed is imported by shoal.dask alone, when an executor is made.
+        from .dask import DaskExecutor
+
+        return DaskExecutor
     if name == "WorkerLostError":
         from ._process_errors import WorkerLostError
 

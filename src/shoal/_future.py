@@ -502,6 +502,32 @@ class Future(_base.Future[T]):
             blocked, self._blocked = self._blocked, None
         self._wake(blocked)
 
+    def _settle_quietly(self, result: Any, exception: BaseException | None) -> bool:
+        """For executors: finish the future, waking its waiters, but not its callbacks.
+
+        Does nothing if the future is done already (cancelled, stopped).
+        Returns True if it has callbacks to run: the executor runs them
+        later with ``_invoke_callbacks()``, in a thread of its choosing, so
+        that a slow callback does not hold up other futures' results.
+        """
+        with self._condition:
+            if self._state in _DONE_STATES:
+                return False
+            self._result = result
+            self._exception = exception
+            self._state = FINISHED
+            if self._waiters_:
+                for waiter in self._waiters_:
+                    if exception is None:
+                        waiter.add_result(self)
+                    else:
+                        waiter.add_exception(self)
+            blocked, self._blocked = self._blocked, None
+        if blocked is not None:
+            for gate in blocked:
+                gate.release()
+        return self._callbacks is not None
+
     # -- asyncio -----------------------------------------------------------
 
     def __await__(self) -> Generator[Any, None, T]:

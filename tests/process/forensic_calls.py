@@ -34,6 +34,12 @@ def pid(*_: object) -> int:
     return os.getpid()
 
 
+def resident() -> int:
+    """This process's resident memory, in bytes."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def touched(size: int) -> bytearray:
     """``size`` bytes, every page written, so that they are resident."""
     block = bytearray(size)

@@ -25,8 +25,14 @@ def _warm_up(pool: shoal.ProcessPoolExecutor) -> None:
 
 @pytest.fixture
 def capped(start_method: str):
+    # A forked worker starts as big as this process (which holds whatever the
+    # suite imported before, Dask's modules among them): the cap is set above
+    # what a worker of this start method holds to begin with, and below what
+    # it holds after keep(200 MiB).
+    with shoal.ProcessPoolExecutor(max_workers=1, mp_context=start_method) as probe:
+        baseline = max(probe.submit(forensic_calls.resident).result(TIMEOUT) for _ in range(3))
     pool = shoal.ProcessPoolExecutor(
-        max_workers=1, mp_context=start_method, max_memory_per_worker="160MiB"
+        max_workers=1, mp_context=start_method, max_memory_per_worker=baseline + 100 * MiB
     )
     try:
         yield pool

@@ -21,6 +21,7 @@ import numpy as np
 import psutil
 import pytest
 
+import dask_cluster
 from shoal.process import _frames, _remote, _shm, _wire, _worker
 
 SHM = "/dev/shm"
@@ -114,8 +115,9 @@ def segments_named(prefix):
 
 
 def _helper_pids():
-    """Long-lived helpers of multiprocessing itself: the forkserver, the resource tracker."""
-    pids = set()
+    """Long-lived helpers: multiprocessing's forkserver and resource tracker, the
+    test session's Dask cluster."""
+    pids = dask_cluster.session_tree_pids()
     from multiprocessing import forkserver, resource_tracker
 
     for holder, attribute in (
