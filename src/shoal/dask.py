@@ -40,6 +40,11 @@ What the calls mean on a cluster, told plainly:
   the scheduler allows (``distributed.scheduler.allowed-failures``), the
   future fails with :class:`shoal.WorkerLostError`, its ``__cause__`` Dask's
   ``KilledWorker``.
+* ``statistics()`` counts this executor's calls as the pools do (the
+  cluster's worker threads, calls queued and running, outcomes, means
+  timed where this executor sees starts and results); ``shoal.trace()``
+  puts each call's last run on the track of the Dask worker that ran it;
+  ``progress=`` and ``TaskGroup`` work as on any executor.
 * Losing the scheduler fails the futures still pending with
   :class:`SchedulerLostError` (a ``shoal.BrokenExecutor``); results already
   received stay.
