@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,6 +45,13 @@ class DaskCluster:
     def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
         dask = Path(sys.executable).with_name("dask")
         command = [str(dask), *args] if dask.exists() else [sys.executable, "-m", "dask", *args]
+        # A SIGTERM when the test process dies, however it dies (Linux's
+        # parent-death signal, kept across exec): a test run killed outright
+        # leaves no scheduler or nanny behind, and a nanny's worker leaves
+        # once its nanny and scheduler are gone.
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None and sys.platform.startswith("linux"):
+            command = [setpriv, "--pdeathsig", "TERM", *command]
         log = open(self.directory / f"{args[0]}-{len(self.workers)}.log", "wb")  # noqa: SIM115
         # The tasks' functions live in the test modules, which the scheduler
         # and the workers import by name: they get this process's path.
