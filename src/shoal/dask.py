@@ -460,6 +460,7 @@ class DaskExecutor(Executor):
         if not call.future._cancel_running():
             return False
         self._cancel_on_cluster(call)
+        self._forget(call)  # counted now, not when the cluster confirms
         return True
 
     def _time_out(self, call: _Call, key: str) -> None:
@@ -470,6 +471,7 @@ class DaskExecutor(Executor):
         error = timeout_error(call.name, timeout)
         if call.future._stop_running(_nothing, with_earlier_failures(error, call.earlier)):
             self._cancel_on_cluster(call)
+            self._forget(call)  # counted now, not when the cluster confirms
 
     # -- the collector ---------------------------------------------------------
 
@@ -498,11 +500,28 @@ class DaskExecutor(Executor):
         if finished:
             try:
                 results = self._client.gather(finished)
-            except Exception as error:  # the scheduler or a worker holding them went away
-                results = [_Failed(error)] * len(finished)
+            except Exception as error:
+                if self._client.status in ("running", "connecting"):
+                    # A worker holding some of them died: Dask computes
+                    # them again, and they come back through the collector.
+                    again = [(c, f) for c, f in done if f.status in _RECOMPUTED]
+                    for call, dask_future in again:
+                        self._track_again(call, dask_future)
+                    retracked = {id(c) for c, _ in again}
+                    done = [(c, f) for c, f in done if id(c) not in retracked]
+                    finished = []
+                else:  # the scheduler went away
+                    results = [_Failed(error)] * len(finished)
         by_key = {f.key: r for f, r in zip(finished, results, strict=True)}
         for call, dask_future in done:
             self._settle_one(call, dask_future, by_key)
+
+    def _track_again(self, call: _Call, dask_future: DaskFuture) -> None:
+        """Wait for a task once more: its result was lost with a worker, and Dask recomputes it."""
+        with self._lock:
+            self._calls[dask_future.key] = call
+            self._tracked += 1
+        self._finished.add(dask_future)
 
     def _settle_one(self, call: _Call, dask_future: DaskFuture, results: dict[str, Any]) -> None:
         future = call.future
@@ -511,6 +530,9 @@ class DaskExecutor(Executor):
             call.timer_entry = None
         status = dask_future.status
         if status == "finished":
+            if dask_future.key not in results:  # finished after its batch was gathered
+                self._track_again(call, dask_future)
+                return
             result = results[dask_future.key]
             if isinstance(result, _Failed):
                 self._fail(call, self._lost(result.error))
@@ -529,6 +551,8 @@ class DaskExecutor(Executor):
                 self._timer.schedule(when, lambda: self._again(call))
                 return
             self._fail(call, with_earlier_failures(error, call.earlier))
+        elif status in ("lost", "pending") and self._client.status == "running":
+            self._track_again(call, dask_future)  # lost with a worker: Dask computes it again
         elif future.done():  # cancelled by shoal (cancel, timeout, shutdown)
             self._finish(call, None, None)
         else:  # cancelled by the cluster: the scheduler went away
@@ -718,6 +742,10 @@ class DaskExecutor(Executor):
             self._client.close(timeout=_CLOSE_SECONDS)
         if self._cluster is not None:
             self._cluster.close(timeout=_CLOSE_SECONDS)
+
+
+# A task's states whose result a dead worker took with it: Dask computes it again.
+_RECOMPUTED = ("finished", "lost", "pending")
 
 
 class _Tally:
