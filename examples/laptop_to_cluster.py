@@ -8,7 +8,7 @@ cluster, a remote Dask scheduler. Only ``executor_for`` knows which.
 
 The last two need ``pip install 'shoal[dask]'``; on a remote cluster, shoal
 must be installed on the workers too. The guide that walks through it is
-docs/cluster.md.
+docs/guides/cluster.md.
 """
 
 from __future__ import annotations

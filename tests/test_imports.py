@@ -28,7 +28,8 @@ LAYERS = [
     {"_thread_worker"},  # the thread pool's worker threads
     {"_thread_control"},  # the thread pool's stops, deadlines, retries, priorities
     {"thread", "process", "dask"},
-    {"aio", "group", "progress", "cli", "__main__"},
+    {"aio", "group", "progress", "cli"},
+    {"__main__"},  # ``python -m shoal``: the command line's entry point
 ]
 LAYER_OF = {name: index for index, layer in enumerate(LAYERS) for name in layer}
 PEERS_MAY_IMPORT_EACH_OTHER = {2}

@@ -1,4 +1,4 @@
-"""docs/cluster.md's script runs as the guide says, on each kind of executor."""
+"""docs/guides/cluster.md's script runs as the guide says, on each kind of executor."""
 
 from __future__ import annotations
 
