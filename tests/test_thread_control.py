@@ -355,6 +355,25 @@ def test_shutdown_timeout_stops_running_calls(pools):
         release.set()
 
 
+def test_shutdown_timeout_leaves_no_thread_behind(pools):
+    # The stopped thread's replacement, and every idle thread, must see
+    # shutdown's wake-up: taking the queued calls off the queue once left it
+    # out, and the replacement waited for work until the interpreter exited.
+    pool = pools(max_workers=3)
+    started = threading.Event()
+    looping = pool.submit(spin, started)
+    assert pool.submit(abs, -1).result(timeout=10) == 1  # a second, idle, thread
+    assert started.wait(10)
+    pool.shutdown(wait=True, timeout=0.2)
+    with pytest.raises(shoal.TaskTimeoutError):
+        looping.result(timeout=0)
+    prefix = pool._thread_name_prefix
+    for thread in threading.enumerate():
+        if thread.name.startswith(prefix):
+            thread.join(10)
+            assert not thread.is_alive(), f"{thread.name} is still waiting for work"
+
+
 def test_shutdown_timeout_with_nothing_running_returns_at_once(pools):
     pool = pools(max_workers=2)
     assert pool.submit(abs, -1).result(timeout=10) == 1

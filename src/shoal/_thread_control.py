@@ -484,12 +484,16 @@ def drain(
     """
     futures: list[Future[Any]] = []
     tasks: list[_Task] = []
+    wake_up = False
     while True:
         try:
             item = work_queue.get_nowait()
         except queue.Empty:
             break
         if item is None:
+            # shutdown's wake-up, passed from thread to thread: it goes back
+            # below, or the threads waiting for work would wait for good.
+            wake_up = True
             continue
         if item[1] is not None:
             futures.append(item[0])
@@ -504,6 +508,8 @@ def drain(
                 slots.release()
             call[0].add_done_callback(record_when_done(call))
         # else: a ticket of the backlog, whose calls are taken below.
+    if wake_up:
+        work_queue.put(None)
     if backlog is not None:
         tasks.extend(backlog.take_all())
     started: list[_Task] = []
