@@ -46,10 +46,16 @@ def wait_gone(pid: int, timeout: float) -> bool:
 PARENT = textwrap.dedent(
     """
     import os
+    import signal
     import subprocess
     import sys
 
     import shoal
+
+    # Ctrl-C as in a terminal, even where the test run ignores SIGINT (a
+    # run started in the background by a shell does, and its children
+    # inherit that): Python installs its handler only if SIGINT is not ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
     def start_sleep_and_wait(pid_path):
@@ -93,7 +99,7 @@ def test_ctrl_c_reaches_a_program_a_call_started(start_method: str, tmp_path) ->
         )
         _, stderr = parent.communicate(timeout=TIMEOUT)
         # The parent's own Ctrl-C handling did its part: KeyboardInterrupt, then exit.
-        assert b"KeyboardInterrupt" in stderr
+        assert b"KeyboardInterrupt" in stderr, (parent.returncode, stderr)
     finally:
         if sleep_pid is not None and not gone(sleep_pid):
             os.kill(sleep_pid, signal.SIGKILL)

@@ -51,7 +51,9 @@ def _kill(pids: list[int]) -> None:
 def test_ctrl_c_exits_fast_and_leaves_no_process() -> None:
     proc = subprocess.Popen(
         _script("""
-            import psutil, shoal, crashers
+            import psutil, shoal, crashers, signal
+            # Ctrl-C as in a terminal, even where the test run ignores SIGINT.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             if __name__ == "__main__":
                 with shoal.ProcessPoolExecutor(max_workers=2) as pool:
                     never = "/nonexistent/never"
