@@ -25,7 +25,7 @@ LAYERS = [
     {"_errors", "_clock", "_stats", "_progress", "_pickle_parts"},
     {"_future", "_process_errors", "_current", "_pickle_path"},
     {"_wait", "_executor", "_options", "_timer", "_chunks", "_trace"},
-    {"_thread_worker"},  # the thread pool's worker threads
+    {"_thread_worker", "_dask_calls"},  # the thread pool's worker threads; DaskExecutor's parts
     {"_thread_control"},  # the thread pool's stops, deadlines, retries, priorities
     {"thread", "process", "dask"},
     {"aio", "group", "progress", "cli"},

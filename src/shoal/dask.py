@@ -61,12 +61,12 @@ Concurrency:
     slow callback delays other callbacks but no other future's result;
   * the *timer* (a shoal ``Timer``) fires timeouts and retry backoffs.
 
-  ``_lock`` guards ``_calls`` (key -> ``_Call``), ``_closing``,
+  ``_lock`` guards ``_calls`` (key -> ``Call``, see ``_dask_calls``), ``_closing``,
   ``_unsettled``, ``_tracked`` and ``_tally`` (the counters
   ``statistics()`` reads); it is taken before a future's own lock (``cancel()``
-  holds the future's lock when it asks the gate, which takes no lock of
-  ours: it reads one field and posts to the event loop) and never held
-  while calling into Dask or user code. A ``_Call``'s fields are written by
+  holds the future's lock when it asks the gate, which reads one field and
+  takes only the ``Canceller``'s leaf lock, to post to the event loop) and never held
+  while calling into Dask or user code. A ``Call``'s fields are written by
   the thread that submits it, then by the event loop (``started``) and the
   collector (``attempts``, ``dask``, ``earlier``), one at a time: the
   event loop's write happens before the collector sees the task finish.
@@ -84,6 +84,19 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from . import _clock, _trace
+from ._dask_calls import (
+    RECOMPUTED,
+    Call,
+    Canceller,
+    Failed,
+    Tally,
+    calls_statistics,
+    connect,
+    key_name,
+    nothing,
+    run_on_worker,
+    translate,
+)
 from ._errors import BrokenExecutor, TaskTimeoutError
 from ._executor import Executor
 from ._future import CANCELLED, PENDING, Future
@@ -110,9 +123,6 @@ P = ParamSpec("P")
 
 # How long shutdown() gives an owned cluster to close, in seconds.
 _CLOSE_SECONDS = 30.0
-# How long a cancelled task is waited for to reach the scheduler, and how often it is looked for.
-_CANCEL_SECONDS = 30.0
-_CANCEL_POLL_SECONDS = 0.005
 
 
 class SchedulerLostError(BrokenExecutor):
@@ -124,76 +134,12 @@ class SchedulerLostError(BrokenExecutor):
     __module__ = "shoal.dask"
 
 
-def _run_on_worker(topic: str, key: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-    """The task Dask runs: say the call started, then run it."""
-    distributed: Any = importlib.import_module("distributed")
-    worker = distributed.get_worker()
-    worker.log_event(topic, (key, worker.address))
-    return fn(*args, **kwargs)
-
-
-class _Call:
-    """One call: its shoal future, its current Dask task, how to run it again."""
-
-    __slots__ = (
-        "args",
-        "attempts",
-        "dask",
-        "earlier",
-        "fn",
-        "future",
-        "key",
-        "kwargs",
-        "name",
-        "options",
-        "settled",
-        "shoal_retries",
-        "started",
-        "started_at",
-        "submitted",
-        "timer_entry",
-        "trace",
-        "worker",
-    )
-
-    def __init__(  # noqa: PLR0917 - built in one place, by submit
-        self,
-        future: Future[Any],
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        options: TaskOptions,
-        name: str,
-    ) -> None:
-        self.future = future
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.options = options
-        self.name = name
-        # Retries done by shoal (resubmitting) rather than by Dask.
-        self.shoal_retries = options.retries > 0 and not (
-            options.backoff == 0 and options.retry_on == (Exception,)
-        )
-        self.key = ""
-        self.dask: DaskFuture | None = None
-        self.started = False
-        self.started_at: float | None = None
-        self.submitted = 0.0
-        self.trace: _trace.CallTrace | None = None
-        self.worker = ""  # the address of the worker that started it last
-        self.attempts = 0
-        self.earlier: list[BaseException] = []
-        self.timer_entry: list[Any] | None = None
-        self.settled = False
-
-
 class _Gate:
     """``cancel()`` of a call not started: cancel its task on the cluster too."""
 
     __slots__ = ("_call", "_executor")
 
-    def __init__(self, executor: DaskExecutor, call: _Call) -> None:
+    def __init__(self, executor: DaskExecutor, call: Call) -> None:
         self._executor = executor
         self._call = call
 
@@ -246,58 +192,25 @@ class DaskExecutor(Executor):
             raise ImportError(
                 "DaskExecutor needs Dask distributed: pip install 'shoal[dask]'"
             ) from error
-        self._cluster: Any = None
-        self._owns_client = True
-        if address_or_client is None:
-            workers = max_workers or os.cpu_count() or 1
-            settings: dict[str, Any] = {
-                "n_workers": workers,
-                "threads_per_worker": 1,
-                "processes": True,
-                "host": "127.0.0.1",
-                # On loopback, on a free port: executor.client.dashboard_link.
-                "dashboard_address": "127.0.0.1:0",
-            }
-            settings.update(cluster_options)
-            self._cluster = distributed.LocalCluster(**settings)
-            client = distributed.Client(self._cluster, set_as_default=False)
-        else:
-            if max_workers is not None or cluster_options:
-                given = ["max_workers"] if max_workers is not None else []
-                given += sorted(cluster_options)
-                raise (ValueError if max_workers is not None else TypeError)(
-                    f"DaskExecutor: {', '.join(given)} set(s) up a local cluster, and "
-                    f"{address_or_client!r} is an existing one: size it where it is started"
-                )
-            if isinstance(address_or_client, str):
-                client = distributed.Client(address_or_client, set_as_default=False)
-            elif isinstance(address_or_client, distributed.Client):
-                client = address_or_client
-                self._owns_client = False
-            else:
-                raise TypeError(
-                    "DaskExecutor() takes a scheduler address, a distributed.Client or "
-                    f"nothing (a local cluster), not {address_or_client!r}"
-                )
+        client, self._cluster, self._owns_client = connect(
+            distributed, address_or_client, max_workers, cluster_options
+        )
         self._client: DaskClient = client
         threads = sum(client.nthreads().values()) or 1
         # Read by map(chunksize="auto").
         self._max_workers = threads
         self._lock = threading.Lock()
-        self._calls: dict[str, _Call] = {}  # guarded by: _lock
+        self._calls: dict[str, Call] = {}  # guarded by: _lock
         self._unsettled = 0  # calls not settled yet; guarded by: _lock
-        self._tally = _Tally()  # guarded by: _lock
+        self._tally = Tally()  # guarded by: _lock
         # The timeline's tracks: one per worker address. guarded by: _lock
         self._tracks: dict[str, _trace.Track] = {}
         self._trace_pid = os.getpid()
         self._tracked = 0  # tasks the collector waits for; guarded by: _lock
         self._closing = False  # guarded by: _lock
         self._broken: BaseException | None = None
-        # Tasks to cancel on the cluster; _cancel_lock is taken last, under
-        # anything (a future's lock among them), and guards both fields.
-        self._cancel_lock = threading.Lock()
-        self._to_cancel: list[DaskFuture] = []
-        self._cancelling = False
+        # Cancels tasks on the cluster, from Dask's event loop (its lock is taken last).
+        self._canceller = Canceller(self._client)
         self._topic = f"shoal-started-{uuid.uuid4().hex}"
         client.subscribe_topic(self._topic, self._on_started)
         self._finished: Any = distributed.as_completed([], loop=client.loop)
@@ -340,7 +253,7 @@ class DaskExecutor(Executor):
             raise TypeError(f"submit() needs a callable as its first argument, not {fn!r}")
         future: Future[T] = Future()
         future._name = options.name
-        call = _Call(future, fn, args, kwargs, options, call_name(options, fn))
+        call = Call(future, fn, args, kwargs, options, call_name(options, fn))
         with self._lock:
             if self._closing:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -356,10 +269,10 @@ class DaskExecutor(Executor):
         self._send(call)
         return future
 
-    def _send(self, call: _Call) -> None:
+    def _send(self, call: Call) -> None:
         """Submit ``call`` to the cluster as a new task."""
         options = call.options
-        key = f"{_key_name(call.name)}-{uuid.uuid4().hex}"
+        key = f"{key_name(call.name)}-{uuid.uuid4().hex}"
         call.key = key
         call.started = False
         call.submitted = _clock.monotonic()
@@ -367,7 +280,7 @@ class DaskExecutor(Executor):
             self._calls[key] = call
         # Registered before the task exists: its start may be reported at once.
         dask_future = self._client.submit(
-            _run_on_worker,
+            run_on_worker,
             self._topic,
             key,
             call.fn,
@@ -408,54 +321,14 @@ class DaskExecutor(Executor):
                 _clock.monotonic() + timeout, lambda: self._time_out(call, key)
             )
 
-    def _cancel_on_cluster(self, call: _Call) -> None:
+    def _cancel_on_cluster(self, call: Call) -> None:
         """Cancel the call's task on the cluster; any thread, under any lock, no waiting."""
-        dask_future = call.dask
-        if dask_future is None:
-            return
-        with self._cancel_lock:
-            self._to_cancel.append(dask_future)
-            if self._cancelling:
-                return
-            self._cancelling = True
-        self._client.loop.add_callback(self._cancel_tasks)
-
-    async def _cancel_tasks(self) -> None:
-        """On Dask's event loop: cancel the tasks ``_cancel_on_cluster`` collected.
-
-        The scheduler takes in a submitted task in the background, and a
-        cancel that overtakes it is ignored: so a task is cancelled only once
-        the scheduler knows it (``get_task_status``), asked again until it
-        does or the scheduler has gone.
-        """
-        import asyncio
-
-        client = self._client
-        waiting: dict[str, DaskFuture] = {}
-        deadline = asyncio.get_running_loop().time() + _CANCEL_SECONDS
-        while True:
-            with self._cancel_lock:
-                for dask_future in self._to_cancel:
-                    waiting[dask_future.key] = dask_future
-                self._to_cancel.clear()
-                if not waiting:
-                    self._cancelling = False
-                    return
-            try:
-                status = await client.scheduler.get_task_status(keys=list(waiting))
-                known = [waiting.pop(key) for key, state in status.items() if state is not None]
-                if known:
-                    await client.cancel(known, force=True, asynchronous=True)
-            except Exception:  # the scheduler has gone: nothing left to cancel
-                waiting.clear()
-            if asyncio.get_running_loop().time() > deadline:
-                waiting.clear()
-            elif waiting:
-                await asyncio.sleep(_CANCEL_POLL_SECONDS)
+        if call.dask is not None:
+            self._canceller.cancel(call.dask)
 
     # -- stopping running calls ------------------------------------------------
 
-    def _stop(self, call: _Call, future: Future[Any]) -> bool:
+    def _stop(self, call: Call, future: Future[Any]) -> bool:
         """``cancel(force=True)``: drop the running call's result, cancel its task."""
         if not call.future._cancel_running():
             return False
@@ -463,13 +336,13 @@ class DaskExecutor(Executor):
         self._forget(call)  # counted now, not when the cluster confirms
         return True
 
-    def _time_out(self, call: _Call, key: str) -> None:
+    def _time_out(self, call: Call, key: str) -> None:
         if call.key != key:
             return  # a later attempt runs now, with its own deadline
         timeout = call.options.timeout
         assert timeout is not None
         error = timeout_error(call.name, timeout)
-        if call.future._stop_running(_nothing, with_earlier_failures(error, call.earlier)):
+        if call.future._stop_running(nothing, with_earlier_failures(error, call.earlier)):
             self._cancel_on_cluster(call)
             self._forget(call)  # counted now, not when the cluster confirms
 
@@ -504,26 +377,26 @@ class DaskExecutor(Executor):
                 if self._client.status in ("running", "connecting"):
                     # A worker holding some of them died: Dask computes
                     # them again, and they come back through the collector.
-                    again = [(c, f) for c, f in done if f.status in _RECOMPUTED]
+                    again = [(c, f) for c, f in done if f.status in RECOMPUTED]
                     for call, dask_future in again:
                         self._track_again(call, dask_future)
                     retracked = {id(c) for c, _ in again}
                     done = [(c, f) for c, f in done if id(c) not in retracked]
                     finished = []
                 else:  # the scheduler went away
-                    results = [_Failed(error)] * len(finished)
+                    results = [Failed(error)] * len(finished)
         by_key = {f.key: r for f, r in zip(finished, results, strict=True)}
         for call, dask_future in done:
             self._settle_one(call, dask_future, by_key)
 
-    def _track_again(self, call: _Call, dask_future: DaskFuture) -> None:
+    def _track_again(self, call: Call, dask_future: DaskFuture) -> None:
         """Wait for a task once more: its result was lost with a worker, and Dask recomputes it."""
         with self._lock:
             self._calls[dask_future.key] = call
             self._tracked += 1
         self._finished.add(dask_future)
 
-    def _settle_one(self, call: _Call, dask_future: DaskFuture, results: dict[str, Any]) -> None:
+    def _settle_one(self, call: Call, dask_future: DaskFuture, results: dict[str, Any]) -> None:
         future = call.future
         if call.timer_entry is not None:
             self._timer.cancel(call.timer_entry)
@@ -534,7 +407,7 @@ class DaskExecutor(Executor):
                 self._track_again(call, dask_future)
                 return
             result = results[dask_future.key]
-            if isinstance(result, _Failed):
+            if isinstance(result, Failed):
                 self._fail(call, self._lost(result.error))
                 return
             self._finish(call, result, None)
@@ -543,7 +416,7 @@ class DaskExecutor(Executor):
                 error = dask_future.exception()
             except Exception as lost:
                 error = self._lost(lost)
-            error = _translate(error, call)
+            error = translate(error, call)
             delay = retry_delay(call.options, error, call.attempts) if call.shoal_retries else None
             if delay is not None and not future.done():
                 call.earlier.append(error)
@@ -558,7 +431,7 @@ class DaskExecutor(Executor):
         else:  # cancelled by the cluster: the scheduler went away
             self._fail(call, self._lost(None))
 
-    def _again(self, call: _Call) -> None:
+    def _again(self, call: Call) -> None:
         """Run a call again after a failure shoal retries (in the timer thread)."""
         if call.future.done():
             self._forget(call)
@@ -579,7 +452,7 @@ class DaskExecutor(Executor):
                 self._broken = lost
         return lost
 
-    def _finish(self, call: _Call, result: Any, error: BaseException | None) -> None:
+    def _finish(self, call: Call, result: Any, error: BaseException | None) -> None:
         future = call.future
         if future._state == CANCELLED:
             # Cancelled before it started: its waiters are told now.
@@ -589,10 +462,10 @@ class DaskExecutor(Executor):
             self._callbacks.put(future)
         self._forget(call)
 
-    def _fail(self, call: _Call, error: BaseException) -> None:
+    def _fail(self, call: Call, error: BaseException) -> None:
         self._finish(call, None, error)
 
-    def _forget(self, call: _Call) -> None:
+    def _forget(self, call: Call) -> None:
         """The call's future is done: count it, once."""
         now = _clock.monotonic()
         future = call.future
@@ -652,27 +525,8 @@ class DaskExecutor(Executor):
             threads = sum(self._client.nthreads().values())
         except Exception:  # the scheduler has gone
             threads = 0
-        now = _clock.monotonic()
         with self._lock:
-            calls = [c for c in self._calls.values() if not c.settled]
-            tally = self._tally
-            running = [c for c in calls if c.started_at is not None and c.started]
-            longest = max((now - c.started_at for c in running if c.started_at), default=0.0)
-            return ExecutorStatistics(
-                workers=threads,
-                idle=max(0, threads - len(running)),
-                queued=self._unsettled - len(running),
-                running=len(running),
-                completed=tally.completed,
-                failed=tally.failed,
-                respawned=0,
-                longest_running=longest,
-                cancelled=tally.cancelled,
-                timed_out=tally.timed_out,
-                retried=tally.retried,
-                mean_queue_wait=tally.queue_wait / tally.runs if tally.runs else None,
-                mean_run_time=tally.run_time / tally.runs if tally.runs else None,
-            )
+            return calls_statistics(self._calls.values(), self._tally, self._unsettled, threads)
 
     def _run_callbacks(self) -> None:
         callbacks = self._callbacks
@@ -716,7 +570,7 @@ class DaskExecutor(Executor):
                 calls = list(self._calls.values())
             for call in calls:
                 error = timeout_error(call.name, timeout or 0.0)
-                if call.future._stop_running(_nothing, error):
+                if call.future._stop_running(nothing, error):
                     self._cancel_on_cluster(call)
                     self._forget(call)
         if first:
@@ -742,61 +596,3 @@ class DaskExecutor(Executor):
             self._client.close(timeout=_CLOSE_SECONDS)
         if self._cluster is not None:
             self._cluster.close(timeout=_CLOSE_SECONDS)
-
-
-# A task's states whose result a dead worker took with it: Dask computes it again.
-_RECOMPUTED = ("finished", "lost", "pending")
-
-
-class _Tally:
-    """Counters of settled calls; guarded by the executor's ``_lock``."""
-
-    __slots__ = (
-        "cancelled",
-        "completed",
-        "failed",
-        "queue_wait",
-        "retried",
-        "run_time",
-        "runs",
-        "timed_out",
-    )
-
-    def __init__(self) -> None:
-        self.completed = self.failed = self.cancelled = self.timed_out = self.retried = 0
-        self.runs = 0
-        self.run_time = self.queue_wait = 0.0
-
-
-class _Failed:
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-def _nothing(future: Future[Any]) -> None:
-    return None
-
-
-def _key_name(name: str) -> str:
-    """A call's name as the start of a Dask key (the dashboard groups tasks by it)."""
-    cleaned = "".join(c if c.isalnum() or c in "._" else "_" for c in name)
-    return cleaned[:60] or "call"
-
-
-def _translate(error: BaseException, call: _Call) -> BaseException:
-    """Dask's ``KilledWorker`` becomes shoal's ``WorkerLostError``; others stay."""
-    killed_worker = importlib.import_module("distributed.scheduler").KilledWorker
-    if isinstance(error, killed_worker):
-        from ._process_errors import WorkerLostError
-
-        lost = WorkerLostError(
-            f"{call.name}: the Dask workers running it died each time it was started "
-            f"({error}); a crash in native code or running out of memory are the "
-            "likely causes; the other calls go on",
-            task=call.name,
-        )
-        lost.__cause__ = error
-        return lost
-    return error
