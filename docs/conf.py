@@ -37,7 +37,9 @@ myst_heading_anchors = 3
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_default_options = {"members": True, "show-inheritance": True}
+# Bases are shown where they say something (the standard class a shoal class
+# subclasses): ":show-inheritance:" on those directives in reference.md.
+autodoc_default_options = {"members": True}
 # Signatures read "ThreadPoolExecutor(...)", not "shoal.ThreadPoolExecutor(...)":
 # the headings of the reference say which module a name comes from.
 add_module_names = False

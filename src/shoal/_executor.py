@@ -274,8 +274,9 @@ class Executor(_base.Executor):
             timeout: seconds, from this call, after which ``next()`` raises
                 ``TimeoutError`` if the result is not there. The calls left
                 are then cancelled.
-            chunksize: calls sent to a worker as one task, or "auto" (see
-                the module docstring; the thread pool ignores a number).
+            chunksize: calls sent to a worker as one task, or "auto" (about
+                four chunks per worker for an input with a length; see the
+                module docstring). The thread pool ignores a number.
             buffersize: bound on submitted calls (chunks) whose results have
                 not been yielded; the input is then read lazily.
             ordered: False yields results as the calls finish.
