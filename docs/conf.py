@@ -14,6 +14,8 @@ No intersphinx: the build must work without a network.
 from __future__ import annotations
 
 import concurrent.futures
+from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
 import shoal
@@ -37,6 +39,9 @@ myst_heading_anchors = 3
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+# Types of the parameters a docstring describes, and return types; not a bare
+# list of every undocumented parameter (*args: ~P, **kwargs: ~P).
+autodoc_typehints_description_target = "documented_params"
 # Bases are shown where they say something (the standard class a shoal class
 # subclasses): ":show-inheritance:" on those directives in reference.md.
 autodoc_default_options = {"members": True}
@@ -56,6 +61,10 @@ _PUBLIC_BASES = {
     concurrent.futures.CancelledError: "concurrent.futures.CancelledError",
     concurrent.futures.InvalidStateError: "concurrent.futures.InvalidStateError",
     concurrent.futures.BrokenExecutor: "concurrent.futures.BrokenExecutor",
+    concurrent.futures.ThreadPoolExecutor: "concurrent.futures.ThreadPoolExecutor",
+    concurrent.futures.ProcessPoolExecutor: "concurrent.futures.ProcessPoolExecutor",
+    BrokenThreadPool: "concurrent.futures.thread.BrokenThreadPool",
+    BrokenProcessPool: "concurrent.futures.process.BrokenProcessPool",
 }
 
 

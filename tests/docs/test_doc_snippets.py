@@ -32,6 +32,7 @@ extra; CI installs it), and is skipped otherwise.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
 import os
 import re
@@ -220,7 +221,33 @@ def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, f"the docs build failed:\n{done.stdout[-3000:]}{done.stderr}"
-    assert (tmp_path / "html" / "index.html").exists()
+    # Every public name has its entry in the API reference (autodoc ran: a
+    # directive MyST took for Markdown would leave its text and no entry).
+    reference = (tmp_path / "html" / "reference.html").read_text(encoding="utf-8")
+    assert not missing_from_reference(reference)
+
+
+PUBLIC_MODULES = ("shoal", "shoal.process", "shoal.thread", "shoal.dask")
+
+
+def missing_from_reference(html: str) -> list[str]:
+    """The public names with no entry in the reference page's HTML.
+
+    A name of a submodule counts as documented under ``shoal`` too
+    (``shoal.process.ProcessPoolExecutor`` is ``shoal.ProcessPoolExecutor``).
+    """
+    anchors = set(re.findall(r'id="([\w.]+)"', html))
+    return [
+        f"{module}.{name}"
+        for module in PUBLIC_MODULES
+        for name in importlib.import_module(module).__all__
+        if f"{module}.{name}" not in anchors and f"shoal.{name}" not in anchors
+    ]
+
+
+def test_the_reference_check_finds_a_missing_name() -> None:
+    assert "shoal.Future" in missing_from_reference('<dt id="shoal.wait">')
+    assert missing_from_reference("") != []
 
 
 # -- the block extractor itself --------------------------------------------------
