@@ -156,7 +156,7 @@ class Executor(_base.Executor):
         name: str | None = None,
         memory_limit: int | str | None = None,
     ) -> OptionsView:
-        """A view of this executor whose calls carry options; see ``shoal._options``.
+        """A view of this executor whose calls carry options: its ``submit`` and ``map``.
 
         Args:
             timeout: seconds a call may run, counted from its start; past it
@@ -274,8 +274,10 @@ class Executor(_base.Executor):
             timeout: seconds, from this call, after which ``next()`` raises
                 ``TimeoutError`` if the result is not there. The calls left
                 are then cancelled.
-            chunksize: calls sent to a worker as one task, or "auto" (see
-                the module docstring; the thread pool ignores a number).
+            chunksize: calls sent to a worker as one task, or "auto": about
+                four chunks per worker (under ``buffersize``, an input
+                without a length gets chunks of 32). The thread pool ignores
+                a number.
             buffersize: bound on submitted calls (chunks) whose results have
                 not been yielded; the input is then read lazily.
             ordered: False yields results as the calls finish.

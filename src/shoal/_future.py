@@ -173,8 +173,11 @@ class Future(_base.Future[T]):
 
     @property
     def attempts(self) -> int:
-        """How many times the call was started: 0 before it starts, 1 after a run
-        without retries, one more for each retry (``options(retries=...)``)."""
+        """How many times the call was started.
+
+        0 before it starts, 1 after a run without retries, one more for each
+        retry (``options(retries=...)``).
+        """
         return self._attempts
 
     # -- queries -----------------------------------------------------------

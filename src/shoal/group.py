@@ -65,7 +65,12 @@ class _Submitter(Protocol):
 
 
 class TaskGroup:
-    """Run calls on ``executor`` as a group: see the module docstring.
+    """Run calls on ``executor`` as a group: leaving the ``with`` block waits for them all.
+
+    The first call that fails cancels the calls not started and stops the
+    running ones; leaving the block then raises an ``ExceptionGroup`` of the
+    failures. Ctrl-C in the block stops everything and propagates at once;
+    groups nest. ``shoal.group``'s module docstring has the details.
 
     Args:
         executor: a shoal executor, or an options view of one.

@@ -543,8 +543,8 @@ class ThreadPoolExecutor(Executor, _std_thread.ThreadPoolExecutor):
                 their futures raise ``CancelledError``). Calls with options
                 waiting for a retry have started: they still run.
             timeout: with ``wait``, how long to wait. Calls still running
-                then are stopped as a timeout stops them (see the module
-                docstring: best effort for code blocked in C) and fail with
+                then are stopped as a timeout stops them (best effort: code
+                blocked in C stops once that C call returns) and fail with
                 ``TaskTimeoutError``; calls not started are cancelled.
                 ``shutdown`` returns without waiting for the stopped threads.
         """
