@@ -88,7 +88,7 @@ def test_timeout_error_is_the_builtin():
 
 
 def test_process_is_an_attribute_after_plain_import_shoal():
-    # DESIGN.md names shoal.process.BrokenProcessPool: reachable without
+    # docs/design.md ("The contract") names shoal.process.BrokenProcessPool: reachable without
     # "import shoal.process", and loaded (with multiprocessing) only then.
     code = textwrap.dedent(
         """
@@ -155,7 +155,7 @@ def test_exceptions_pickle(error):
         assert (copy.exitcode, copy.task, copy.pid) == (-9, "f(1)", 4321)
 
 
-# -- the exception tree of DESIGN.md section 3 --------------------------------------------
+# -- the exception tree of docs/design.md ("The errors") -------------------------------
 
 
 @pytest.mark.parametrize(

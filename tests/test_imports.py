@@ -1,4 +1,4 @@
-"""Imports flow one way (DESIGN.md section 4): each module, in a fresh interpreter.
+"""Imports flow one way (docs/design.md, "Import layers"): each module, in a fresh interpreter.
 
 ``shoal/__init__`` imports every eager module, so importing ``shoal._future``
 normally runs all of them. To see what one module pulls in by itself, the

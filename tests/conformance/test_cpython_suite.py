@@ -28,7 +28,8 @@ Two lists keep tests out of the run, each entry with its reason:
   behaviour users rely on and only peeks at a private attribute on the way,
   the reason says so and names where shoal checks that behaviour instead.
 * ``DESIGN_SKIPS``: shoal deliberately behaves differently, as its contract
-  (DESIGN.md, ``shoal/process/_pool.py``) says: a worker that dies fails
+  (docs/design.md, "Choices that differ from concurrent.futures", and
+  ``shoal/process/_pool.py``) says: a worker that dies fails
   only that call and the pool goes on, instead of breaking the whole pool;
   the default start method is ``forkserver`` on Linux;
   ``max_tasks_per_child`` also works under ``fork``. (A call or result that
