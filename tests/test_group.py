@@ -54,6 +54,59 @@ def test_the_first_failure_cancels_the_calls_not_started_and_raises_a_group() ->
         assert pool.submit(abs, -1).result(WAIT) == 1
 
 
+def test_a_standard_executor_runs_a_group_and_its_running_call_is_waited_for(caplog) -> None:
+    # concurrent.futures has no forced cancel: the failure cancels what has
+    # not started, the running call goes on, and the block waits for it.
+    import concurrent.futures
+
+    started, release, second = threading.Event(), threading.Event(), threading.Event()
+
+    def running() -> str:
+        started.set()
+        return wait_for(release)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        with pytest.raises(ExceptionGroup) as info, shoal.TaskGroup(pool) as group:
+            first = group.submit(running)
+            assert started.wait(WAIT)
+            group.submit(wait_for, second)  # holds the other thread
+            failing = group.submit(fail, "boom")
+            queued = [group.submit(abs, -i) for i in range(3)]
+            # The group's own callback (added at submit) runs first: it stops
+            # the group while ``first`` still runs; this one then lets it end.
+            failing.add_done_callback(lambda _: release.set())
+            second.set()
+        assert first.result(0) == "released"
+        assert isinstance(failing.exception(0), ValueError)
+        assert all(f.cancelled() for f in queued)
+        (error,) = info.value.exceptions
+        assert str(error) == "boom"
+    # Stopping the group raised nothing in the failing call's callback.
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+def test_a_standard_executors_group_left_by_an_exception_waits_for_its_running_call() -> None:
+    import concurrent.futures
+
+    started, release = threading.Event(), threading.Event()
+
+    def running() -> str:
+        started.set()
+        return wait_for(release)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        with pytest.raises(RuntimeError, match="the block failed"), shoal.TaskGroup(pool) as group:
+            first = group.submit(running)
+            queued = group.submit(abs, -1)
+            assert started.wait(WAIT)
+            # Lets the running call end once the block has begun to leave:
+            # whenever it fires, the outcome is the same.
+            threading.Timer(0.1, release.set).start()
+            raise RuntimeError("the block failed")
+        assert first.result(0) == "released"
+        assert queued.cancelled()
+
+
 def test_a_call_submitted_after_a_failure_comes_back_cancelled() -> None:
     ran: list[int] = []
     with shoal.ThreadPoolExecutor(max_workers=2) as pool:

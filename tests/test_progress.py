@@ -149,6 +149,25 @@ def test_the_failures_show_on_a_callers_bar_too(executor):
     assert "failed=2" in out.getvalue()
 
 
+def test_a_bar_whose_set_postfix_str_takes_only_the_text_shows_the_failures(executor):
+    class Plain:
+        def __init__(self):
+            self.n = 0
+            self.postfix = ""
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix_str(self, text):
+            self.postfix = text
+
+    bar = Plain()
+    futures = [executor.submit(math.sqrt, x) for x in (-1, -2, 4)]
+    shoal.wait(futures, progress=bar)
+    assert bar.n == 3
+    assert bar.postfix == "failed=2"
+
+
 def test_an_input_without_length_read_lazily_has_no_total_until_it_ends(executor):
     calls = Calls()
     numbers = (i for i in range(200))

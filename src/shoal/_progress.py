@@ -206,7 +206,11 @@ class _Bar:
             bar.total = total
             changed = True
         if (failed or cancelled) and hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(_postfix(failed, cancelled), refresh=False)
+            text = _postfix(failed, cancelled)
+            try:
+                bar.set_postfix_str(text, refresh=False)  # tqdm's: update() redraws
+            except TypeError:  # a bar of another kind: set_postfix_str(text) alone
+                bar.set_postfix_str(text)
             changed = True
         if done > self.shown:
             bar.update(done - self.shown)  # redraws when tqdm's own interval has passed

@@ -73,7 +73,10 @@ class TaskGroup:
     groups nest. ``shoal.group``'s module docstring has the details.
 
     Args:
-        executor: a shoal executor, or an options view of one.
+        executor: a shoal executor, or an options view of one. Any other
+            executor with ``submit`` works too (a ``concurrent.futures``
+            pool): its calls not started are cancelled, but its running
+            calls cannot be stopped, and the block waits for them.
         timeout: seconds from entering the block for the whole group; None
             for no bound.
         progress: True for a tqdm bar on stderr, a bar of your own, or a
@@ -258,7 +261,9 @@ def _stop(futures: list[Future[Any]]) -> None:
     for future in futures:
         future.cancel()
     for future in futures:
-        if not future.done():
+        # A future of another library's executor (concurrent.futures) has no
+        # forced cancel: its running call goes on, and the group waits for it.
+        if not future.done() and isinstance(future, Future):
             future.cancel(force=True)
 
 

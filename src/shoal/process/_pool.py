@@ -496,7 +496,7 @@ class ProcessPoolExecutor(Executor, _std_process.ProcessPoolExecutor):
 
         Args:
             wait: block until every call has finished and the workers are gone.
-            cancel_futures: cancel the calls not yet sent to a worker.
+            cancel_futures: cancel the calls not started, sent ahead or not.
             timeout: seconds from now; the calls still running then are
                 stopped (their workers killed) and fail with
                 ``TaskTimeoutError``, those not started are cancelled, and
