@@ -4,7 +4,7 @@ The peers are loky (its reusable executor), pebble.ProcessPool,
 mpire.WorkerPool and multiprocessing.Pool. Every pool has ``max_workers=2``
 and its library's default start method (the table's legend lists them);
 only the ``process-startup-*`` rows pick one. The calls the workers run live
-in :mod:`bench.work`.
+in :mod:`shoal.bench.work`.
 
 Each measuring function starts its pool, warms it up (every worker has
 answered a call, the timed code path has run once), times the measured region
@@ -29,9 +29,15 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from bench import work
-from bench.pools import PROCESS_POOLS, Pool, for_pools, process_start_methods
-from bench.registry import HIGHER, LOWER, Context, Measurement, register
+from shoal.bench import work
+from shoal.bench.pools import (
+    PROCESS_POOLS,
+    Pool,
+    Submits,
+    for_pools,
+    process_start_methods,
+)
+from shoal.bench.registry import HIGHER, LOWER, Context, Measurement, register
 
 WORKERS = 2
 WARMUP = 200
@@ -68,7 +74,7 @@ def _legend() -> str:
     )
 
 
-def _warm_workers(pool: Pool, workers: int = WORKERS, timeout: float = 60.0) -> None:
+def _warm_workers(pool: Submits, workers: int = WORKERS, timeout: float = 60.0) -> None:
     """Return once every worker has run a call (some pools start workers on demand)."""
     seen: set[int] = set()
     deadline = time.perf_counter() + timeout
