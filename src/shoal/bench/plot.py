@@ -68,7 +68,8 @@ def plot(results: Results, path: str) -> None:
     peers = [
         implementation
         for implementation in IMPLEMENTATIONS
-        if implementation != BASELINE and any(_value(row, implementation) for row in rows)
+        if implementation != BASELINE
+        and any(_value(row, implementation) is not None for row in rows)
     ]
     slots = len(peers) + 1
     height = max(3.0, 1.6 + INCHES_PER_SLOT * slots * max(len(rows), 1))
@@ -85,8 +86,7 @@ def plot(results: Results, path: str) -> None:
 
 def _value(row: Row, implementation: str) -> float | None:
     cell = row.cells.get(implementation)
-    value = None if cell is None else cell.median()
-    return value if value else None
+    return None if cell is None else cell.median()
 
 
 def _draw(axes: Any, rows: list[Row], peers: list[str], slots: int) -> None:
@@ -94,7 +94,7 @@ def _draw(axes: Any, rows: list[Row], peers: list[str], slots: int) -> None:
         advantage(row, value)
         for row in rows
         for implementation in peers
-        if (value := _value(row, implementation)) is not None
+        if (value := _value(row, implementation))
     ]
     for group, row in enumerate(rows):
         for slot, implementation in enumerate(peers):
@@ -104,6 +104,9 @@ def _draw(axes: Any, rows: list[Row], peers: list[str], slots: int) -> None:
             if value is None:
                 if cell is not None and cell.status not in ("", "n/a"):
                     axes.text(1.0, y, f" {cell.status}", va="center", fontsize=6, color="0.3")
+                continue
+            if value == 0:  # no bar on a log scale: a count of none (no cancel succeeded)
+                axes.text(1.0, y, f" 0 {row.unit}", va="center", fontsize=6, color="0.3")
                 continue
             factor = advantage(row, value)
             axes.barh(

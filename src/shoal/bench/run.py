@@ -65,6 +65,7 @@ QUICK_WARNING = (
     "and of this machine. Do not quote these numbers; the full suite is `shoal bench`."
 )
 JSON_FORMAT = "shoal-bench/1"
+NOT_INSTALLED = " is not installed"  # the reason of a peer's cells when it is missing
 # The measuring child: started with -c, not -m (see shoal.bench.child).
 CHILD_CODE = "from shoal.bench.child import main_exit; main_exit()"
 
@@ -264,7 +265,7 @@ def run_workload(
             cell.status = "n/a"
             cell.reason = workload.not_applicable.get(implementation, "")
         elif module is not None and importlib.util.find_spec(module) is None:
-            cell.status, cell.reason = "n/a", f"{module} is not installed"
+            cell.status, cell.reason = "n/a", f"{module}{NOT_INSTALLED}"
         else:
             active.append(implementation)
     env = _child_env()
@@ -340,6 +341,16 @@ def render(results: Results) -> str:
     """The table, its legend and the footnotes (each workload and its notes)."""
     rows = results.rows
     columns = columns_of(rows)
+    missing = [
+        implementation
+        for implementation in columns
+        if all(
+            row.cells[implementation].reason.endswith(NOT_INSTALLED)
+            for row in rows
+            if implementation in row.cells and row.cells[implementation].shown()
+        )
+    ]
+    columns = [implementation for implementation in columns if implementation not in missing]
     header = ["workload", "n", "rounds", "unit", "better", *columns]
     lines_of_cells = []
     footnotes = []
@@ -378,6 +389,11 @@ def render(results: Results) -> str:
         f"Medians over rounds. (x) = ratio to {BASELINE} (value / {BASELINE}): on 'higher' rows "
         "a ratio above 1 beats the standard library, on 'lower' rows a ratio below 1 does."
     )
+    if missing:
+        lines.append(
+            f"Not installed, so not shown: {', '.join(missing)} "
+            "(pip install 'shoal[bench]' adds the peers)."
+        )
     legends: list[str] = []
     for row in rows:
         if row.legend is not None and row.legend not in legends:
@@ -398,9 +414,9 @@ def describe(meta: dict[str, Any]) -> str:
         f"shoal benchmarks, {meta.get('date', '?')}: Python {meta.get('python', '?')} on "
         f"{meta.get('platform', '?')}, {meta.get('cpus', '?')} cpus ({meta.get('cpu', '?')}); "
         f"{versions}",
-        f"{meta.get('rounds', '?')} rounds asked, fewer on rows that cap them (the rounds "
-        f"column), {meta.get('seconds', 0):.0f} s in all; shoal's modules compiled to bytecode "
-        "first, as pip does when it installs them",
+        f"rounds asked: {meta.get('rounds', '?')}, fewer or more on rows that cap or raise them "
+        f"(the rounds column), {meta.get('seconds', 0):.0f} s in all; shoal's modules compiled "
+        "to bytecode first, as pip does when it installs them",
     ]
     if meta.get("quick"):
         lines.insert(0, QUICK_WARNING.format(rounds=meta.get("rounds", "?")))
@@ -558,8 +574,8 @@ def _execute(args: argparse.Namespace) -> int:
         if args.quick:
             print(QUICK_WARNING.format(rounds=rounds), file=sys.stderr, flush=True)
         results = run_suite(workloads, rounds, args.quick, n=args.n)
-        if args.json:
-            Path(args.json).write_text(results.to_json() + "\n", encoding="utf-8")
+    if args.json:
+        Path(args.json).write_text(results.to_json() + "\n", encoding="utf-8")
     print(describe(results.meta))
     print()
     print(render(results))
