@@ -60,7 +60,7 @@ def results_fixture():
                 "legend": None,
                 "cells": {
                     "concurrent.futures": cell([100_000.0, 120_000.0]),
-                    "shoal": cell([300_000.0, 320_000.0], note="a note"),
+                    "shoal": cell([320_000.0, 340_000.0], note="a note"),
                     "pebble": cell([], status="stopped >60s", reason="killed"),
                     "loky": cell([], status="n/a", reason="loky is not installed"),
                 },
@@ -110,8 +110,11 @@ def results_fixture():
 def test_list_names_the_workloads_and_the_quick_set(tmp_path):
     result = shoal_bench("--list", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    names = [line[2:].split()[0] for line in result.stdout.splitlines() if line[:1] in "* "]
-    names = [name for name in names if name]
+    names = [
+        line[2:].split()[0]
+        for line in result.stdout.splitlines()
+        if line.startswith(("* ", "  ")) and line[2:].strip()
+    ]
     assert {"thread-submit", "thread-map", "process-submit", "process-latency"} <= set(names)
     quick = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("* ")]
     assert "thread-map" in quick
@@ -169,7 +172,7 @@ def test_from_a_saved_file_prints_the_table_without_measuring(tmp_path):
     result = shoal_bench("--from", str(saved), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "thread-submit" in result.stdout
-    assert "(3.00x)" in result.stdout  # 310k / 110k, medians
+    assert "(3.00x)" in result.stdout  # 330k / 110k, medians
     assert "(0.50x)" in result.stdout  # 100 µs / 200 µs
     assert "stopped >60s" in result.stdout
     assert "2026-01-01" in result.stdout

@@ -20,6 +20,7 @@ the plot.
 from __future__ import annotations
 
 import importlib
+import textwrap
 from typing import Any
 
 from shoal.bench.registry import BASELINE, HIGHER, IMPLEMENTATIONS
@@ -33,7 +34,7 @@ COLOURS = {
     "multiprocessing": "#8a6cb6",
 }
 BAR_HEIGHT = 0.8  # of one slot; a group has one slot per implementation and one of space
-INCHES_PER_SLOT = 0.13
+INCHES_PER_SLOT = 0.1
 
 
 def check_matplotlib() -> None:
@@ -76,9 +77,7 @@ def plot(results: Results, path: str) -> None:
     figure, axes = pyplot.subplots(figsize=(9.5, height), dpi=110)
     try:
         _draw(axes, rows, peers, slots)
-        _decorate(
-            figure, axes, results=results, rows=rows, peers=peers, slots=slots, left_out=left_out
-        )
+        _decorate(axes, results=results, rows=rows, peers=peers, slots=slots, left_out=left_out)
         figure.savefig(path, format="png", bbox_inches="tight")
     finally:
         pyplot.close(figure)
@@ -132,7 +131,6 @@ def _draw(axes: Any, rows: list[Row], peers: list[str], slots: int) -> None:
 
 
 def _decorate(
-    figure: Any,
     axes: Any,
     *,
     results: Results,
@@ -154,11 +152,14 @@ def _decorate(
         "time or memory)",
         fontsize=8,
     )
+    patch = importlib.import_module("matplotlib.patches").Patch
+    line = importlib.import_module("matplotlib.lines").Line2D
     handles = [
-        importlib.import_module("matplotlib.patches").Patch(color=COLOURS.get(name, "0.5"))
-        for name in peers
+        line([], [], color="0.2"),
+        *(patch(color=COLOURS.get(name, "0.5")) for name in peers),
     ]
-    axes.legend(handles, peers, loc="lower right", fontsize=7, framealpha=0.9)
+    labels = [f"{BASELINE} (= 1)", *peers]
+    axes.legend(handles, labels, loc="lower right", fontsize=7, framealpha=0.9)
     meta = results.meta
     title = f"shoal and its peers against {BASELINE}: medians over rounds"
     if meta.get("quick"):
@@ -169,5 +170,17 @@ def _decorate(
         f"{meta.get('platform', '?')}, {meta.get('cpus', '?')} cpus ({meta.get('cpu', '?')})"
     )
     if left_out:
-        footer += f"\nnot drawn (no {BASELINE} value): {', '.join(left_out)}"
-    figure.text(0.01, -0.01, footer, fontsize=6, color="0.35", va="top")
+        footer += "\n" + textwrap.fill(
+            f"not drawn (no {BASELINE} value): {', '.join(left_out)}", width=150
+        )
+    # In points below the axes, under the axis label, whatever the figure's height.
+    axes.annotate(
+        footer,
+        xy=(0.0, 0.0),
+        xycoords="axes fraction",
+        xytext=(0, -36),
+        textcoords="offset points",
+        va="top",
+        fontsize=6,
+        color="0.35",
+    )
