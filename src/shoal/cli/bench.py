@@ -16,7 +16,7 @@ Run shoal's benchmark suite: shoal against concurrent.futures and whichever
 peers are installed (loky, pebble, mpire, multiprocessing.Pool), each
 measurement in a fresh interpreter, rounds interleaved; prints each
 workload's median and its ratio to concurrent.futures. The full suite takes
-about 17 minutes on 2 cpus; --quick a minute.
+about 17 minutes on 2 cpus; --quick well under a minute.
 """
 
 EPILOG = """\
