@@ -30,6 +30,7 @@ LAYERS = [
     {"thread", "process", "dask"},
     {"aio", "group", "progress", "cli"},
     {"__main__"},  # ``python -m shoal``: the command line's entry point
+    {"bench"},  # the benchmark suite (``shoal bench`` imports it when it runs)
 ]
 LAYER_OF = {name: index for index, layer in enumerate(LAYERS) for name in layer}
 PEERS_MAY_IMPORT_EACH_OTHER = {2}
@@ -108,6 +109,12 @@ def test_import_shoal_does_not_import_the_process_pool_or_optional_parts():
         or m.startswith("shoal.process")
     }
     assert heavy == set()
+
+
+def test_import_shoal_and_building_the_cli_do_not_import_the_benchmarks():
+    assert not any(m.startswith("shoal.bench") for m in modules_loaded_by("shoal", stubs=()))
+    loaded = modules_loaded_by("shoal.cli.bench", stubs=())
+    assert not any(m.startswith("shoal.bench") for m in loaded)
 
 
 def test_import_shoal_does_not_import_multiprocessing():

@@ -7,7 +7,7 @@ ecosystem (``asyncio.wrap_future``, ``loop.run_in_executor``, the standard
 ``__init__``: a standard future allocates a ``threading.Condition`` (with its
 deque and bound methods, close to a kilobyte) for every task. A shoal future
 holds one plain lock and nothing else until somebody waits on it or adds a
-callback. ``bench/`` measures the difference.
+callback. ``shoal bench`` measures the difference.
 
 States and transitions (the standard library's constants, so that its
 ``wait``/``as_completed`` can read ``_state`` directly)::

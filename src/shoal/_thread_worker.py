@@ -115,7 +115,7 @@ WorkItem = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any
 COMPLETED, FAILED, CANCELLED, RUN_TIME, WAIT_TIME, MEASURED, STARTED = range(7)
 # A worker times one plain call in SAMPLE_EVERY (every call with options):
 # two clock reads and three float updates on every call cost the thread
-# pool's tiny calls about 5% (bench/README.md); a mean over one call in 16
+# pool's tiny calls about 5% (docs/benchmarks.md); a mean over one call in 16
 # is as good a mean, and costs a countdown per call.
 SAMPLE_EVERY = 16
 # The pool's own tallies (``ThreadPoolExecutor._tallies``, under its

@@ -19,12 +19,13 @@ times, and the cell is a ratio of medians; the note gives the throughputs.
 from __future__ import annotations
 
 import collections
+import importlib
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.registry import HIGHER, IMPLEMENTATIONS, LOWER, Context, Measurement, register
+from shoal.bench.registry import HIGHER, IMPLEMENTATIONS, LOWER, Context, Measurement, register
 
 WORKERS = 2
 TURNS = 3
@@ -34,7 +35,7 @@ _ONLY_SHOAL = "no Dask executor: the row compares shoal's DaskExecutor with Dask
 
 
 def _cluster() -> tuple[Any, Any]:
-    import distributed
+    distributed: Any = importlib.import_module("distributed")
 
     cluster = distributed.LocalCluster(
         n_workers=WORKERS,

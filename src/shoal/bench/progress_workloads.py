@@ -11,15 +11,16 @@ both throughputs. Below zero is noise.
 from __future__ import annotations
 
 import collections
+import importlib
 import os
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import work
-from bench.process_workloads import WORKERS, _warm_workers
-from bench.registry import IMPLEMENTATIONS, LOWER, Context, Measurement, register
+from shoal.bench import work
+from shoal.bench.process_workloads import WORKERS, _warm_workers
+from shoal.bench.registry import IMPLEMENTATIONS, LOWER, Context, Measurement, register
 
 # Pairs of maps (one without progress, one with) timed in one measurement.
 PAIRS = 7
@@ -43,7 +44,7 @@ def _cost(pool: Any, n: int, chunksize: Any) -> Measurement:
     CPU time of this process (the consumer, and the process pool's
     dispatcher), which the machine's load barely moves.
     """
-    from tqdm import tqdm
+    tqdm: Any = importlib.import_module("tqdm").tqdm
 
     items = range(n)
 

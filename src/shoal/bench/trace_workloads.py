@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import work
-from bench.registry import HIGHER, Context, Measurement, register
+from shoal.bench import work
+from shoal.bench.registry import HIGHER, Context, Measurement, register
 
 ROUNDS = 5
 WARMUP = 1_000

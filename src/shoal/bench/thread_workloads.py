@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.memory import current_rss, peak_rss, reset_peak, settle
-from bench.pools import THREAD_POOL_DEFAULTS, THREAD_POOLS, Pool, for_pools
-from bench.registry import HIGHER, LOWER, Context, Measurement, register
+from shoal.bench.memory import current_rss, peak_rss, reset_peak, settle
+from shoal.bench.pools import THREAD_POOL_DEFAULTS, THREAD_POOLS, Pool, for_pools
+from shoal.bench.registry import HIGHER, LOWER, Context, Measurement, register
 
 WARMUP = 1_000
 CHUNKSIZES: tuple[Any, ...] = (1, 64, 1024)

@@ -2,7 +2,9 @@
 
 Module-level functions in a module that imports nothing heavy, so that every
 library can pickle them by reference and a worker started by ``spawn`` or
-``forkserver`` loads them cheaply (the start-up rows time that import).
+``forkserver`` loads them cheaply (the start-up rows time that import). It is
+loaded as the top-level module ``shoal_bench_work``, not as part of shoal:
+:mod:`shoal.bench.work` says why.
 """
 
 from __future__ import annotations

@@ -15,24 +15,31 @@ start method name (None for the library's default, see
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from bench.registry import Context, Measurement
+from shoal.bench.registry import Context, Measurement
 
 __all__ = (
     "PROCESS_POOLS",
     "THREAD_POOLS",
     "THREAD_POOL_DEFAULTS",
     "Pool",
+    "Submits",
     "for_pools",
     "process_start_methods",
 )
 
 
-class Pool(Protocol):
+class Submits(Protocol):
+    """What sending single calls needs: an adapter, or a bare executor's thin wrapper."""
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any: ...
     def wait(self, handle: Any) -> Any: ...
+
+
+class Pool(Submits, Protocol):
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int | None) -> Any: ...
     def close(self, cancel: bool = False) -> None: ...
 
@@ -58,7 +65,7 @@ class _Executor:
 
 class _Pebble:
     def __init__(self, max_workers: int | None) -> None:
-        import pebble
+        pebble: Any = importlib.import_module("pebble")
 
         self.pool = pebble.ThreadPool() if max_workers is None else pebble.ThreadPool(max_workers)
 
@@ -84,7 +91,7 @@ class _Mpire:
     # (TypeError in its result sorting, mpire 2.10.2), so workloads use a pool
     # for one kind of call only.
     def __init__(self, max_workers: int | None) -> None:
-        import mpire
+        mpire: Any = importlib.import_module("mpire")
 
         self.pool = mpire.WorkerPool(n_jobs=max_workers, start_method="threading")
 
@@ -155,7 +162,7 @@ class _Loky(_Executor):
     """loky's reusable executor, its documented entry point."""
 
     def __init__(self, max_workers: int | None, method: str | None = None) -> None:
-        import loky
+        loky: Any = importlib.import_module("loky")
 
         super().__init__(loky.get_reusable_executor(max_workers=max_workers, context=method))
 
@@ -167,7 +174,7 @@ class _PebbleProcesses(_Pebble):
     def __init__(self, max_workers: int | None, method: str | None = None) -> None:
         import multiprocessing
 
-        import pebble
+        pebble: Any = importlib.import_module("pebble")
 
         context = multiprocessing if method is None else _context(method)
         workers = multiprocessing.cpu_count() if max_workers is None else max_workers
@@ -182,11 +189,11 @@ class _MpireProcesses(_Mpire):
     map_needs_same_function = True
 
     def __init__(self, max_workers: int | None, method: str | None = None) -> None:
-        import mpire
-        from mpire.context import DEFAULT_START_METHOD
+        mpire: Any = importlib.import_module("mpire")
+        default_method = importlib.import_module("mpire.context").DEFAULT_START_METHOD
 
         self.pool = mpire.WorkerPool(
-            n_jobs=max_workers, start_method=method or DEFAULT_START_METHOD, keep_alive=True
+            n_jobs=max_workers, start_method=method or default_method, keep_alive=True
         )
 
 
@@ -237,9 +244,7 @@ def process_start_methods() -> dict[str, str]:
     methods["loky"] = "loky (fork+exec)"
     methods["pebble"] = standard  # multiprocessing's default context
     try:
-        from mpire.context import DEFAULT_START_METHOD
-
-        methods["mpire"] = DEFAULT_START_METHOD
+        methods["mpire"] = importlib.import_module("mpire.context").DEFAULT_START_METHOD
     except ImportError:
         methods["mpire"] = "?"
     methods["multiprocessing"] = standard

@@ -4,7 +4,7 @@ The peers are loky (its reusable executor), pebble.ProcessPool,
 mpire.WorkerPool and multiprocessing.Pool. Every pool has ``max_workers=2``
 and its library's default start method (the table's legend lists them);
 only the ``process-startup-*`` rows pick one. The calls the workers run live
-in :mod:`bench.work`.
+in :mod:`shoal.bench.work`.
 
 Each measuring function starts its pool, warms it up (every worker has
 answered a call, the timed code path has run once), times the measured region
@@ -29,9 +29,15 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from bench import work
-from bench.pools import PROCESS_POOLS, Pool, for_pools, process_start_methods
-from bench.registry import HIGHER, LOWER, Context, Measurement, register
+from shoal.bench import work
+from shoal.bench.pools import (
+    PROCESS_POOLS,
+    Pool,
+    Submits,
+    for_pools,
+    process_start_methods,
+)
+from shoal.bench.registry import HIGHER, LOWER, Context, Measurement, register
 
 WORKERS = 2
 WARMUP = 200
@@ -50,6 +56,8 @@ TINY_CALLS = 2_000
 # process-mixed: one long call, then n short ones.
 LONG_CALL = 2.0
 SHORT_CALL = 0.1
+# Under --quick both sleeps are this fraction as long: the same shape in a quarter of the time.
+QUICK_TIME_SCALE = 0.25
 # process-random: sleeps drawn from an exponential distribution; the seed
 # gives every implementation (and every round) the same durations.
 RANDOM_MEAN = 0.005
@@ -68,7 +76,7 @@ def _legend() -> str:
     )
 
 
-def _warm_workers(pool: Pool, workers: int = WORKERS, timeout: float = 60.0) -> None:
+def _warm_workers(pool: Submits, workers: int = WORKERS, timeout: float = 60.0) -> None:
     """Return once every worker has run a call (some pools start workers on demand)."""
     seen: set[int] = set()
     deadline = time.perf_counter() + timeout
@@ -263,9 +271,9 @@ def _warm_for_tiny_calls(pool: Pool) -> None:
     collections.deque(pool.map(work.noop, range(TINY_CALLS), None), maxlen=0)
 
 
-def _mixed_ideal(n: int) -> float:
+def _mixed_ideal(n: int, scale: float = 1.0) -> float:
     """Seconds two workers need at best for one long call and ``n`` short ones."""
-    return max(LONG_CALL, (LONG_CALL + n * SHORT_CALL) / WORKERS)
+    return max(LONG_CALL, (LONG_CALL + n * SHORT_CALL) / WORKERS) * scale
 
 
 def mixed(factory: Callable[..., Pool], ctx: Context) -> Measurement:
@@ -274,18 +282,20 @@ def mixed(factory: Callable[..., Pool], ctx: Context) -> Measurement:
     A pool that hands the short calls to the worker busy with the long one
     (say, in one batch sized for tiny calls) leaves the other worker idle.
     """
+    scale = QUICK_TIME_SCALE if ctx.quick else 1.0
     pool = factory(WORKERS)
     _warm_for_tiny_calls(pool)
     start = time.perf_counter()
-    long = pool.submit(time.sleep, LONG_CALL)
-    shorts = [pool.submit(time.sleep, SHORT_CALL) for _ in range(ctx.n)]
+    long = pool.submit(time.sleep, LONG_CALL * scale)
+    shorts = [pool.submit(time.sleep, SHORT_CALL * scale) for _ in range(ctx.n)]
     for handle in shorts:
         pool.wait(handle)
     shorts_done = time.perf_counter() - start
     pool.wait(long)
     elapsed = time.perf_counter() - start
     pool.close()
-    note = f"the short calls done after {shorts_done:.2f} s; ideal {_mixed_ideal(ctx.n):.1f} s"
+    ideal = _mixed_ideal(ctx.n, scale)
+    note = f"the short calls done after {shorts_done:.2f} s; ideal {ideal:.2f} s"
     return Measurement(elapsed, note)
 
 
@@ -474,7 +484,9 @@ register(
 register(
     "process-mixed",
     f"one {LONG_CALL:g} s sleep, then n {SHORT_CALL:g} s sleeps, on a pool warmed with "
-    f"{TINY_CALLS:,} no-op calls; seconds until all are done (ideal {_mixed_ideal(40):.1f} s)",
+    f"{TINY_CALLS:,} no-op calls; seconds until all are done (ideal {_mixed_ideal(40):.1f} s; "
+    f"under --quick every sleep {QUICK_TIME_SCALE:g} as long, ideal "
+    f"{_mixed_ideal(40, QUICK_TIME_SCALE):.2f} s)",
     unit="s",
     better=LOWER,
     n=40,

@@ -6,7 +6,7 @@ implementation. A measuring function takes a :class:`Context` (the input size
 and a time bound) and returns a number in the workload's unit, or a
 :class:`Measurement` when it has a note to add (say, which chunksize won).
 
-Adding a workload is one ``register`` call; :func:`bench.pools.for_pools`
+Adding a workload is one ``register`` call; :func:`shoal.bench.pools.for_pools`
 builds the ``impls`` mapping when the same code runs on several pool
 libraries::
 
@@ -20,7 +20,7 @@ libraries::
         impls=for_pools(PROCESS_POOLS, submit_collect),
     )
 
-Every measurement runs in a fresh interpreter (see :mod:`bench.child`), so the
+Every measurement runs in a fresh interpreter (see :mod:`shoal.bench.child`), so the
 function may allocate freely, start threads or processes, and need not clean
 up after a failure.
 """
@@ -168,11 +168,11 @@ def load_all() -> dict[str, Workload]:
     """Import every workload module (they register on import) and return the registry."""
     # In table order: rows appear in the order they were registered.
     for module in (
-        "bench.thread_workloads",
-        "bench.process_workloads",
-        "bench.progress_workloads",
-        "bench.trace_workloads",
-        "bench.dask_workloads",
+        "shoal.bench.thread_workloads",
+        "shoal.bench.process_workloads",
+        "shoal.bench.progress_workloads",
+        "shoal.bench.trace_workloads",
+        "shoal.bench.dask_workloads",
     ):
         importlib.import_module(module)
 

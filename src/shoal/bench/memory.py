@@ -18,9 +18,11 @@ elsewhere), so no sampling thread competes with the workload for the GIL.
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import resource
 import sys
+from typing import Any
 
 __all__ = ("current_rss", "peak_rss", "reset_peak", "settle")
 
@@ -33,7 +35,7 @@ def current_rss() -> int:
         with open("/proc/self/statm") as statm:
             return int(statm.read().split()[1]) * _PAGE
     except OSError:
-        import psutil
+        psutil: Any = importlib.import_module("psutil")
 
         return int(psutil.Process().memory_info().rss)
 
