@@ -67,6 +67,7 @@ __all__ = (
     "run_job",
     "say",
     "type_name",
+    "window_for",
 )
 
 # What a job's exit status means (shoal.cli's docstring).
@@ -75,6 +76,20 @@ EXIT_FAILURES = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+
+
+# Items read ahead (read, not yet written), per job running at once, and at
+# least: enough that a worker finishing a call finds the next one queued
+# (and that a process pool has some to batch), and that in order mode one
+# slow item does not stall the others at once. Each holds its input and,
+# once done, its record.
+WINDOW_PER_JOB = 4
+WINDOW_AT_LEAST = 32
+
+
+def window_for(jobs: int) -> int:
+    """How many items a job of ``jobs`` at once reads ahead."""
+    return max(WINDOW_PER_JOB * jobs, WINDOW_AT_LEAST)
 
 
 class UsageError(Exception):
@@ -291,6 +306,12 @@ class Output:
         self._stream.write(json.dumps(record).encode("ascii") + b"\n")
         self._stream.flush()
 
+    def discard(self) -> None:
+        """The stream is gone (a closed pipe): send what is left of it nowhere."""
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
     def close(self) -> None:
         if self._owned:
             self._stream.close()
@@ -399,6 +420,7 @@ class _Loop:
         self.eof = False
         self.interrupts = 0
         self.terminated = False
+        self.output_closed = False
         self.input_error: BaseException | None = None
 
     def run(self) -> None:
@@ -465,9 +487,19 @@ class _Loop:
         self.slots.give()
         if record is None:
             return
+        if self.output_closed:
+            return
         failed = self.runner.is_failure(record)
         self.failures += failed
-        self.output.write(record)
+        try:
+            self.output.write(record)
+        except BrokenPipeError:
+            # The reader of our stdout left (``| head``): nobody wants the
+            # rest. Stop everything, as a second Ctrl-C would, quietly.
+            self.output_closed = True
+            self.output.discard()
+            self._interrupt("output closed")
+            return
         if self.progress is not None:
             self.progress.add(1, failed=int(failed))
 
@@ -485,8 +517,8 @@ class _Loop:
     def _interrupt(self, how: str) -> None:
         first = self.interrupts == 0
         self.interrupts += 1
-        if how == "terminate":
-            self.terminated = True
+        if how in ("terminate", "output closed"):
+            self.terminated = how == "terminate"
             self.interrupts = max(self.interrupts, 2)
         if first:
             self._stop_reading()
@@ -572,6 +604,8 @@ def run_job(
             loop.run()
         finally:
             slots.close()
+    if loop.output_closed:
+        return Outcome(EXIT_FAILURES, stopped_hard=True)
     if loop.interrupts:
         if loop.terminated:
             return Outcome(EXIT_TERMINATED, stopped_hard=True)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -44,10 +43,6 @@ from typing import Any
 from . import _jobs
 
 COMMAND = "map"
-# Items read ahead, per worker: enough that a worker finishing a call finds
-# the next one queued, and that in order mode one slow item does not stall
-# the others at once. Each holds its input and, once done, its result.
-WINDOW_PER_JOB = 4
 # How much of a result that is not JSON its error record shows.
 REPR_LIMIT = 200
 
@@ -147,6 +142,30 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, unit: str) -> None:
     )
 
 
+class IntermixedParser(argparse.ArgumentParser):
+    """A parser that takes positionals after options too: ``shoal map fn -j 4 INPUT``.
+
+    argparse consumes positionals in runs: meeting ``fn`` it would give the
+    optional INPUT its default at once and then refuse the INPUT that comes
+    after ``-j 4``. ``parse_known_intermixed_args`` parses the options
+    first; the subcommands' parent calls ``parse_known_args``, so that is
+    where it is put (the class is set on the parser ``add_parser`` made).
+    """
+
+    _inside = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._inside:  # parse_known_intermixed_args calls back here
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         COMMAND,
@@ -155,6 +174,7 @@ def add_parser(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.__class__ = IntermixedParser
     parser.add_argument(
         "function",
         metavar="MODULE:FUNC",
@@ -342,7 +362,9 @@ class MapRunner:
         else:
             record["error"] = {"type": _jobs.type_name(error), "message": str(error)}
             took = getattr(error, SECONDS_ATTRIBUTE, None)
-        record["attempts"] = getattr(future, "attempts", 1)
+        # At least 1: the pools' fast paths finish a plain call's future
+        # without counting its one run (future.attempts stays 0 there).
+        record["attempts"] = max(1, getattr(future, "attempts", 1))
         record["seconds"] = None if took is None else round(took, 6)
         return record
 
@@ -376,11 +398,13 @@ def make_executor(args: argparse.Namespace) -> tuple[Any, int]:
 
         process_executor = ProcessPoolExecutor(max_workers=args.jobs)
         return process_executor, process_executor._max_workers
-    if importlib.util.find_spec("distributed") is None:
+    try:
+        importlib.import_module("distributed")
+    except ImportError as error:
         raise _jobs.UsageError(
-            "--backend dask needs Dask distributed, which is not installed: "
+            f"--backend dask needs Dask distributed, which does not import ({error}): "
             "pip install 'shoal[dask]'"
-        )
+        ) from None
     from ..dask import DaskExecutor
 
     if args.scheduler is None:
@@ -436,7 +460,7 @@ def _map(
             parse=parse_line if args.lines else parse_json,
             output=output,
             done=done,
-            window=WINDOW_PER_JOB * jobs,
+            window=_jobs.window_for(jobs),
             ordered=not args.unordered,
             progress=progress,
         )

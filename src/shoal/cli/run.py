@@ -51,7 +51,7 @@ from concurrent.futures import Future
 from typing import IO, Any
 
 from . import _jobs
-from .map import WINDOW_PER_JOB, add_job_arguments
+from .map import add_job_arguments
 
 COMMAND = "run"
 # How much of a command's stdout and stderr its record keeps (the end).
@@ -312,7 +312,7 @@ def _run_commands(
             parse=parse_line,
             output=output,
             done=done,
-            window=WINDOW_PER_JOB * jobs,
+            window=_jobs.window_for(jobs),
             ordered=not args.unordered,
             progress=progress,
         )
