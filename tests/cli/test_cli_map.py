@@ -9,7 +9,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import (
     complete_lines,
     environment,
@@ -114,7 +113,7 @@ def test_a_bad_line_fails_alone_and_blank_lines_are_skipped(work):
 
 
 def test_json_values_of_every_kind_are_items(work):
-    lines = ['[1, 2]', '{"a": 1}', '"text"', "null", "true", "2.5"]
+    lines = ["[1, 2]", '{"a": 1}', '"text"', "null", "true", "2.5"]
     done = shoal(work, "map", "json:dumps", stdin="\n".join(lines) + "\n")
     assert done.returncode == 0, done.stderr
     assert [json.loads(r["result"]) for r in records(done.stdout)] == [

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from cli_helpers import (
     complete_lines,
     finish,
@@ -89,7 +88,12 @@ def test_failures_exit_1_with_exit_code_signal_and_stderr_tail(work):
     done = shoal(work, "run", "--shell", "--", script, stdin="0\n3\nk\n")
     assert done.returncode == 1
     ok, three, killed = records(done.stdout)
-    assert (ok["exit_code"], ok["signal"], ok["stdout"], ok["stderr"]) == (0, None, "out\n", "err\n")
+    assert (ok["exit_code"], ok["signal"], ok["stdout"], ok["stderr"]) == (
+        0,
+        None,
+        "out\n",
+        "err\n",
+    )
     assert (three["exit_code"], three["signal"]) == (3, None)
     assert (killed["exit_code"], killed["signal"]) == (None, "SIGTERM")
 

@@ -55,6 +55,7 @@ from concurrent.futures import Future
 from typing import IO, Any, Protocol
 
 __all__ = (
+    "Display",
     "Done",
     "Item",
     "Output",
@@ -114,7 +115,7 @@ def open_input(path: str | None) -> IO[bytes]:
     if path is None or path == "-":
         return sys.stdin.buffer
     try:
-        return open(path, "rb")  # noqa: SIM115 - closed by the handler
+        return open(path, "rb")
     except OSError as error:
         raise UsageError(f"cannot read the input {path!r}: {error.strerror or error}") from None
 
@@ -122,9 +123,10 @@ def open_input(path: str | None) -> IO[bytes]:
 def input_lines(stream: IO[bytes]) -> Iterator[tuple[int, str]]:
     """``(index, line)`` for each line, without its ``\\n`` or ``\\r\\n``."""
     for index, raw in enumerate(stream):
-        if raw.endswith(b"\n"):
-            raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-        yield index, raw.decode("utf-8", "surrogateescape")
+        line = raw
+        if line.endswith(b"\n"):
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        yield index, line.decode("utf-8", "surrogateescape")
 
 
 def count_lines(stream: IO[bytes]) -> int | None:
@@ -190,7 +192,12 @@ class Done:
 
     def below(self, limit: int) -> int:
         """How many indices under ``limit`` are recorded."""
-        return sum(1 for index in range(min(limit, len(self._bits) * 8)) if index in self)
+        full, rest = divmod(limit, 8)
+        bits = self._bits
+        found = int.from_bytes(bits[:full], "little").bit_count()
+        if rest and full < len(bits):
+            found += (bits[full] & ((1 << rest) - 1)).bit_count()
+        return found
 
 
 # -- output --------------------------------------------------------------------
@@ -401,7 +408,7 @@ class _Loop:
         output: Output,
         *,
         ordered: bool,
-        progress: Any,
+        progress: Display | None,
         events: queue.SimpleQueue[tuple[Any, ...]],
         slots: _Slots,
     ) -> None:
@@ -409,7 +416,7 @@ class _Loop:
         self.runner = runner
         self.output = output
         self.ordered = ordered
-        self.progress = progress  # a shoal._progress.Progress, or None
+        self.progress = progress
         self.events = events
         self.slots = slots
         self.running: dict[int, tuple[Item, Future[Any]]] = {}  # by sequence number
@@ -584,7 +591,7 @@ def run_job(
     done: Done,
     window: int,
     ordered: bool,
-    progress: Any,
+    progress: Display | None,
 ) -> Outcome:
     """Run every item of ``lines`` not in ``done`` with ``runner``; write their records."""
     events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -619,10 +626,25 @@ def run_job(
     return Outcome(EXIT_OK, stopped_hard=False)
 
 
+class Display:
+    """The progress bar of a job: shoal's ``Progress`` counting, a tqdm bar showing."""
+
+    def __init__(self, progress: Any, bar: Any) -> None:
+        self._progress = progress
+        self._bar = bar
+
+    def add(self, items: int, failed: int = 0) -> None:
+        self._progress.add(items, failed=failed)
+
+    def close(self) -> None:
+        self._progress.close()
+        self._bar.close()
+
+
 def start_progress(
     enabled: bool | None, stream: IO[bytes], done: Done, unit: str, command: str
-) -> tuple[Any, Any]:
-    """The job's progress display on stderr: ``(shoal Progress, tqdm bar)``, or ``(None, None)``.
+) -> Display | None:
+    """The job's progress bar on stderr, or None.
 
     ``enabled`` None: shown when stderr is a terminal. The total is the
     input's line count when the input is a file (items already recorded
@@ -631,13 +653,14 @@ def start_progress(
     if enabled is None:
         enabled = sys.stderr.isatty()
     if not enabled:
-        return None, None
-    from tqdm import tqdm
+        return None
+    from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
     from .. import _progress
 
     total = count_lines(stream)
     initial = done.below(total) if total is not None else 0
     bar = tqdm(total=total, initial=initial, unit=unit, file=sys.stderr, desc=f"shoal {command}")
-    # growing: the count is ours to keep; shoal's reporter thread shows it.
-    return _progress.start(bar, None, growing=True), bar
+    # growing: the count is ours to keep (and the total the bar's); shoal's
+    # reporter thread shows it.
+    return Display(_progress.start(bar, None, growing=True), bar)

@@ -97,9 +97,7 @@ def seconds(text: str) -> float:
 
 def add_job_arguments(parser: argparse.ArgumentParser, *, unit: str) -> None:
     """The options ``map`` and ``run`` share."""
-    parser.add_argument(
-        "-j", "--jobs", type=positive_int, metavar="N", help=f"{unit}s run at once"
-    )
+    parser.add_argument("-j", "--jobs", type=positive_int, metavar="N", help=f"{unit}s run at once")
     parser.add_argument(
         "--timeout",
         type=seconds,
@@ -232,9 +230,7 @@ def load_function(spec: str) -> Callable[[Any], Any]:
                 and getattr(value, "__module__", None) == module.__name__
             )
             has = f"; its functions: {', '.join(found[:12])}" if found else ""
-            raise _jobs.UsageError(
-                f"{_where(module)} has no {function_name!r}{has}"
-            ) from None
+            raise _jobs.UsageError(f"{_where(module)} has no {function_name!r}{has}") from None
     if not callable(target):
         raise _jobs.UsageError(
             f"{spec} is {type(target).__name__} {_short_repr(target)}, not a function: "
@@ -449,10 +445,10 @@ def _map(
         _jobs.say(COMMAND, "reading items from the terminal, one a line; end with Ctrl-D")
     executor, jobs = make_executor(args)
     stopped_hard = False
-    progress = bar = None
+    progress = None
     try:
         view = executor.options(timeout=args.timeout, retries=args.retries, name=args.function)
-        progress, bar = _jobs.start_progress(args.progress, stream, done, "item", COMMAND)
+        progress = _jobs.start_progress(args.progress, stream, done, "item", COMMAND)
         outcome = _jobs.run_job(
             COMMAND,
             MapRunner(view, fn),
@@ -469,7 +465,6 @@ def _map(
     finally:
         if progress is not None:
             progress.close()
-            bar.close()
         if stopped_hard and args.backend == "thread":
             # A thread stopped by force may be stuck in C code, and the
             # interpreter would wait for it at exit: leave now, with the

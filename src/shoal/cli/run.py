@@ -298,13 +298,15 @@ def _run_commands(
 
     jobs = args.jobs or os.cpu_count() or 1
     executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="shoal-run")
-    runner = RunRunner(executor, words, shell=args.shell, timeout=args.timeout, retries=args.retries)
+    runner = RunRunner(
+        executor, words, shell=args.shell, timeout=args.timeout, retries=args.retries
+    )
     done = _jobs.Done()
     if args.resume:
         done = output.resume(runner.is_failure, args.retry_failed)
-    progress = bar = None
+    progress = None
     try:
-        progress, bar = _jobs.start_progress(args.progress, stream, done, "command", COMMAND)
+        progress = _jobs.start_progress(args.progress, stream, done, "command", COMMAND)
         outcome = _jobs.run_job(
             COMMAND,
             runner,
@@ -320,6 +322,5 @@ def _run_commands(
     finally:
         if progress is not None:
             progress.close()
-            bar.close()
         runner.stop([])  # nothing runs now, unless an error left the loop early
         executor.shutdown(wait=True, cancel_futures=True)
