@@ -52,6 +52,11 @@ JOBS = textwrap.dedent(
         return x * x
 
 
+    def noisy(x):
+        print("noise from", x, flush=True)
+        return x
+
+
     def upper(line):
         return line.upper()
 
@@ -105,6 +110,15 @@ JOBS = textwrap.dedent(
                 time.sleep(0.005)
         else:
             mark(f"ran-{x}")
+        return x
+
+
+    def last_when_written(x):
+        """Item 0 waits until the records of 1..9 are in out.jsonl."""
+        if x == 0:
+            path = os.path.join(HERE, "out.jsonl")
+            while not os.path.exists(path) or open(path).read().count("\\n") < 9:
+                time.sleep(0.005)
         return x
 
 

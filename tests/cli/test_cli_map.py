@@ -72,10 +72,13 @@ def test_order_holds_when_the_first_item_ends_last(work):
     assert indices(records(done.stdout)) == list(range(10))
 
 
-def test_unordered_writes_in_completion_order(work):
-    done = shoal(work, "map", "jobs:first_waits", "-j", "4", "--unordered", stdin=numbers(10))
+def test_unordered_writes_each_record_when_its_item_ends(work):
+    done = shoal(
+        work, "map", "jobs:last_when_written", "-j", "4", "--unordered", "-o", "out.jsonl",
+        stdin=numbers(10),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    found = indices(records(done.stdout))
+    found = indices(read_records(work / "out.jsonl"))
     assert sorted(found) == list(range(10))
     assert found[-1] == 0
 
@@ -136,6 +139,14 @@ def test_input_from_a_file_stdin_or_dash(work):
     after_options = shoal(work, "map", "jobs:square", "-j", "2", "in.jsonl")
     for done in (from_file, from_dash, after_options):
         assert [r["result"] for r in records(done.stdout)] == [0, 1, 4]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_what_the_function_prints_goes_to_stderr_not_into_the_records(work, backend):
+    done = shoal(work, "map", "jobs:noisy", "--backend", backend, stdin=numbers(3))
+    assert done.returncode == 0, done.stderr
+    assert [r["result"] for r in records(done.stdout)] == [0, 1, 2]
+    assert sorted(done.stderr.splitlines()) == [f"noise from {i}" for i in range(3)]
 
 
 def test_output_to_a_file(work):

@@ -157,17 +157,25 @@ def test_retries_give_up_after_the_last(work):
     assert records(done.stdout)[0]["attempts"] == 3
 
 
-def test_unordered_and_ordered(work):
-    # Line 0 waits until lines 1..4 are done.
-    script = "if [ {} = 0 ]; then while [ $(ls done-* | wc -l) -lt 4 ]; do sleep 0.01; done; " \
-        "else touch done-{}; fi"  # fmt: skip
-    lines = "0\n1\n2\n3\n4\n"
-    ordered = shoal(work, "run", "-j", "3", "--shell", "--", script, stdin=lines)
+def test_ordered_output_when_the_first_line_ends_last(work):
+    # Line 0 waits until lines 1..4 have run.
+    script = (
+        "if [ {} = 0 ]; then while [ $(ls done-* | wc -l) -lt 4 ]; do sleep 0.01; done; "
+        "else touch done-{}; fi"
+    )
+    ordered = shoal(work, "run", "-j", "3", "--shell", "--", script, stdin="0\n1\n2\n3\n4\n")
     assert indices(records(ordered.stdout)) == [0, 1, 2, 3, 4]
-    for path in work.glob("done-*"):
-        path.unlink()
-    unordered = shoal(work, "run", "-j", "3", "--unordered", "--shell", "--", script, stdin=lines)
-    assert indices(records(unordered.stdout))[-1] == 0
+
+
+def test_unordered_writes_each_record_when_its_command_ends(work):
+    # Line 0 waits until the records of lines 1..4 are in the log.
+    script = "if [ {} = 0 ]; then while [ $(cat log.jsonl | wc -l) -lt 4 ]; do sleep 0.01; done; fi"
+    unordered = shoal(
+        work, "run", "-j", "3", "--unordered", "-o", "log.jsonl", "--shell", "--", script,
+        stdin="0\n1\n2\n3\n4\n",
+    )  # fmt: skip
+    assert unordered.returncode == 0
+    assert indices(read_records(work / "log.jsonl"))[-1] == 0
 
 
 def test_resume_and_retry_failed(work):

@@ -222,11 +222,17 @@ class Output:
         self.command = command
         self.path = path
         self.kept_failures = 0  # failed records kept from an earlier run
+        self._stdout: int | None = None  # the real stdout, while fd 1 is stderr's
         if path is None:
             if resume:
                 raise UsageError("--resume needs the output in a file: add -o FILE")
-            self._stream: IO[bytes] = sys.stdout.buffer
-            self._owned = False
+            # The records get stdout to themselves: what else is written to
+            # file descriptor 1 (a print() in the function, a process
+            # worker, C code) goes to stderr instead of into the records.
+            sys.stdout.flush()
+            self._stdout = os.dup(1)
+            os.dup2(2, 1)
+            self._stream: IO[bytes] = open(self._stdout, "wb", closefd=False)  # noqa: SIM115
             return
         if not resume:
             try:
@@ -242,7 +248,6 @@ class Output:
             self._stream = open(path, "ab")  # noqa: SIM115 - closed by close()
         except OSError as error:
             raise UsageError(f"cannot write the output {path!r}: {error.strerror}") from None
-        self._owned = True
 
     def resume(self, is_failure: Callable[[dict[str, Any]], bool], retry_failed: bool) -> Done:
         """Read the records already in the file; return their indices (see the class)."""
@@ -320,10 +325,15 @@ class Output:
         os.close(devnull)
 
     def close(self) -> None:
-        if self._owned:
+        """Flush and close; give stdout its file descriptor back. Idempotent."""
+        try:
             self._stream.close()
-        else:
-            self._stream.flush()
+        finally:
+            if self._stdout is not None:
+                sys.stdout.flush()
+                os.dup2(self._stdout, 1)
+                os.close(self._stdout)
+                self._stdout = None
 
 
 # -- the job -------------------------------------------------------------------
