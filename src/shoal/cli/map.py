@@ -43,6 +43,8 @@ from typing import Any
 from . import _jobs
 
 COMMAND = "map"
+# How many of a module's functions the message about a missing one lists.
+FUNCTIONS_SHOWN = 40
 # How much of a result that is not JSON its error record shows.
 REPR_LIMIT = 200
 
@@ -229,7 +231,8 @@ def load_function(spec: str) -> Callable[[Any], Any]:
                 and not name.startswith("_")
                 and getattr(value, "__module__", None) == module.__name__
             )
-            has = f"; its functions: {', '.join(found[:12])}" if found else ""
+            more = ", ..." if len(found) > FUNCTIONS_SHOWN else ""
+            has = f"; it has: {', '.join(found[:FUNCTIONS_SHOWN])}{more}" if found else ""
             raise _jobs.UsageError(f"{_where(module)} has no {function_name!r}{has}") from None
     if not callable(target):
         raise _jobs.UsageError(
