@@ -143,7 +143,8 @@ def test_input_from_a_file_stdin_or_dash(work):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_what_the_function_prints_goes_to_stderr_not_into_the_records(work, backend):
-    done = shoal(work, "map", "jobs:noisy", "--backend", backend, stdin=numbers(3))
+    # One at a time: print() writes its words one by one, and threads would interleave them.
+    done = shoal(work, "map", "jobs:noisy", "--backend", backend, "-j", "1", stdin=numbers(3))
     assert done.returncode == 0, done.stderr
     assert [r["result"] for r in records(done.stdout)] == [0, 1, 2]
     assert sorted(done.stderr.splitlines()) == [f"noise from {i}" for i in range(3)]
