@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -409,10 +410,33 @@ def test_a_closed_pipe_stops_the_job_quietly(work):
         "p.stdout.readline(); p.stdout.close()\n"
         "print(p.wait(), repr(p.stderr.read()))\n"
     )
-    import subprocess
-
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=work, env=environment(), capture_output=True,
         text=True, timeout=45, check=False,
     )  # fmt: skip
     assert done.stdout.strip() == "1 b''", done.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_while_waiting_for_more_input_exits_with_what_finished(work, backend):
+    # The input is a pipe that stays open: the reader is blocked in read() when Ctrl-C comes.
+    child = subprocess.Popen(
+        [sys.executable, "-m", "shoal", "map", "jobs:square", "--backend", backend],
+        cwd=work, env=environment(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        child.stdin.write(b"1\n2\n3\n")
+        child.stdin.flush()
+        written = [child.stdout.readline() for _ in range(3)]
+        child.send_signal(signal.SIGINT)
+        assert child.wait(45) == 130
+        assert [json.loads(line)["result"] for line in written] == [1, 4, 9]
+        assert child.stdout.read() == b""
+        assert b"Fatal" not in child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        for stream in (child.stdin, child.stdout, child.stderr):
+            stream.close()

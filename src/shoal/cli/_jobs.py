@@ -57,14 +57,12 @@ from typing import IO, Any, Protocol
 __all__ = (
     "Display",
     "Done",
+    "Input",
     "Item",
     "Output",
     "Runner",
     "UsageError",
-    "count_lines",
     "error_record",
-    "input_lines",
-    "open_input",
     "run_job",
     "say",
     "type_name",
@@ -110,40 +108,87 @@ def say(command: str, message: str) -> None:
 # -- input ---------------------------------------------------------------------
 
 
-def open_input(path: str | None) -> IO[bytes]:
-    """The input as a binary stream: the file at ``path``, or stdin for None or ``-``."""
-    if path is None or path == "-":
-        return sys.stdin.buffer
-    try:
-        return open(path, "rb")
-    except OSError as error:
-        raise UsageError(f"cannot read the input {path!r}: {error.strerror or error}") from None
+class Input:
+    """The job's input: a file, or stdin; read on its file descriptor with ``os.read``.
 
+    Not through a Python file object: when a job ends early (Ctrl-C), the
+    reader thread may be blocked reading a pipe or a terminal, and a
+    buffered file holds its lock while it reads: closing it would hang,
+    and the interpreter could abort at exit trying to take that lock.
+    ``close`` leaves the descriptor open while a reader may still be in it
+    (the process is about to exit anyway).
+    """
 
-def input_lines(stream: IO[bytes]) -> Iterator[tuple[int, str]]:
-    """``(index, line)`` for each line, without its ``\\n`` or ``\\r\\n``."""
-    for index, raw in enumerate(stream):
-        line = raw
-        if line.endswith(b"\n"):
-            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-        yield index, line.decode("utf-8", "surrogateescape")
+    # Bytes asked of the descriptor at a time.
+    BLOCK = 1 << 16
 
+    def __init__(self, path: str | None) -> None:
+        self.reading = False  # set by run_job: a reader thread may be in os.read
+        if path is None or path == "-":
+            self.fd = sys.stdin.fileno()
+            self._owned = False
+            return
+        try:
+            self.fd = os.open(path, os.O_RDONLY)
+        except OSError as error:
+            raise UsageError(f"cannot read the input {path!r}: {error.strerror or error}") from None
+        self._owned = True
 
-def count_lines(stream: IO[bytes]) -> int | None:
-    """How many lines a regular file holds (for the progress bar's total); None for a pipe."""
-    try:
-        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+    def is_terminal(self) -> bool:
+        return os.isatty(self.fd)
+
+    def lines(self) -> Iterator[tuple[int, str]]:
+        """``(index, line)`` for each line, without its ``\\n`` or ``\\r\\n``, as UTF-8
+        with ``surrogateescape``."""
+        index = 0
+        pieces: list[bytes] = []  # the line read so far, when it spans blocks
+        while True:
+            block = os.read(self.fd, self.BLOCK)
+            if not block:
+                break
+            if b"\n" not in block:
+                pieces.append(block)
+                continue
+            if pieces:
+                pieces.append(block)
+                block = b"".join(pieces)
+                pieces = []
+            *complete, rest = block.split(b"\n")
+            for raw in complete:
+                yield index, _decode(raw)
+                index += 1
+            if rest:
+                pieces.append(rest)
+        if pieces:
+            yield index, _decode(b"".join(pieces))
+
+    def count_lines(self) -> int | None:
+        """How many lines are left in a regular file (the progress bar's total); None for
+        a pipe or a terminal. Reads with ``pread``: the position does not move."""
+        try:
+            if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+                return None
+            offset = os.lseek(self.fd, 0, os.SEEK_CUR)
+        except OSError:
             return None
-        start = stream.tell()
-    except (OSError, ValueError):
-        return None
-    lines = 0
-    last = b"\n"
-    for block in iter(functools.partial(stream.read, 1 << 20), b""):
-        lines += block.count(b"\n")
-        last = block[-1:]
-    stream.seek(start)
-    return lines + (last != b"\n")
+        lines = 0
+        last = b"\n"
+        while block := os.pread(self.fd, 1 << 20, offset):
+            lines += block.count(b"\n")
+            last = block[-1:]
+            offset += len(block)
+        return lines + (last != b"\n")
+
+    def close(self) -> None:
+        if self._owned and not self.reading:
+            self._owned = False
+            os.close(self.fd)
+
+
+def _decode(raw: bytes) -> str:
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    return raw.decode("utf-8", "surrogateescape")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -595,7 +640,7 @@ def run_job(
     command: str,
     runner: Runner,
     *,
-    lines: Iterator[tuple[int, str]],
+    source: Input,
     parse: Callable[[int, str], Item | None],
     output: Output,
     done: Done,
@@ -611,16 +656,19 @@ def run_job(
     )
     reader = threading.Thread(
         target=_read,
-        args=(lines, parse, done, slots, events),
+        args=(source.lines(), parse, done, slots, events),
         name="shoal-cli-reader",
         daemon=True,
     )
     with _Signals(events):
+        source.reading = True
         reader.start()
         try:
             loop.run()
         finally:
             slots.close()
+            # Left early (Ctrl-C, an error), the reader may be blocked reading.
+            source.reading = reader.is_alive()
     if loop.output_closed:
         return Outcome(EXIT_FAILURES, stopped_hard=True)
     if loop.interrupts:
@@ -652,7 +700,7 @@ class Display:
 
 
 def start_progress(
-    enabled: bool | None, stream: IO[bytes], done: Done, unit: str, command: str
+    enabled: bool | None, source: Input, done: Done, unit: str, command: str
 ) -> Display | None:
     """The job's progress bar on stderr, or None.
 
@@ -668,7 +716,7 @@ def start_progress(
 
     from .. import _progress
 
-    total = count_lines(stream)
+    total = source.count_lines()
     initial = done.below(total) if total is not None else 0
     bar = tqdm(total=total, initial=initial, unit=unit, file=sys.stderr, desc=f"shoal {command}")
     # growing: the count is ours to keep (and the total the bar's); shoal's

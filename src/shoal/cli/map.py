@@ -425,37 +425,36 @@ def _run(args: argparse.Namespace) -> int:
     if args.retry_failed and not args.resume:
         raise _jobs.UsageError("--retry-failed goes with --resume")
     fn = load_function(args.function)
-    stream = _jobs.open_input(args.input)
+    source = _jobs.Input(args.input)
     try:
         output = _jobs.Output(COMMAND, args.output, resume=args.resume)
         try:
-            return _map(args, fn, stream, output)
+            return _map(args, fn, source, output)
         finally:
             output.close()
     finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
+        source.close()
 
 
 def _map(
-    args: argparse.Namespace, fn: Callable[[Any], Any], stream: Any, output: _jobs.Output
+    args: argparse.Namespace, fn: Callable[[Any], Any], source: _jobs.Input, output: _jobs.Output
 ) -> int:
     runner_for_failures = MapRunner(None, fn)
     done = _jobs.Done()
     if args.resume:
         done = output.resume(runner_for_failures.is_failure, args.retry_failed)
-    if args.input in (None, "-") and sys.stdin.isatty():
+    if source.is_terminal():
         _jobs.say(COMMAND, "reading items from the terminal, one a line; end with Ctrl-D")
     executor, jobs = make_executor(args)
     stopped_hard = False
     progress = None
     try:
         view = executor.options(timeout=args.timeout, retries=args.retries, name=args.function)
-        progress = _jobs.start_progress(args.progress, stream, done, "item", COMMAND)
+        progress = _jobs.start_progress(args.progress, source, done, "item", COMMAND)
         outcome = _jobs.run_job(
             COMMAND,
             MapRunner(view, fn),
-            lines=_jobs.input_lines(stream),
+            source=source,
             parse=parse_line if args.lines else parse_json,
             output=output,
             done=done,

@@ -43,7 +43,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -279,20 +278,19 @@ def _check_command(args: argparse.Namespace) -> list[str]:
 
 def _run(args: argparse.Namespace) -> int:
     words = _check_command(args)
-    stream = _jobs.open_input(args.input)
+    source = _jobs.Input(args.input)
     try:
         output = _jobs.Output(COMMAND, args.output, resume=args.resume)
         try:
-            return _run_commands(args, words, stream, output)
+            return _run_commands(args, words, source, output)
         finally:
             output.close()
     finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
+        source.close()
 
 
 def _run_commands(
-    args: argparse.Namespace, words: list[str], stream: IO[bytes], output: _jobs.Output
+    args: argparse.Namespace, words: list[str], source: _jobs.Input, output: _jobs.Output
 ) -> int:
     from ..thread import ThreadPoolExecutor
 
@@ -306,11 +304,11 @@ def _run_commands(
         done = output.resume(runner.is_failure, args.retry_failed)
     progress = None
     try:
-        progress = _jobs.start_progress(args.progress, stream, done, "command", COMMAND)
+        progress = _jobs.start_progress(args.progress, source, done, "command", COMMAND)
         outcome = _jobs.run_job(
             COMMAND,
             runner,
-            lines=_jobs.input_lines(stream),
+            source=source,
             parse=parse_line,
             output=output,
             done=done,
