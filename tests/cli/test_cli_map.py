@@ -220,6 +220,7 @@ def test_progress_bar_on_request_and_off_when_stderr_is_not_a_terminal(work):
 def test_bad_options_exit_2(work, arguments, complaint):
     done = shoal(work, "map", "jobs:square", *arguments, stdin="1\n")
     assert done.returncode == 2
+    assert not (work / "out.jsonl").exists()
     assert complaint in done.stderr
     assert done.stdout == ""
 
@@ -229,9 +230,12 @@ def test_dask_backend_without_distributed_says_how_to_install_it(work):
     (fake / "distributed").mkdir(parents=True)
     (fake / "distributed" / "__init__.py").write_text("raise ImportError('not here')\n")
     env = environment(PYTHONPATH=f"{fake}:{environment()['PYTHONPATH']}")
-    done = shoal(work, "map", "jobs:square", "--backend", "dask", stdin="1\n", env=env)
+    done = shoal(
+        work, "map", "jobs:square", "--backend", "dask", "-o", "out.jsonl", stdin="1\n", env=env
+    )
     assert done.returncode == 2
     assert "pip install 'shoal[dask]'" in done.stderr
+    assert not (work / "out.jsonl").exists()
 
 
 def test_dask_backend_on_a_local_cluster(work):

@@ -17,8 +17,8 @@ cannot hold (a set, bytes, an object) is an error record of type
 failed, so that nothing downstream reads a string where it expected a
 value; return plain data, or convert in FUNC, and ``--resume
 --retry-failed``. A line that is not JSON is an error record of type
-``InputError`` and the rest runs. Reading, resuming, output and Ctrl-C are
-``_jobs``'s (its docstring says how).
+``InputError`` and the rest runs. Reading, output and resuming are
+``_io``'s, the order of records and Ctrl-C ``_jobs``'s (their docstrings say how).
 
 MODULE is imported as ``python -m`` would, with the current directory first
 on ``sys.path``; or it is a path to a ``.py`` file (``./script.py:fn``),
@@ -378,15 +378,27 @@ class MapRunner:
 # -- the handler -------------------------------------------------------------------
 
 
-def make_executor(args: argparse.Namespace) -> tuple[Any, int]:
-    """The executor ``--backend`` asks for, and how many calls it runs at once."""
+def resolve_backend(args: argparse.Namespace) -> None:
+    """Set ``args.backend`` (``--scheduler`` means dask; thread by default); check it can run."""
     backend = args.backend
     if args.scheduler is not None:
         if backend not in (None, "dask"):
             raise _jobs.UsageError(f"--scheduler is for --backend dask, not --backend {backend}")
         backend = "dask"
-    backend = backend or "thread"
-    args.backend = backend
+    args.backend = backend or "thread"
+    if args.backend == "dask":
+        try:
+            importlib.import_module("distributed")
+        except ImportError as error:
+            raise _jobs.UsageError(
+                f"--backend dask needs Dask distributed, which does not import ({error}): "
+                "pip install 'shoal[dask]'"
+            ) from None
+
+
+def make_executor(args: argparse.Namespace) -> tuple[Any, int]:
+    """The executor ``--backend`` asks for, and how many calls it runs at once."""
+    backend = args.backend
     if backend == "thread":
         from ..thread import ThreadPoolExecutor
 
@@ -397,13 +409,6 @@ def make_executor(args: argparse.Namespace) -> tuple[Any, int]:
 
         process_executor = ProcessPoolExecutor(max_workers=args.jobs)
         return process_executor, process_executor._max_workers
-    try:
-        importlib.import_module("distributed")
-    except ImportError as error:
-        raise _jobs.UsageError(
-            f"--backend dask needs Dask distributed, which does not import ({error}): "
-            "pip install 'shoal[dask]'"
-        ) from None
     from ..dask import DaskExecutor
 
     if args.scheduler is None:
@@ -424,6 +429,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.retry_failed and not args.resume:
         raise _jobs.UsageError("--retry-failed goes with --resume")
+    resolve_backend(args)
     fn = load_function(args.function)
     source = _jobs.Input(args.input)
     try:
