@@ -79,6 +79,16 @@ WINDOW_PER_JOB = 4
 WINDOW_AT_LEAST = 32
 
 
+# How long the main thread waits for an event before it comes back to Python
+# code, where a pending signal handler runs. A Python signal handler runs only
+# in the main thread, between bytecodes; the C handler wakes a blocking wait
+# only when the signal lands in the main thread while it is in that wait, and
+# a signal that arrives in another thread (a job's, the reader's), or just
+# before the wait begins, would otherwise wait for the next event to be seen,
+# which, when every running item is blocked, may never come.
+SIGNAL_CHECK_SECONDS = 0.2
+
+
 def window_for(jobs: int) -> int:
     """How many items a job of ``jobs`` at once reads ahead."""
     return max(WINDOW_PER_JOB * jobs, WINDOW_AT_LEAST)
@@ -214,7 +224,10 @@ class _Loop:
     def run(self) -> None:
         events = self.events
         while not self._finished():
-            event = events.get()
+            try:
+                event = events.get(timeout=SIGNAL_CHECK_SECONDS)
+            except queue.Empty:
+                continue  # back in Python code: a signal handler due runs now
             kind = event[0]
             if kind == "item":
                 self._submit(event[1])
