@@ -164,3 +164,20 @@ def test_the_check_sees_real_imports():
     parts = shoal_parts(modules_loaded_by("shoal.thread"))
     assert {"_executor", "_future", "_errors", "thread"} <= parts
     assert "_wait" not in parts
+
+
+@pytest.mark.parametrize(
+    "name", ["shoal.cli", "shoal.cli.map", "shoal.cli.run", "shoal.cli._jobs", "shoal.cli._call"]
+)
+def test_the_command_line_loads_no_pool_nor_tqdm_until_a_command_runs(name):
+    # ``shoal --help`` builds every subcommand's parser: it imports these modules, and
+    # a process pool's workers import ``shoal.cli._call``. What a command needs (a pool,
+    # tqdm, Dask) is imported by its handler.
+    loaded = modules_loaded_by(name, stubs=())
+    heavy = {
+        m
+        for m in loaded
+        if m.split(".")[0] in ("tqdm", "distributed", "dask", "multiprocessing", "cloudpickle")
+        or m.startswith("shoal.process")
+    }
+    assert heavy == set()
