@@ -97,6 +97,16 @@ def test_context_manager_waits_for_the_calls(executor_factory):
         executor.submit(square, 1)
 
 
+def test_a_call_that_ran_counts_one_attempt(executor):
+    # Every call, those answered in a burst too (the process pool sends calls
+    # ahead, and answers may arrive together), whether it returned or raised.
+    futures = [executor.submit(square, i) for i in range(200)]
+    failing = [executor.submit(fail, "no") for _ in range(20)]
+    shoal.wait(futures + failing, timeout=60)
+    assert {f.attempts for f in futures + failing} == {1}
+    assert [f.result() for f in futures] == [i * i for i in range(200)]
+
+
 def test_many_calls(executor):
     futures = [executor.submit(square, i) for i in range(500)]
     assert [f.result(timeout=30) for f in futures] == [i * i for i in range(500)]

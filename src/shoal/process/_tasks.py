@@ -184,6 +184,11 @@ class Task:
 
     def settle(self, outcome: Any) -> bool:
         """The call ended with ``outcome``, a result or a Failed. True: it has ended."""
+        future = self.future
+        if not future._attempts:
+            # It ran, though nothing marked it running: sent ahead, it was
+            # answered in the same read as the call before it.
+            future._attempts = 1
         try:
             if type(outcome) is Failed:
                 self.future.set_exception(outcome.error)
