@@ -19,6 +19,7 @@ from ._errors import InvalidStateError as InvalidStateError
 from ._errors import TaskTimeoutError as TaskTimeoutError
 from ._executor import Executor as Executor
 from ._future import Future as Future
+from ._stats import ExecutorStatistics as ExecutorStatistics
 from ._trace import trace as trace
 from ._wait import ALL_COMPLETED as ALL_COMPLETED
 from ._wait import FIRST_COMPLETED as FIRST_COMPLETED
@@ -44,6 +45,7 @@ __all__ = (
     "CancelledError",
     "DaskExecutor",
     "Executor",
+    "ExecutorStatistics",
     "Future",
     "InvalidStateError",
     "ProcessPoolExecutor",
