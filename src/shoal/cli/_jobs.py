@@ -34,6 +34,7 @@ Concurrency:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -56,11 +57,27 @@ __all__ = (
     "Runner",
     "UsageError",
     "error_record",
+    "opened",
     "run_job",
     "say",
     "type_name",
     "window_for",
 )
+
+
+@contextlib.contextmanager
+def opened(command: str, args: Any) -> Iterator[tuple[Input, Output]]:
+    """A job's input and output (``args.input``, ``args.output``, ``args.resume``), closed after."""
+    source = Input(args.input)
+    try:
+        output = Output(command, args.output, resume=args.resume)
+        try:
+            yield source, output
+        finally:
+            output.close()
+    finally:
+        source.close()
+
 
 # What a job's exit status means (shoal.cli's docstring).
 EXIT_OK = 0

@@ -431,15 +431,8 @@ def _run(args: argparse.Namespace) -> int:
         raise _jobs.UsageError("--retry-failed goes with --resume")
     resolve_backend(args)
     fn = load_function(args.function)
-    source = _jobs.Input(args.input)
-    try:
-        output = _jobs.Output(COMMAND, args.output, resume=args.resume)
-        try:
-            return _map(args, fn, source, output)
-        finally:
-            output.close()
-    finally:
-        source.close()
+    with _jobs.opened(COMMAND, args) as (source, output):
+        return _map(args, fn, source, output)
 
 
 def _map(

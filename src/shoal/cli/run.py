@@ -278,15 +278,8 @@ def _check_command(args: argparse.Namespace) -> list[str]:
 
 def _run(args: argparse.Namespace) -> int:
     words = _check_command(args)
-    source = _jobs.Input(args.input)
-    try:
-        output = _jobs.Output(COMMAND, args.output, resume=args.resume)
-        try:
-            return _run_commands(args, words, source, output)
-        finally:
-            output.close()
-    finally:
-        source.close()
+    with _jobs.opened(COMMAND, args) as (source, output):
+        return _run_commands(args, words, source, output)
 
 
 def _run_commands(
