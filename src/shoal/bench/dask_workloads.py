@@ -19,13 +19,22 @@ times, and the cell is a ratio of medians; the note gives the throughputs.
 from __future__ import annotations
 
 import collections
+import functools
 import importlib
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
-from shoal.bench.registry import HIGHER, IMPLEMENTATIONS, LOWER, Context, Measurement, register
+from shoal.bench.registry import (
+    HIGHER,
+    IMPLEMENTATIONS,
+    LOWER,
+    Context,
+    Measurement,
+    in_turns,
+    register,
+)
 
 WORKERS = 2
 TURNS = 3
@@ -57,13 +66,8 @@ def _in_turns(ways: dict[str, Callable[[], object]]) -> dict[str, float]:
     """Median seconds of each way, run ``TURNS`` times in rotating order after a warm-up."""
     for run in ways.values():
         run()
-    times: dict[str, list[float]] = {name: [] for name in ways}
-    names = list(ways)
-    for turn in range(TURNS):
-        shift = turn % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(_seconds(ways[name]))
-    return {name: statistics.median(values) for name, values in times.items()}
+    timed = {name: functools.partial(_seconds, run) for name, run in ways.items()}
+    return {name: statistics.median(values) for name, values in in_turns(timed, TURNS).items()}
 
 
 def submit_ratio(ctx: Context) -> Measurement:

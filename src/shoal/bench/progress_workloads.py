@@ -20,7 +20,7 @@ from typing import Any
 
 from shoal.bench import work
 from shoal.bench.process_workloads import WORKERS, _warm_workers
-from shoal.bench.registry import IMPLEMENTATIONS, LOWER, Context, Measurement, register
+from shoal.bench.registry import IMPLEMENTATIONS, LOWER, Context, Measurement, in_turns, register
 
 # Pairs of maps (one without progress, one with) timed in one measurement.
 PAIRS = 7
@@ -64,18 +64,12 @@ def _cost(pool: Any, n: int, chunksize: Any) -> Measurement:
         # Warm both paths (the reporter thread, tqdm's import and monitor).
         plain()
         with_bar()
-        ratios: list[float] = []
-        walls: dict[str, list[float]] = {"without": [], "with": []}
-        cpus: dict[str, list[float]] = {"without": [], "with": []}
-        for pair in range(PAIRS):
-            order = [("without", plain), ("with", with_bar)]
-            if pair % 2:
-                order.reverse()
-            for name, run in order:
-                wall, cpu = _timed(run)
-                walls[name].append(wall)
-                cpus[name].append(cpu)
-            ratios.append(walls["with"][-1] / walls["without"][-1])
+        timed = in_turns(
+            {"without": lambda: _timed(plain), "with": lambda: _timed(with_bar)}, PAIRS
+        )
+    walls = {name: [wall for wall, _ in runs] for name, runs in timed.items()}
+    cpus = {name: [cpu for _, cpu in runs] for name, runs in timed.items()}
+    ratios = [w / wo for w, wo in zip(walls["with"], walls["without"], strict=True)]
     median = statistics.median
     note = (
         f"without: {n / median(walls['without']):,.0f} items/s, with a tqdm bar: "

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 __all__ = (
     "BASELINE",
@@ -40,6 +41,7 @@ __all__ = (
     "Context",
     "Measurement",
     "Workload",
+    "in_turns",
     "register",
 )
 
@@ -177,3 +179,23 @@ def load_all() -> dict[str, Workload]:
         importlib.import_module(module)
 
     return REGISTRY
+
+
+T = TypeVar("T")
+
+
+def in_turns(ways: Mapping[str, Callable[[], T]], turns: int) -> dict[str, list[T]]:
+    """What each of ``ways`` returns, ``turns`` times, in an order that rotates each turn.
+
+    For rows that compare two or more ways within one measurement (shoal
+    with and without progress, traced and untraced, shoal's and Dask's own
+    API): the load of a shared machine then falls on every way alike. Warm
+    the ways up before, as each row needs.
+    """
+    results: dict[str, list[T]] = {name: [] for name in ways}
+    names = list(ways)
+    for turn in range(turns):
+        shift = turn % len(names)
+        for name in names[shift:] + names[:shift]:
+            results[name].append(ways[name]())
+    return results

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal.bench import work
-from shoal.bench.registry import HIGHER, Context, Measurement, register
+from shoal.bench.registry import HIGHER, Context, Measurement, in_turns, register
 
 ROUNDS = 5
 WARMUP = 1_000
@@ -43,11 +43,12 @@ def traced_against_untraced(
     for executor in (plain, traced):
         for future in [executor.submit(fn) for _ in range(WARMUP)]:
             future.result()
-    rates: dict[str, list[float]] = {"plain": [], "traced": []}
-    for _ in range(ROUNDS):
-        rates["plain"].append(_rate(plain, fn, ctx.n))
+
+    def traced_rate() -> float:
         with shoal.trace(path):
-            rates["traced"].append(_rate(traced, fn, ctx.n))
+            return _rate(traced, fn, ctx.n)
+
+    rates = in_turns({"plain": lambda: _rate(plain, fn, ctx.n), "traced": traced_rate}, ROUNDS)
     plain.shutdown()
     traced.shutdown()
     os.unlink(path)
